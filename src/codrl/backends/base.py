@@ -1,0 +1,82 @@
+"""The small generation interface that rollouts and algorithms talk to.
+
+Every engine (a local transformers model, a tiny torch policy built as a transformers model, vLLM,
+an OpenAI-compatible server) implements :class:`Backend`: a batch of chat requests in, one
+:class:`GenResult` per request out, with the exact sampled token ids and their logprobs where the
+engine exposes them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampling settings of one request. Requests with equal params are batched together."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    #: Generation ends right after the first of these strings (kept in the completion).
+    stop: tuple[str, ...] = ()
+
+
+@dataclass
+class GenRequest:
+    """A chat to continue. ``reply_prefix`` is prefilled into the assistant reply (not sampled)."""
+
+    messages: list[Message]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    reply_prefix: str = ""
+
+
+@dataclass
+class GenResult:
+    """One sampled reply.
+
+    ``text`` is the sampled completion only (the reply prefix is not part of it).
+    ``prompt_ids`` is the exact token sequence the model was conditioned on (chat template and
+    reply prefix included); ``completion_ids`` are the sampled tokens (an end-of-turn token
+    included when sampled) and ``logprobs`` their log-probabilities under the sampling
+    distribution. Both are empty for engines that do not expose tokens (``token_exact`` False).
+    """
+
+    text: str
+    prompt_ids: list[int] = field(default_factory=list)
+    completion_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finish_reason: str = "stop"  # "stop" | "length" | "error"
+    token_exact: bool = True
+
+
+@dataclass
+class BackendStats:
+    """Counters a backend keeps (used by benchmarks and the batching test)."""
+
+    generate_calls: int = 0  # batched engine calls
+    forward_calls: int = 0  # model forward passes (decode steps) where known
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class Backend(ABC):
+    """A generation engine. ``max_batch_size`` caps how many requests one engine call takes."""
+
+    max_batch_size: int = 32
+    #: True when results carry exact token ids and logprobs (required for training).
+    token_exact: bool = True
+
+    def __init__(self) -> None:
+        self.stats = BackendStats()
+
+    @abstractmethod
+    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+        """Sample one reply per request, in order."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources (servers, GPU memory)."""

@@ -1,0 +1,158 @@
+"""The CoD environment interface.
+
+A *world* is an environment instance with hidden, reusable structure (an action mapping, a
+recipe, a secret table). A *pack* is K related tasks drawn from one world. Each task is played as
+a multi-turn text *episode*: observation text -> model reply -> parsed action -> next observation,
+reward, done, feedback text.
+
+Packs are deterministic given ``(env, split, seed, index)``; environments assign every task to a
+split by a hash of its content, so the train and test splits never share a task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from codrl.errors import bad_choice
+
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task of a pack. ``spec`` is JSON-serialisable and fully determines the task."""
+
+    task_id: str
+    position: int
+    spec: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Pack:
+    """K related tasks drawn from one world. ``world`` holds the hidden structure (for logs only)."""
+
+    pack_id: str
+    env: str
+    split: str
+    world: dict[str, Any]
+    tasks: tuple[Task, ...]
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+
+@dataclass
+class StepResult:
+    """What the environment answers to one model reply.
+
+    ``valid`` is False when the reply could not be parsed as an action (a scored failure: the
+    episode ends with reward 0 and ``feedback`` states the expected format).
+    ``observation`` is the next user message when the episode goes on, else None.
+    """
+
+    observation: str | None
+    reward: float
+    done: bool
+    feedback: str
+    valid: bool = True
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Episode(ABC):
+    """One attempt at one task. Stateful; created by :meth:`CoDEnv.start`."""
+
+    @abstractmethod
+    def reset(self) -> str:
+        """Return the first observation (the task description the model sees)."""
+
+    @abstractmethod
+    def step(self, reply: str) -> StepResult:
+        """Apply the model's full reply (reply prefix included) and return the outcome."""
+
+
+class CoDEnv(ABC):
+    """A family of worlds that can produce packs of related tasks.
+
+    Subclasses set :attr:`name`, :attr:`system_prompt` and optionally :attr:`reply_prefix` (text the
+    assistant reply is prefilled with, e.g. ``"<answer>Direction "`` to teach a strict format), and
+    implement :meth:`sample_world`, :meth:`sample_task` and :meth:`start`.
+    """
+
+    name: str = "base"
+    system_prompt: str = ""
+    reply_prefix: str = ""
+    #: Strings that end a solve reply (e.g. a closing answer tag), so the model stops right there.
+    stop_strings: tuple[str, ...] = ()
+    max_turns: int = 1
+    #: Reward of a random policy, if known (shown in reports next to the curve).
+    chance_reward: float | None = None
+
+    # -- to implement -------------------------------------------------------------------------
+    @abstractmethod
+    def sample_world(self, rng: np.random.Generator) -> dict[str, Any]:
+        """Draw the hidden structure shared by a pack."""
+
+    @abstractmethod
+    def sample_task(self, world: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        """Draw one task spec (JSON-serialisable) inside ``world``."""
+
+    @abstractmethod
+    def start(self, pack: Pack, task: Task) -> Episode:
+        """Begin an episode of ``task`` in the world of ``pack``."""
+
+    # -- provided -----------------------------------------------------------------------------
+    def task_key(self, world: dict[str, Any], spec: dict[str, Any]) -> str:
+        """Content that identifies a task for the split assignment (default: world + spec)."""
+        return json.dumps({"world": world, "task": spec}, sort_keys=True)
+
+    def split_of(self, world: dict[str, Any], spec: dict[str, Any]) -> str:
+        """Assign a task to a split by a hash of its content: 1 in 5 tasks is a test task."""
+        h = int(hashlib.sha256(self.task_key(world, spec).encode()).hexdigest()[:8], 16)
+        return "test" if h % 5 == 0 else "train"
+
+    def sample_pack(self, split: str, seed: int, index: int, size: int) -> Pack:
+        """Deterministically build pack ``index`` of ``split`` for ``seed`` with ``size`` tasks."""
+        if split not in SPLITS:
+            raise bad_choice("split", split, SPLITS)
+        if size < 1:
+            raise ValueError(f"pack size must be >= 1, got {size}")
+        name_key = int(hashlib.sha256(self.name.encode()).hexdigest()[:8], 16)
+        rng = np.random.default_rng([name_key, SPLITS.index(split), seed, index])
+        world = self.sample_world(rng)
+        tasks: list[Task] = []
+        tries = 0
+        while len(tasks) < size:
+            spec = self.sample_task(world, rng)
+            tries += 1
+            if self.split_of(world, spec) != split:
+                if tries > 10_000 * size:
+                    raise RuntimeError(f"{self.name}: could not draw {size} {split} tasks")
+                continue
+            tasks.append(Task(task_id=f"{self.name}/{split}/{seed}/{index}/{len(tasks)}",
+                              position=len(tasks), spec=spec))
+        return Pack(pack_id=f"{self.name}/{split}/{seed}/{index}", env=self.name, split=split,
+                    world=world, tasks=tuple(tasks))
+
+
+def ralph_pack(pack: Pack, size: int | None = None) -> Pack:
+    """The Ralph-loop variant of ``pack``: its first task repeated ``size`` (default K) times."""
+    k = len(pack) if size is None else size
+    first = pack.tasks[0]
+    tasks = tuple(replace(first, task_id=f"{first.task_id}#r{i}", position=i) for i in range(k))
+    return replace(pack, pack_id=pack.pack_id + "/ralph", tasks=tasks)
+
+
+def expand_ralph(pack: Pack, size: int | None = None) -> list[Pack]:
+    """The expanded Ralph-loop variant: every task of ``pack`` becomes its own repeated pack."""
+    k = len(pack) if size is None else size
+    out = []
+    for t in pack.tasks:
+        tasks = tuple(replace(t, task_id=f"{t.task_id}#r{i}", position=i) for i in range(k))
+        out.append(replace(pack, pack_id=f"{pack.pack_id}/ralph{t.position}", tasks=tasks))
+    return out

@@ -1,0 +1,318 @@
+"""Evaluation reports: result files, reward-by-position plots and a console summary.
+
+:func:`write_report` writes into ``out_dir``:
+
+- ``results.json``: ``{"title", "meta", "summary"}`` (strict JSON, NaN written as ``null``);
+- ``episodes.csv``: one row per (lifecycle, position), see :data:`EPISODE_CSV_COLUMNS`;
+- ``trajectories.jsonl``: one line per lifecycle, :meth:`LifecycleResult.to_json` (every hints
+  block included);
+- ``reward_by_position.png``: mean reward vs position with confidence bands, one line per mode.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless; must precede pyplot
+
+import matplotlib.pyplot as plt  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from codrl.eval.metrics import (  # noqa: E402
+    PositionStats,
+    Summary,
+    json_safe,
+    summarize,
+)
+from codrl.rollout.experience import LifecycleResult  # noqa: E402
+
+__all__ = [
+    "MODE_LABELS",
+    "EPISODE_CSV_COLUMNS",
+    "RESULTS_JSON",
+    "EPISODES_CSV",
+    "TRAJECTORIES_JSONL",
+    "REWARD_PLOT",
+    "mode_label",
+    "write_report",
+    "write_episodes_csv",
+    "write_trajectories",
+    "plot_curves",
+    "print_summary",
+]
+
+#: Legend labels of the rollout modes.
+MODE_LABELS: dict[str, str] = {
+    "cod": "with hints (CoD)",
+    "nohint": "no hints (baseline)",
+    "ralph": "Ralph loop",
+}
+
+RESULTS_JSON = "results.json"
+EPISODES_CSV = "episodes.csv"
+TRAJECTORIES_JSONL = "trajectories.jsonl"
+REWARD_PLOT = "reward_by_position.png"
+
+#: Header of ``episodes.csv``. ``hints_in_chars`` / ``hints_out_chars`` are lengths in
+#: characters (``hints_out_chars`` is empty when no context update ran after the task).
+EPISODE_CSV_COLUMNS: tuple[str, ...] = (
+    "pack_id",
+    "env",
+    "split",
+    "mode",
+    "repeat",
+    "position",
+    "task_id",
+    "env_reward",
+    "reward",
+    "success",
+    "format_valid",
+    "completion_tokens",
+    "num_turns",
+    "hint_valid",
+    "hint_reward",
+    "hints_in_chars",
+    "hints_out_chars",
+)
+
+
+def mode_label(mode: str) -> str:
+    """Human-readable label of a rollout mode (the mode name itself when unknown)."""
+    return MODE_LABELS.get(mode, mode)
+
+
+def _dump_json(obj: Any) -> str:
+    return json.dumps(json_safe(obj), allow_nan=False, ensure_ascii=False)
+
+
+def _fmt(v: float, digits: int = 3) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
+
+
+def _fmt_signed(v: float, digits: int = 3) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else f"{v:+.{digits}f}"
+
+
+def _fmt_ci(lo: float, hi: float, digits: int = 3) -> str:
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return ""
+    return f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def _fmt_pct(v: float) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else f"{100.0 * v:.1f}%"
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+
+
+def write_episodes_csv(results: Sequence[LifecycleResult], path: Path) -> Path:
+    """Write one CSV row per (lifecycle, position) with :data:`EPISODE_CSV_COLUMNS`."""
+    path = Path(path)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(EPISODE_CSV_COLUMNS)
+        for r in results:
+            for ep in r.episodes:
+                writer.writerow(
+                    [
+                        r.pack_id,
+                        r.env,
+                        r.split,
+                        r.mode,
+                        r.repeat,
+                        ep.position,
+                        ep.task_id,
+                        ep.env_reward,
+                        ep.reward,
+                        int(bool(ep.success)),
+                        int(bool(ep.format_valid)),
+                        ep.completion_tokens,
+                        len(ep.turns),
+                        int(bool(ep.hint_valid)),
+                        ep.hint_reward,
+                        len(ep.hints_in or ""),
+                        "" if ep.hints_out is None else len(ep.hints_out),
+                    ]
+                )
+    return path
+
+
+def write_trajectories(results: Sequence[LifecycleResult], path: Path) -> Path:
+    """Write one JSON line per lifecycle (:meth:`LifecycleResult.to_json`)."""
+    path = Path(path)
+    with path.open("w", encoding="utf-8") as fh:
+        for r in results:
+            fh.write(_dump_json(r.to_json()) + "\n")
+    return path
+
+
+def write_report(
+    results: Sequence[LifecycleResult],
+    out_dir: Path,
+    *,
+    title: str,
+    meta: Mapping[str, Any],
+    confidence: float = 0.95,
+) -> Summary:
+    """Summarise ``results`` and write the report files (see module docstring) to ``out_dir``.
+
+    ``meta`` is stored verbatim in ``results.json`` (non-JSON values as strings); its optional
+    ``"chance_reward"`` draws a dashed chance-level line in the plot. Returns the summary.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(results, confidence=confidence)
+
+    payload = {"title": title, "meta": dict(meta), "summary": summary.to_json()}
+    (out / RESULTS_JSON).write_text(
+        json.dumps(json_safe(payload), allow_nan=False, indent=2, ensure_ascii=False) + "\n",
+        encoding="utf-8",
+    )
+    write_episodes_csv(results, out / EPISODES_CSV)
+    write_trajectories(results, out / TRAJECTORIES_JSONL)
+    plot_curves(
+        {mode_label(m): summary.positions[m] for m in summary.modes},
+        out / REWARD_PLOT,
+        title=title,
+        chance_reward=meta.get("chance_reward"),
+        confidence=confidence,
+    )
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# Plot
+# --------------------------------------------------------------------------------------------
+
+
+def plot_curves(
+    curves: Mapping[str, Sequence[PositionStats]],
+    out_path: Path,
+    *,
+    title: str = "Mean reward by position in pack",
+    chance_reward: float | None = None,
+    ylabel: str = "mean reward",
+    confidence: float = 0.95,
+) -> Path:
+    """Plot mean reward vs pack position, one line per entry of ``curves`` (label -> stats).
+
+    Each line has error bars and a shaded band for its confidence interval (where defined).
+    ``chance_reward`` adds a dashed horizontal chance-level line. Reusable for "before vs after
+    training" comparisons. Writes a PNG (or whatever ``out_path``'s suffix names) and returns
+    ``out_path``.
+    """
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7.0, 4.5), dpi=120)
+    try:
+        all_positions: set[int] = set()
+        drawn = 0
+        for label, stats in curves.items():
+            pts = [s for s in stats if math.isfinite(s.mean_reward)]
+            if not pts:
+                continue
+            xs = [s.position for s in pts]
+            ys = [s.mean_reward for s in pts]
+            lo = [s.ci_low if math.isfinite(s.ci_low) else s.mean_reward for s in pts]
+            hi = [s.ci_high if math.isfinite(s.ci_high) else s.mean_reward for s in pts]
+            all_positions.update(xs)
+            err = [[y - lv for y, lv in zip(ys, lo)], [hv - y for y, hv in zip(ys, hi)]]
+            line = ax.errorbar(xs, ys, yerr=err, marker="o", capsize=4, label=label)
+            color = line.lines[0].get_color()
+            ax.fill_between(xs, lo, hi, color=color, alpha=0.15, linewidth=0)
+            drawn += 1
+        if chance_reward is not None and math.isfinite(float(chance_reward)):
+            ax.axhline(
+                float(chance_reward), color="gray", linestyle="--", linewidth=1.2, label="chance"
+            )
+        if drawn == 0:
+            ax.text(
+                0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes,
+                fontsize=14, color="gray",
+            )
+        if all_positions:
+            ax.set_xticks(sorted(all_positions))
+        ax.set_xlabel("task position in pack")
+        ax.set_ylabel(f"{ylabel} ({100 * confidence:.0f}% CI over packs)")
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        if drawn or chance_reward is not None:
+            ax.legend(loc="best")
+        fig.tight_layout()
+        fig.savefig(out_path)
+    finally:
+        plt.close(fig)
+    return out_path
+
+
+# --------------------------------------------------------------------------------------------
+# Console
+# --------------------------------------------------------------------------------------------
+
+
+def print_summary(summary: Summary, console: Console | None = None) -> None:
+    """Print one rich table per mode, the CoD gain per mode and, when the no-hint baseline was
+    also run, the per-position reward difference against it."""
+    console = console or Console()
+    conf = f"{100 * summary.confidence:.0f}%"
+    if not summary.modes:
+        console.print("[yellow]No evaluation results.[/yellow]")
+        return
+    for mode in summary.modes:
+        table = Table(title=f"{mode_label(mode)} [{mode}]")
+        table.add_column("position", justify="right", min_width=8, no_wrap=True)
+        table.add_column(f"mean reward [{conf} CI]", justify="right", no_wrap=True)
+        table.add_column("success", justify="right")
+        table.add_column("format valid", justify="right")
+        table.add_column("hint valid", justify="right")
+        table.add_column("n packs/eps", justify="right", no_wrap=True)
+        for s in summary.positions.get(mode, []):
+            table.add_row(
+                str(s.position),
+                _fmt(s.mean_reward) + _fmt_ci(s.ci_low, s.ci_high),
+                _fmt_pct(s.success_rate),
+                _fmt_pct(s.format_valid_rate),
+                _fmt_pct(s.hint_valid_rate) if s.n_updates else "-",
+                f"{s.n_packs}/{s.n_episodes}",
+            )
+        ov = summary.overall.get(mode)
+        if ov is not None:
+            table.add_section()
+            table.add_row(
+                "all",
+                _fmt(ov.mean_reward) + _fmt_ci(ov.ci_low, ov.ci_high),
+                _fmt_pct(ov.success_rate),
+                _fmt_pct(ov.format_valid_rate),
+                _fmt_pct(ov.hint_valid_rate),
+                f"{ov.n_packs}/{ov.n_episodes}",
+            )
+        console.print(table)
+        if mode in summary.cod_gain:
+            lo, hi = summary.cod_gain_ci.get(mode, (math.nan, math.nan))
+            stats = summary.positions[mode]
+            console.print(
+                f"CoD gain, {mode_label(mode)}: reward at position {stats[-1].position} minus "
+                f"position {stats[0].position} = [bold]{_fmt_signed(summary.cod_gain[mode])}"
+                f"[/bold]{_fmt_ci(lo, hi)}"
+            )
+    for key, diffs in summary.mode_diffs.items():
+        if not diffs:
+            continue
+        mode, base = key.rsplit("-", 1)
+        parts = ", ".join(
+            f"{d.position}: {_fmt_signed(d.diff)}{_fmt_ci(d.ci_low, d.ci_high)}" for d in diffs
+        )
+        console.print(
+            f"Difference {mode_label(mode)} minus {mode_label(base)} by position: {parts}"
+        )

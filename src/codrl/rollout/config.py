@@ -1,0 +1,45 @@
+"""Knobs of a lifecycle rollout (typed, YAML-loadable, CPU-friendly defaults)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class RolloutConfig(BaseModel):
+    """How a pack is played. Defaults follow method.md where it gives a value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pack_size: int = Field(4, ge=1, description="K: tasks per pack (lifecycle length)")
+    repeats: int = Field(4, ge=1, description="R: rollouts of the same pack (the GRPO group)")
+    mode: Literal["cod", "nohint"] = Field(
+        "cod", description="cod: write hints between tasks; nohint: skip the update-context step (baseline)")
+    ralph: Literal["none", "first", "expand"] = Field(
+        "none", description="Ralph loop: repeat each pack's first task K times, or expand every task into its own pack")
+    temperature: float = Field(1.0, ge=0.0, description="sampling temperature (0 = greedy)")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens_solve: int = Field(32, ge=1, description="token budget of one solve reply")
+    max_new_tokens_update: int = Field(64, ge=1, description="token budget of one hints block")
+    use_reply_prefix: bool = Field(True, description="prefill replies with the environment's reply prefix")
+    update_reply_prefix: str = Field("Hints:\n", description="prefill of the update-context reply")
+    max_concurrent: int = Field(64, ge=1, description="lifecycles played at once (their model calls are batched)")
+    max_turns_cap: int = Field(64, ge=1, description="safety cap on turns of one solve episode")
+    # rewards (method.md: length_penalty_coef 0.1, hint_penalty_coef 0.1)
+    length_penalty_coef: float = Field(0.1, ge=0.0, description="max penalty for an over-long solution")
+    length_penalty_start: int = Field(24, ge=0, description="solution length (tokens, longest reply) where the ramp starts")
+    length_penalty_end: int = Field(32, ge=1, description="solution length where the penalty reaches its max")
+    hint_penalty_coef: float = Field(0.1, ge=0.0, description="penalty for an unparseable or too-short hints block")
+    hint_min_chars: int = Field(8, ge=0, description="hints shorter than this are 'too short'")
+    hint_length_coef: float = Field(0.1, ge=0.0, description="max penalty for over-long hints")
+    hint_length_start: int = Field(48, ge=0, description="hints length (tokens) where the ramp starts")
+    hint_length_end: int = Field(64, ge=1, description="hints length where the penalty reaches its max")
+
+    @model_validator(mode="after")
+    def _ramps(self) -> RolloutConfig:
+        if self.length_penalty_end <= self.length_penalty_start:
+            raise ValueError("length_penalty_end must be > length_penalty_start")
+        if self.hint_length_end <= self.hint_length_start:
+            raise ValueError("hint_length_end must be > hint_length_start")
+        return self

@@ -1,0 +1,124 @@
+"""Token-exact experiences and lifecycle records.
+
+Every model call of a lifecycle rollout becomes one :class:`Experience`: the exact prompt token
+ids the model saw, the exact sampled completion ids with their logprobs, and a loss mask that
+covers only the model's own (sampled) tokens. Text is kept for logs; it is never re-tokenized for
+training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+EpisodeType = Literal["solve", "update"]
+
+
+@dataclass
+class Experience:
+    """One model call inside a lifecycle rollout.
+
+    ``position`` is the task index: for a solve episode the task being solved, for an
+    update-context episode the task whose outcome it summarises (its hints serve task
+    ``position + 1``). ``own_reward`` is the episode's own reward (the penalised task reward for
+    solve episodes, the hint penalty for update episodes); ``task_rewards`` holds the penalised
+    task rewards of the whole lifecycle once it has finished. ``advantage`` is filled in by
+    :mod:`codrl.algo.advantages`.
+    """
+
+    pack_id: str
+    repeat: int
+    episode_type: EpisodeType
+    position: int
+    turn: int
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    logprobs: list[float]
+    text: str
+    finish_reason: str = "stop"
+    own_reward: float = 0.0
+    task_rewards: list[float] = field(default_factory=list)
+    advantage: float = 0.0
+    token_exact: bool = True
+
+    @property
+    def lifecycle_id(self) -> str:
+        return f"{self.pack_id}#{self.repeat}"
+
+    @property
+    def input_ids(self) -> list[int]:
+        """Prompt and completion, the sequence a trainer runs the policy on."""
+        return self.prompt_ids + self.completion_ids
+
+    @property
+    def loss_mask(self) -> list[int]:
+        """1 on the model's own sampled tokens, 0 on prompt/prefix/environment tokens."""
+        return [0] * len(self.prompt_ids) + [1] * len(self.completion_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.completion_ids)
+
+
+@dataclass
+class Turn:
+    """One exchange of a solve episode, as text (for logs and the update-context prompt)."""
+
+    observation: str
+    reply: str  # full reply, reply prefix included
+    feedback: str
+    valid: bool
+    reward: float
+
+
+@dataclass
+class EpisodeRecord:
+    """One solve episode and the context update that followed it, as text."""
+
+    position: int
+    task_id: str
+    hints_in: str  # the hints block the solve prompt carried ("" for none)
+    turns: list[Turn]
+    env_reward: float  # raw environment reward
+    reward: float  # env_reward minus the solution length penalty
+    success: bool
+    format_valid: bool  # every reply of the episode parsed
+    feedback: str  # final environment feedback
+    completion_tokens: int
+    hints_out: str | None = None  # hints written after this task (None: no update ran)
+    hint_reward: float = 0.0
+    hint_valid: bool = True
+
+
+@dataclass
+class LifecycleResult:
+    """A finished lifecycle rollout: one pass through a pack."""
+
+    pack_id: str
+    env: str
+    split: str
+    repeat: int
+    mode: str  # "cod" | "nohint" | "ralph"
+    episodes: list[EpisodeRecord]
+    experiences: list[Experience]
+
+    @property
+    def task_rewards(self) -> list[float]:
+        """Penalised task rewards r_0..r_{K-1} (what credit assignment uses)."""
+        return [e.reward for e in self.episodes]
+
+    @property
+    def env_rewards(self) -> list[float]:
+        return [e.env_reward for e in self.episodes]
+
+    def to_json(self) -> dict[str, Any]:
+        """Full trajectory record (no token ids) for JSONL output."""
+        return {
+            "pack_id": self.pack_id,
+            "env": self.env,
+            "split": self.split,
+            "repeat": self.repeat,
+            "mode": self.mode,
+            "task_rewards": self.task_rewards,
+            "episodes": [asdict(e) for e in self.episodes],
+        }

@@ -1,0 +1,182 @@
+"""Lifecycle rollouts: play packs of related tasks, interleaving solve and update-context episodes.
+
+Each lifecycle is a generator (:func:`play_lifecycle`) that *yields* a :class:`GenRequest` whenever
+it needs the model and receives the :class:`GenResult`. :class:`LifecycleRunner` drives many such
+generators at once: every round it collects the pending request of every active lifecycle and
+sends them to the backend in one batched call, so a turn never waits for an unrelated lifecycle to
+finish its task, and the model sees large batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+
+from codrl.backends.base import Backend, GenRequest, GenResult, SamplingParams
+from codrl.envs.base import CoDEnv, Pack, expand_ralph, ralph_pack
+from codrl.rollout.config import RolloutConfig
+from codrl.rollout.experience import EpisodeRecord, Experience, LifecycleResult, Turn
+from codrl.rollout.prompts import parse_hints, ramp, solve_user_message, update_messages
+
+LifecycleGen = Generator[GenRequest, GenResult, LifecycleResult]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One lifecycle to play: a pack of an environment, and which repeat it is."""
+
+    env: CoDEnv
+    pack: Pack
+    repeat: int
+
+
+def _experience(pack: Pack, repeat: int, kind: str, position: int, turn: int, res: GenResult,
+                own_reward: float = 0.0) -> Experience:
+    return Experience(pack_id=pack.pack_id, repeat=repeat, episode_type=kind, position=position,  # type: ignore[arg-type]
+                      turn=turn, prompt_ids=res.prompt_ids, completion_ids=res.completion_ids,
+                      logprobs=res.logprobs, text=res.text, finish_reason=res.finish_reason,
+                      own_reward=own_reward, token_exact=res.token_exact)
+
+
+def hint_reward(hints: str | None, n_tokens: int, cfg: RolloutConfig) -> tuple[float, bool]:
+    """Own reward of an update-context episode and whether its hints block is valid.
+
+    0 normally; ``-hint_penalty_coef`` if no hints block parses or it is shorter than
+    ``hint_min_chars``; minus a linear ramp (``hint_length_coef``) for over-long hints.
+    """
+    valid = hints is not None and len(hints) >= cfg.hint_min_chars
+    reward = 0.0 if valid else -cfg.hint_penalty_coef
+    reward -= cfg.hint_length_coef * ramp(n_tokens, cfg.hint_length_start, cfg.hint_length_end)
+    return reward, valid
+
+
+def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mode: str = "cod") -> LifecycleGen:
+    """Play one pass through ``pack``: solve task 0 -> update hints -> solve task 1 -> ...
+
+    Yields generation requests and returns the finished :class:`LifecycleResult`. In ``nohint``
+    mode the update-context step is skipped and every task is solved with no hints.
+    """
+    prefix = env.reply_prefix if cfg.use_reply_prefix else ""
+    solve_params = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens_solve, tuple(env.stop_strings))
+    update_params = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens_update)
+    hints = ""
+    episodes: list[EpisodeRecord] = []
+    experiences: list[Experience] = []
+    last = len(pack.tasks) - 1
+    for task in pack.tasks:
+        k = task.position
+        episode = env.start(pack, task)
+        first_obs = episode.reset()
+        messages = [{"role": "system", "content": env.system_prompt},
+                    {"role": "user", "content": solve_user_message(hints, first_obs)}]
+        turns: list[Turn] = []
+        solve_exps: list[Experience] = []
+        env_reward, feedback, all_valid, longest, total = 0.0, "", True, 0, 0
+        for turn in range(cfg.max_turns_cap):
+            res = yield GenRequest(messages, solve_params, prefix)
+            reply = prefix + res.text
+            step = episode.step(reply)
+            exp = _experience(pack, repeat, "solve", k, turn, res)
+            solve_exps.append(exp)
+            n_tok = len(res.completion_ids) if res.token_exact else len(res.text.split())
+            longest, total = max(longest, n_tok), total + n_tok
+            all_valid = all_valid and step.valid
+            turns.append(Turn(observation=messages[-1]["content"], reply=reply, feedback=step.feedback,
+                              valid=step.valid, reward=step.reward))
+            env_reward, feedback = step.reward, step.feedback
+            if step.done:
+                break
+            messages = messages + [{"role": "assistant", "content": reply},
+                                   {"role": "user", "content": step.observation or step.feedback}]
+        else:
+            env_reward, feedback = 0.0, f"Turn cap of {cfg.max_turns_cap} reached. Task failed."
+        reward = env_reward - cfg.length_penalty_coef * ramp(longest, cfg.length_penalty_start, cfg.length_penalty_end)
+        for exp in solve_exps:
+            exp.own_reward = reward
+        experiences.extend(solve_exps)
+        record = EpisodeRecord(position=k, task_id=task.task_id, hints_in=hints, turns=turns,
+                               env_reward=env_reward, reward=reward, success=env_reward >= 1.0,
+                               format_valid=all_valid, feedback=feedback, completion_tokens=total)
+        episodes.append(record)
+        if mode == "cod" and k < last:
+            msgs = update_messages(env.system_prompt, hints, first_obs, turns, env_reward, feedback)
+            res = yield GenRequest(msgs, update_params, cfg.update_reply_prefix)
+            parsed = parse_hints(cfg.update_reply_prefix + res.text)
+            n_tok = len(res.completion_ids) if res.token_exact else len(res.text.split())
+            own, valid = hint_reward(parsed, n_tok, cfg)
+            experiences.append(_experience(pack, repeat, "update", k, 0, res, own_reward=own))
+            if valid and parsed is not None:
+                hints = parsed  # an invalid block keeps the previous hints: nothing learned is lost
+            record.hints_out, record.hint_reward, record.hint_valid = hints, own, valid
+    task_rewards = [e.reward for e in episodes]
+    for exp in experiences:
+        exp.task_rewards = task_rewards
+    return LifecycleResult(pack_id=pack.pack_id, env=env.name, split=pack.split, repeat=repeat, mode=mode,
+                           episodes=episodes, experiences=experiences)
+
+
+def make_jobs(envs_and_packs: Sequence[tuple[CoDEnv, Pack]], cfg: RolloutConfig) -> list[Job]:
+    """Expand packs into jobs: Ralph-loop variants applied, each pack repeated ``cfg.repeats`` times."""
+    jobs: list[Job] = []
+    for env, pack in envs_and_packs:
+        if cfg.ralph == "first":
+            variants = [ralph_pack(pack)]
+        elif cfg.ralph == "expand":
+            variants = expand_ralph(pack)
+        else:
+            variants = [pack]
+        for p in variants:
+            jobs.extend(Job(env, p, r) for r in range(cfg.repeats))
+    return jobs
+
+
+class LifecycleRunner:
+    """Plays many lifecycles concurrently, batching their model calls.
+
+    ``on_done`` is called with each finished lifecycle (e.g. to advance a progress bar).
+    """
+
+    def __init__(self, backend: Backend, cfg: RolloutConfig) -> None:
+        self.backend = backend
+        self.cfg = cfg
+        self.rounds = 0
+
+    def run(self, jobs: Sequence[Job], on_done: Callable[[LifecycleResult], None] | None = None) -> list[LifecycleResult]:
+        """Play every job; results come back in job order."""
+        mode = "ralph" if self.cfg.ralph != "none" else self.cfg.mode
+        results: list[LifecycleResult | None] = [None] * len(jobs)
+        active: dict[int, tuple[LifecycleGen, GenRequest]] = {}
+        queue = list(range(len(jobs)))[::-1]
+
+        def admit() -> None:
+            while queue and len(active) < self.cfg.max_concurrent:
+                i = queue.pop()
+                job = jobs[i]
+                gen = play_lifecycle(job.env, job.pack, job.repeat, self.cfg,
+                                     mode="cod" if mode == "ralph" else mode)
+                self._advance(i, gen, None, active, results, on_done, mode)
+
+        admit()
+        while active:
+            ids = list(active)
+            outs = self.backend.generate([active[i][1] for i in ids])
+            self.rounds += 1
+            for i, out in zip(ids, outs):
+                gen = active.pop(i)[0]
+                self._advance(i, gen, out, active, results, on_done, mode)
+            admit()
+        return [r for r in results if r is not None]
+
+    @staticmethod
+    def _advance(i: int, gen: LifecycleGen, out: GenResult | None, active: dict[int, tuple[LifecycleGen, GenRequest]],
+                 results: list[LifecycleResult | None], on_done: Callable[[LifecycleResult], None] | None,
+                 mode: str) -> None:
+        try:
+            req = next(gen) if out is None else gen.send(out)
+            active[i] = (gen, req)
+        except StopIteration as stop:
+            result: LifecycleResult = stop.value
+            result.mode = mode
+            results[i] = result
+            if on_done is not None:
+                on_done(result)

