@@ -1,0 +1,86 @@
+"""Loading typed configs from YAML, with errors that name the field and the allowed values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from codrl.errors import CodrlError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _allowed_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names allowed at the parent of ``loc`` (for 'unknown key' messages)."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
+            continue
+        field = current.model_fields.get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        args = getattr(ann, "__args__", ()) or (ann,)
+        nxt = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if nxt is None:
+            # list[Model]
+            for a in args:
+                for inner in getattr(a, "__args__", ()):
+                    if isinstance(inner, type) and issubclass(inner, BaseModel):
+                        nxt = inner
+        if nxt is None:
+            return []
+        current = nxt
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return sorted(current.model_fields)
+    return []
+
+
+def format_validation_error(model: type[BaseModel], err: ValidationError, source: str = "config") -> CodrlError:
+    """Turn a pydantic error into a one-line :class:`CodrlError` naming each bad field."""
+    parts = []
+    for e in err.errors():
+        loc = tuple(e.get("loc", ()))
+        name = ".".join(str(p) for p in loc) or "(root)"
+        if e.get("type") == "extra_forbidden":
+            allowed = _allowed_fields(model, loc)
+            parts.append(f"{name}: unknown key; allowed keys: {', '.join(allowed)}")
+        elif e.get("type") == "missing":
+            parts.append(f"{name}: required field is missing")
+        else:
+            msg = e.get("msg", "invalid value")
+            got = e.get("input")
+            got_s = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+            parts.append(f"{name}: {msg}{got_s}")
+    return CodrlError(f"invalid {source}: " + "; ".join(parts))
+
+
+def validate(model: type[M], data: dict[str, Any], source: str = "config") -> M:
+    """Validate ``data`` against ``model``, raising a :class:`CodrlError` on failure."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise format_validation_error(model, e, source) from None
+
+
+def load_yaml(model: type[M], path: str | Path, overrides: dict[str, Any] | None = None) -> M:
+    """Load and validate a YAML config file (with optional top-level overrides)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CodrlError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise CodrlError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise CodrlError(f"config file {p} must hold a mapping of fields, got {type(data).__name__}")
+    data.update(overrides or {})
+    return validate(model, data, source=f"config {p}")
+
+
+def dump_yaml(cfg: BaseModel, path: str | Path) -> None:
+    """Write a config as YAML (used to record the resolved config of a run)."""
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

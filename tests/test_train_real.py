@@ -1,0 +1,84 @@
+"""One RL step of the real embedded model (SmolLM2-135M-Instruct + LoRA) on FrozenLake-Obscure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from codrl.algo.advantages import compute_advantages
+from codrl.train.config import TrainConfig
+from codrl.train.trainer import Trainer, _collate, micro_batches
+
+pytestmark = pytest.mark.slow
+
+
+def small_config(out: Path) -> TrainConfig:
+    return TrainConfig.model_validate({
+        "envs": [{"name": "frozenlake"}],
+        "rollout": {"pack_size": 2, "repeats": 2, "max_new_tokens_solve": 8, "max_new_tokens_update": 16,
+                    "hint_length_start": 8, "hint_length_end": 16},
+        "model": {"path": "embedded", "lora": {"r": 4, "alpha": 8}},
+        "optim": {"lr": 5e-3},
+        "steps": 1, "packs_per_step": 1, "micro_batch_tokens": 2048,
+        "eval": {"at_start": False, "at_end": False},
+        "log": {"tensorboard": False, "progress": False},
+        "output_dir": str(out),
+    })
+
+
+def sequence_logprobs(trainer: Trainer, exps: list) -> torch.Tensor:
+    """Sum of logprobs of each experience's sampled tokens under the current policy."""
+    from codrl.algo.losses import token_logprobs
+
+    out = {}
+    with torch.no_grad():
+        for mb in micro_batches(exps, 2048):
+            batch = _collate(mb, trainer.backend.pad_id, torch.device("cpu"))
+            lp = token_logprobs(trainer.model(input_ids=batch["input_ids"],
+                                              attention_mask=batch["attention_mask"]).logits, batch["input_ids"])
+            for r, e in enumerate(mb):
+                out[id(e)] = float((lp[r] * batch["mask"][r]).sum())
+    return torch.tensor([out[id(e)] for e in exps])
+
+
+def test_one_step_moves_policy_and_checkpoints(tmp_path: Path) -> None:
+    cfg = small_config(tmp_path / "run")
+    trainer = Trainer(cfg)
+    results = trainer.rollout(0)
+    exps = [e for r in results for e in r.experiences if e.completion_ids]
+    assert exps and all(e.token_exact for e in exps)
+    compute_advantages(exps, cfg.advantage)
+    # With a 135M model both repeats often score 0 and every advantage is 0; to test the update
+    # mechanics deterministically, give episodes alternating +1/-1 advantages.
+    for i, e in enumerate(exps):
+        e.advantage = 1.0 if i % 2 == 0 else -1.0
+    adv = torch.tensor([e.advantage for e in exps])
+    before_lp = sequence_logprobs(trainer, exps)
+    lora_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    metrics = trainer.update(exps)
+    assert metrics["grad_norm"] > 0
+    changed = [n for n, p in trainer.model.named_parameters() if p.requires_grad and not torch.equal(p, lora_before[n])]
+    assert changed, "no adapter weight changed"
+    # base weights are frozen
+    assert all("lora_" in n for n in lora_before)
+    after_lp = sequence_logprobs(trainer, exps)
+    delta = after_lp - before_lp
+    # the policy moved toward positive-advantage tokens and away from negative ones
+    assert float((adv * delta).sum()) > 0
+    assert float(delta[adv > 0].mean()) > float(delta[adv < 0].mean())
+
+    trainer.step_idx = 1
+    ckpt = trainer.save()
+    assert (ckpt / "model" / "adapter_config.json").is_file()
+    assert (ckpt / "optimizer.pt").is_file()
+    saved = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+    resumed = Trainer(cfg)
+    assert resumed.resume()
+    assert resumed.step_idx == 1
+    for n, p in resumed.model.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p, saved[n]), n
+    assert resumed.optimizer.state_dict()["state"], "optimizer state not restored"
