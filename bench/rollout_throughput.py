@@ -16,9 +16,19 @@ and its tok/s is computed on that subset; pass ``--naive-lifecycles`` equal to p
 (K for ``--ralph expand``) for the full set. The ratio compares rates, so the subset only adds
 sampling noise. The last output line is ``RESULT speedup=<ratio> codrl_tok_s=<x> naive_tok_s=<y>``.
 
-A forward-pass profile of the codrl side (prefill vs decode time, padding, batch sizes) is printed
+A forward-pass profile of the codrl side (prefill vs decode time, padding, batch sizes, wasted
+decode rows, and an upper bound on prompt tokens a prefix/KV cache could have served) is printed
 to show where the time goes. Other processes on the machine skew wall-clock numbers: the load
-average is printed next to the results.
+average and the process CPU time are printed next to the results.
+
+Threads: the default is one torch thread. On a 2-core machine that other processes also use, two
+torch threads spin-wait on each other and run several times slower than one (measured 9x on a
+374-token prefill); ``--threads 2`` is the better choice only on an otherwise idle machine.
+
+Run time: prompt prefill dominates (prompts are 370-1000 tokens, replies a few to 64 tokens). With
+the defaults (32 lifecycles, K=2) the codrl side prefills about 145k prompt tokens; on 2 CPU cores
+at about 250-350 tokens/s that is 8-17 minutes depending on load, plus 1-2 minutes for the naive
+subset. ``--packs 4 --repeats 2`` gives a quicker, smaller-batch run.
 
 Usage: ``python bench/rollout_throughput.py [--packs 8 --repeats 4 --pack-size 2 --concurrent 32]``
 """
@@ -185,7 +195,7 @@ def main() -> None:
     ap.add_argument("--split", default="test")
     ap.add_argument("--max-new-tokens-solve", type=int, default=RolloutConfig().max_new_tokens_solve)
     ap.add_argument("--max-new-tokens-update", type=int, default=RolloutConfig().max_new_tokens_update)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default); see the module doc")
     ap.add_argument("--skip-naive", action="store_true", help="profile the codrl side only")
     args = ap.parse_args()
     if args.threads:

@@ -9,14 +9,16 @@ import torch
 
 from codrl.algo.advantages import compute_advantages
 from codrl.train.config import TrainConfig
-from codrl.train.trainer import Trainer, _collate, micro_batches
+from codrl.train.trainer import Trainer, _collate, micro_batches, to_sequences
 
 pytestmark = pytest.mark.slow
 
 
 def small_config(out: Path) -> TrainConfig:
     return TrainConfig.model_validate({
-        "envs": [{"name": "frozenlake"}],
+        # short episodes keep the CPU cost of a real-model step small
+        "envs": [{"name": "frozenlake", "params": {"min_size": 4, "max_size": 4, "max_env_steps": 2,
+                                                   "max_agent_steps": 2}}],
         "rollout": {"pack_size": 2, "repeats": 2, "max_new_tokens_solve": 8, "max_new_tokens_update": 16,
                     "hint_length_start": 8, "hint_length_end": 16},
         "model": {"path": "embedded", "lora": {"r": 4, "alpha": 8}},
@@ -33,13 +35,15 @@ def sequence_logprobs(trainer: Trainer, exps: list) -> torch.Tensor:
     from codrl.algo.losses import token_logprobs
 
     out = {}
+    seqs = to_sequences(exps, merge_turns=False)
+    by_id = {id(s): e for s, e in zip(seqs, exps)}
     with torch.no_grad():
-        for mb in micro_batches(exps, 2048):
+        for mb in micro_batches(seqs, 2048):
             batch = _collate(mb, trainer.backend.pad_id, torch.device("cpu"))
             lp = token_logprobs(trainer.model(input_ids=batch["input_ids"],
                                               attention_mask=batch["attention_mask"]).logits, batch["input_ids"])
             for r, e in enumerate(mb):
-                out[id(e)] = float((lp[r] * batch["mask"][r]).sum())
+                out[id(by_id[id(e)])] = float((lp[r] * batch["mask"][r]).sum())
     return torch.tensor([out[id(e)] for e in exps])
 
 

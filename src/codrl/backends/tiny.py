@@ -48,16 +48,16 @@ ROLES: tuple[str, ...] = ("system", "user", "assistant")
 #: ChatML-like template whose output is whitespace-separated words. The generation prompt ends
 #: with a space so that a reply prefix (e.g. ``Hints:``) stays a word of its own.
 CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
+    "{% for message in messages %}"
     "<|im_start|> {{ message['role'] }} {{ message['content'] }} <|im_end|>\n"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|im_start|> assistant {% endif -%}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|> assistant {% endif %}"
 )
 
 #: Reader warm-up cases and their probabilities: no hints, a pair for the queried key, bare values
 #: but no pair for the queried key, or non-empty hints that say nothing about the query.
 READER_CASES: tuple[str, ...] = ("empty", "pair", "bare", "none")
-READER_CASE_PROBS: tuple[float, ...] = (0.2, 0.4, 0.25, 0.15)
+READER_CASE_PROBS: tuple[float, ...] = (0.2, 0.45, 0.2, 0.15)
 
 
 # -- vocabulary ---------------------------------------------------------------------------------
@@ -137,12 +137,16 @@ def unknown_words(tokenizer: Any, text: str) -> list[str]:
 
 # -- model ----------------------------------------------------------------------------------
 def build_tiny_policy(env: SecretTable, *, hidden: int = 64, layers: int = 2, heads: int = 4,
-                      intermediate: int = 256, max_positions: int = 1024, init_std: float | None = None, seed: int = 0) -> tuple[Any, Any]:
+                      intermediate: int = 256, max_positions: int = 1024, init_std: float | None = None,
+                      seed: int = 0) -> tuple[Any, Any]:
     """Build a fresh tiny ``LlamaForCausalLM`` and its word-level tokenizer for ``env``.
 
     Returns ``(model, tokenizer)``; the model is in eval mode, float32, on the CPU, with tied
-    input/output embeddings and ``<|im_end|>`` as its end-of-sequence token. ``seed`` fixes the
-    initial weights (a local generator; the global torch RNG is left alone).
+    input/output embeddings and
+    ``<|im_end|>`` as its end-of-sequence token. Weights start normal with std ``init_std``
+    (default ``hidden ** -0.5``: the transformers default of 0.02 suits wide models and leaves a
+    64-wide model on a long plateau), and every ``k=v`` word starts at the sum of the embeddings of
+    ``k`` and ``v``. ``seed`` fixes the initial weights (a forked RNG; the global one is untouched).
     """
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -154,15 +158,32 @@ def build_tiny_policy(env: SecretTable, *, hidden: int = 64, layers: int = 2, he
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-        max_position_embeddings=max_positions, tie_word_embeddings=True, initializer_range=hidden ** -0.5 if init_std is None else init_std,
+        max_position_embeddings=max_positions, tie_word_embeddings=True,
+        initializer_range=hidden ** -0.5 if init_std is None else init_std,
         pad_token_id=pad, bos_token_id=bos, eos_token_id=eos,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
+    _compose_pair_embeddings(model, tok, env)
     model.generation_config = GenerationConfig(bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
     model.eval()
     return model, tok
+
+
+def _compose_pair_embeddings(model: Any, tokenizer: Any, env: SecretTable) -> None:
+    """Start every ``k=v`` word at the sum of the embeddings of ``k`` and ``v``.
+
+    A subword LLM would read ``b=3`` as ``b``, ``=``, ``3``; the word-level tokenizer makes it one
+    token, and this initialisation gives it back that structure (learning it from scratch is what
+    slows a tiny reader down most).
+    """
+    emb = model.get_input_embeddings().weight
+    with torch.no_grad():
+        for k in env.keys:
+            for v in env.values:
+                ids = tokenizer.convert_tokens_to_ids([fact(k, v), k, v])
+                emb[ids[0]] = emb[ids[1]] + emb[ids[2]]
 
 
 def save_policy(model: Any, tokenizer: Any, path: str | Path) -> Path:
@@ -232,28 +253,37 @@ def reader_example(env: SecretTable, rng: np.random.Generator, junk: Sequence[st
     return " ".join(words), key, answer
 
 
-def solve_prompt_ids(env: SecretTable, tokenizer: Any, hints: str, key: str) -> list[int]:
-    """Token ids of the solve prompt for a question about ``key`` with ``hints``, built exactly
-    as the lifecycle and :class:`~codrl.backends.hf.HFBackend` build it."""
+def _solve_messages(env: SecretTable, hints: str, key: str) -> list[dict[str, str]]:
+    """The solve chat for a question about ``key`` with ``hints``, as the lifecycle builds it."""
     world = {"table": {k: env.values[0] for k in env.keys}, "asked": [key]}
     task = Task(task_id="reader/0", position=0, spec={"key": key})
     pack = Pack(pack_id="reader", env=env.name, split="train", world=world, tasks=(task,))
     obs = env.start(pack, task).reset()
-    messages = [{"role": "system", "content": env.system_prompt},
-                {"role": "user", "content": solve_user_message(hints, obs)}]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    text += env.reply_prefix
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return [{"role": "system", "content": env.system_prompt},
+            {"role": "user", "content": solve_user_message(hints, obs)}]
+
+
+def _prompt_ids(env: SecretTable, tokenizer: Any, chats: list[list[dict[str, str]]]) -> list[list[int]]:
+    """Token ids of chats as :class:`~codrl.backends.hf.HFBackend` encodes them (batched)."""
+    texts = tokenizer.apply_chat_template(chats, tokenize=False, add_generation_prompt=True)
+    texts = [t + env.reply_prefix for t in texts]
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def solve_prompt_ids(env: SecretTable, tokenizer: Any, hints: str, key: str) -> list[int]:
+    """Token ids of the solve prompt for a question about ``key`` with ``hints``, built exactly
+    as the lifecycle and :class:`~codrl.backends.hf.HFBackend` build it."""
+    return _prompt_ids(env, tokenizer, [_solve_messages(env, hints, key)])[0]
 
 
 def _draw_batch(env: SecretTable, tokenizer: Any, rng: np.random.Generator, junk: Sequence[str], size: int,
                 max_hint_words: int, case: str | None = None) -> list[tuple[list[int], str, str | None, str]]:
-    out = []
+    drawn = []
     for _ in range(size):
         c = case or READER_CASES[int(rng.choice(len(READER_CASES), p=READER_CASE_PROBS))]
-        hints, key, answer = reader_example(env, rng, junk, c, max_hint_words)
-        out.append((solve_prompt_ids(env, tokenizer, hints, key), key, answer, c))
-    return out
+        drawn.append((*reader_example(env, rng, junk, c, max_hint_words), c))
+    ids = _prompt_ids(env, tokenizer, [_solve_messages(env, hints, key) for hints, key, _, _ in drawn])
+    return [(p, key, answer, c) for p, (_, key, answer, c) in zip(ids, drawn)]
 
 
 def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -306,26 +336,48 @@ def reader_accuracy(model: Any, tokenizer: Any, env: SecretTable, *, n: int = 25
     return out
 
 
-def warmup_reader(model: Any, tokenizer: Any, env: SecretTable, *, steps: int = 400, batch_size: int = 64,
-                  lr: float = 3e-3, seed: int = 0, max_hint_words: int = 12, eval_size: int = 256,
-                  weight_decay: float = 0.0) -> dict[str, float]:
+def warmup_reader(model: Any, tokenizer: Any, env: SecretTable, *, steps: int = 800, batch_size: int = 64,
+                  lr: float = 2e-3, seed: int = 0, max_hint_words: int = 12, eval_size: int = 256,
+                  weight_decay: float = 0.0, num_threads: int | None = 1) -> dict[str, float]:
     """Supervised reading warm-up: solve prompts with hints in, the prescribed answer out.
 
     Prompts are rendered as the lifecycle renders solve prompts (system prompt, hints block above
     the observation, chat template with the generation prompt); the target is one value token
     then ``<|im_end|>``, chosen by the hint language of the module docstring (a uniformly random
-    value when the hints say nothing about the query). No update-context prompt is ever used.
-    The loss is the token cross-entropy on the target tokens only. AdamW with a linear warm-up
-    (5% of the steps) and a cosine decay. Trains ``model`` in place and returns ``loss_first``,
-    ``loss_final`` (mean of the last 10 steps), ``steps``, ``seconds`` and the metrics of
+    value when the hints say nothing about the query). No update-context prompt is ever used, so
+    the policy is never shown how to write hints. The loss is the token cross-entropy on the
+    target tokens only; AdamW with a linear warm-up (5% of the steps) then a cosine decay.
+
+    ``num_threads`` caps torch's intra-op threads while training (restored afterwards; None leaves
+    them alone): a model this small gains nothing from several threads, and on a busy CPU they
+    can make a step ten times slower. Trains ``model`` in place and returns ``steps``,
+    ``seconds``, ``loss_first``, ``loss_final`` (mean of the last 10 steps) and the metrics of
     :func:`reader_accuracy` on ``eval_size`` held-out prompts per case (skipped when 0).
     """
     env = _require_table(env)
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
+    if num_threads is not None and num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}")
+    saved_threads = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        report = _train_reader(model, tokenizer, env, steps, batch_size, lr, seed, max_hint_words, weight_decay)
+        if eval_size > 0:
+            report.update(reader_accuracy(model, tokenizer, env, n=eval_size, seed=seed + 10_000,
+                                          max_hint_words=max_hint_words))
+    finally:
+        torch.set_num_threads(saved_threads)
+    return report
+
+
+def _train_reader(model: Any, tokenizer: Any, env: SecretTable, steps: int, batch_size: int, lr: float,
+                  seed: int, max_hint_words: int, weight_decay: float) -> dict[str, float]:
     rng = np.random.default_rng([seed, 7])
     junk = _junk_words(env, tokenizer)
     eos = int(tokenizer.eos_token_id)
+    value_ids = tokenizer.convert_tokens_to_ids(list(env.values))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
     warm = max(1, steps // 20)
 
@@ -338,31 +390,28 @@ def warmup_reader(model: Any, tokenizer: Any, env: SecretTable, *, steps: int = 
     losses: list[float] = []
     start = time.perf_counter()
     model.train()
-    for _ in range(steps):
-        rows, targets = [], []
-        for prompt, _key, answer, _case in _draw_batch(env, tokenizer, rng, junk, batch_size, max_hint_words):
-            value = answer if answer is not None else env.values[int(rng.integers(env.num_values))]
-            target = [tokenizer.convert_tokens_to_ids(value), eos]
-            rows.append(prompt + target)
-            targets.append((len(prompt), len(target)))
-        ids, attn = _pad(rows, tokenizer.pad_token_id)
-        loss_mask = torch.zeros_like(ids, dtype=torch.float32)
-        for i, (p, t) in enumerate(targets):
-            loss_mask[i, p: p + t] = 1.0
-        logits = model(input_ids=ids, attention_mask=attn).logits
-        lp = token_logprobs(logits, ids)
-        m = loss_mask[:, 1:]
-        loss = -(lp * m).sum() / m.sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-    model.eval()
-    report: dict[str, float] = {"steps": float(steps), "seconds": time.perf_counter() - start,
-                                "loss_first": losses[0], "loss_final": float(np.mean(losses[-10:]))}
-    if eval_size > 0:
-        report.update(reader_accuracy(model, tokenizer, env, n=eval_size, seed=seed + 10_000,
-                                      max_hint_words=max_hint_words))
-    return report
+    try:
+        for _ in range(steps):
+            rows, spans = [], []
+            for prompt, _key, answer, _case in _draw_batch(env, tokenizer, rng, junk, batch_size, max_hint_words):
+                answer_id = (tokenizer.convert_tokens_to_ids(answer) if answer is not None
+                             else value_ids[int(rng.integers(env.num_values))])
+                rows.append([*prompt, answer_id, eos])
+                spans.append(len(prompt))
+            ids, attn = _pad(rows, tokenizer.pad_token_id)
+            target = torch.zeros_like(ids, dtype=torch.float32)
+            for i, p in enumerate(spans):
+                target[i, p: p + 2] = 1.0
+            logprobs = token_logprobs(model(input_ids=ids, attention_mask=attn).logits, ids)
+            mask = target[:, 1:]
+            loss = -(logprobs * mask).sum() / mask.sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+    finally:
+        model.eval()
+    return {"steps": float(steps), "seconds": time.perf_counter() - start,
+            "loss_first": losses[0], "loss_final": float(np.mean(losses[-10:]))}

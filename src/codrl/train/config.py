@@ -114,6 +114,8 @@ class TrainConfig(BaseModel):
     micro_batch_tokens: int = Field(4096, ge=16, description="token budget of one forward/backward micro-batch")
     old_logprobs: Literal["auto", "rollout", "recompute"] = Field(
         "auto", description="auto: reuse rollout logprobs when the rollout policy is the trained model")
+    merge_turns: bool = Field(True, description="train a multi-turn episode as one row when its turns' token ids "
+                              "extend each other exactly (one forward instead of K)")
     generation_batch_size: int = Field(32, ge=1)
     save_every: int = Field(1, ge=0, description="checkpoint every N steps (0 = only at the end)")
     output_dir: str = "runs/train"

@@ -19,6 +19,7 @@ import json
 import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +65,66 @@ def build_policy(cfg: TrainConfig) -> HFBackend:
     return backend
 
 
-def micro_batches(exps: list[Experience], token_budget: int) -> list[list[Experience]]:
-    """Group experiences (sorted by length) so that rows x longest row <= ``token_budget``."""
-    order = sorted(exps, key=lambda e: e.num_tokens)
-    batches: list[list[Experience]] = []
-    cur: list[Experience] = []
+@dataclass
+class TrainSeq:
+    """One training row: token ids, which positions are the model's sampled tokens, their rollout
+    logprobs and the episode's advantage. Built from experiences without re-tokenizing anything."""
+
+    input_ids: list[int]
+    mask: list[int]
+    old_logprobs: list[float]
+    advantage: float
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def num_trained(self) -> int:
+        return sum(self.mask)
+
+
+def _seq(e: Experience) -> TrainSeq:
+    p = len(e.prompt_ids)
+    return TrainSeq(e.input_ids, [0] * p + [1] * len(e.completion_ids), [0.0] * p + list(e.logprobs), e.advantage)
+
+
+def to_sequences(exps: list[Experience], merge_turns: bool = True) -> list[TrainSeq]:
+    """Training rows from experiences.
+
+    With ``merge_turns``, consecutive turns of one multi-turn episode whose token ids extend each
+    other exactly (turn t+1's prompt starts with turn t's prompt + sampled completion) become one
+    row with several trained spans, so a K-turn episode costs one forward pass instead of K
+    quadratically growing ones. The check is on token ids, so nothing is re-tokenized; turns that
+    do not extend each other stay separate rows.
+    """
+    if not merge_turns:
+        return [_seq(e) for e in exps]
+    episodes: dict[tuple[str, str, int], list[Experience]] = {}
+    for e in exps:
+        episodes.setdefault((e.lifecycle_id, e.episode_type, e.position), []).append(e)
+    out: list[TrainSeq] = []
+    for turns in episodes.values():
+        turns.sort(key=lambda e: e.turn)
+        cur = _seq(turns[0])
+        for e in turns[1:]:
+            n = cur.num_tokens
+            if e.advantage == cur.advantage and e.prompt_ids[:n] == cur.input_ids and len(e.prompt_ids) >= n:
+                extra = len(e.prompt_ids) - n
+                cur = TrainSeq(e.input_ids, cur.mask + [0] * extra + [1] * len(e.completion_ids),
+                               cur.old_logprobs + [0.0] * extra + list(e.logprobs), cur.advantage)
+            else:
+                out.append(cur)
+                cur = _seq(e)
+        out.append(cur)
+    return out
+
+
+def micro_batches(seqs: list[TrainSeq], token_budget: int) -> list[list[TrainSeq]]:
+    """Group rows (sorted by length) so that rows x longest row <= ``token_budget``."""
+    order = sorted(seqs, key=lambda e: e.num_tokens)
+    batches: list[list[TrainSeq]] = []
+    cur: list[TrainSeq] = []
     for e in order:
         if cur and (len(cur) + 1) * max(e.num_tokens, cur[-1].num_tokens) > token_budget:
             batches.append(cur)
@@ -79,20 +135,20 @@ def micro_batches(exps: list[Experience], token_budget: int) -> list[list[Experi
     return batches
 
 
-def _collate(exps: list[Experience], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Right-pad experiences into tensors aligned with next-token logprobs ([B, T-1])."""
-    width = max(e.num_tokens for e in exps)
-    ids = torch.full((len(exps), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(exps), width), dtype=torch.long)
-    mask = torch.zeros((len(exps), width), dtype=torch.float32)
-    old = torch.zeros((len(exps), width), dtype=torch.float32)
-    for r, e in enumerate(exps):
-        n, p = e.num_tokens, len(e.prompt_ids)
+def _collate(seqs: list[TrainSeq], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Right-pad rows into tensors aligned with next-token logprobs ([B, T-1])."""
+    width = max(e.num_tokens for e in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.float32)
+    old = torch.zeros((len(seqs), width), dtype=torch.float32)
+    for r, e in enumerate(seqs):
+        n = e.num_tokens
         ids[r, :n] = torch.tensor(e.input_ids)
         attn[r, :n] = 1
-        mask[r, p:n] = 1.0
-        old[r, p:n] = torch.tensor(e.logprobs, dtype=torch.float32)
-    adv = torch.tensor([e.advantage for e in exps], dtype=torch.float32)
+        mask[r, :n] = torch.tensor(e.mask, dtype=torch.float32)
+        old[r, :n] = torch.tensor(e.old_logprobs, dtype=torch.float32)
+    adv = torch.tensor([e.advantage for e in seqs], dtype=torch.float32)
     return {"input_ids": ids.to(device), "attention_mask": attn.to(device), "mask": mask[:, 1:].to(device),
             "old_logprobs": old[:, 1:].to(device), "advantages": adv.to(device)}
 
@@ -174,10 +230,11 @@ class Trainer:
         use_kl = cfg.loss.kl_coef > 0
         if use_kl and not hasattr(self.model, "disable_adapter"):
             raise ValueError("loss.kl_coef > 0 needs LoRA (the reference is the base model with adapters disabled)")
+        seqs = to_sequences(exps, merge_turns=cfg.merge_turns)
         if not self._use_rollout_logprobs():
-            self._recompute_old_logprobs(exps, pad, device, temp)
+            self._recompute_old_logprobs(seqs, pad, device, temp)
         rng = random.Random(cfg.seed * 7919 + self.step_idx)
-        order = exps[:]
+        order = seqs[:]
         rng.shuffle(order)
         minis = [order[i::cfg.updates_per_step] for i in range(cfg.updates_per_step)]
         sums: dict[str, float] = {}
@@ -186,7 +243,7 @@ class Trainer:
         for mini in minis:
             if not mini:
                 continue
-            n_tokens = sum(len(e.completion_ids) for e in mini)
+            n_tokens = sum(e.num_trained for e in mini)
             self.optimizer.zero_grad(set_to_none=True)
             for mb in micro_batches(mini, cfg.micro_batch_tokens):
                 batch = _collate(mb, pad, device)
@@ -203,7 +260,7 @@ class Trainer:
                 for k, v in m.items():
                     if k != "num_tokens":
                         sums[k] = sums.get(k, 0.0) + w * float(v)
-                sums["loss"] = sums.get("loss", 0.0) + float(loss)
+                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
                 del logits, lp, loss
             gn = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.optim.grad_clip)
             for g in self.optimizer.param_groups:
@@ -215,14 +272,14 @@ class Trainer:
         return {k: v / max(1, count) for k, v in sums.items()}
 
     @torch.no_grad()
-    def _recompute_old_logprobs(self, exps: list[Experience], pad: int, device: torch.device, temp: float) -> None:
+    def _recompute_old_logprobs(self, seqs: list[TrainSeq], pad: int, device: torch.device, temp: float) -> None:
+        """Score the sampled tokens under the trained model (when the rollout engine differs)."""
         self.model.eval()
-        for mb in micro_batches(exps, self.cfg.micro_batch_tokens):
+        for mb in micro_batches(seqs, self.cfg.micro_batch_tokens):
             batch = _collate(mb, pad, device)
             lp = token_logprobs(self._forward(batch), batch["input_ids"], temperature=temp).cpu()
             for r, e in enumerate(mb):
-                p = len(e.prompt_ids)
-                e.logprobs = lp[r, p - 1:e.num_tokens - 1].tolist()
+                e.old_logprobs = [0.0] + lp[r, : e.num_tokens - 1].tolist()
 
     def step(self) -> dict[str, Any]:
         """One RL step: rollout, advantages, update. Returns its metrics."""

@@ -1,0 +1,73 @@
+"""Trainer building blocks on a tiny random transformers model: merging turns, micro-batches."""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from codrl.algo.losses import PolicyLossConfig, policy_loss, token_logprobs
+from codrl.rollout.experience import Experience
+from codrl.train.trainer import _collate, micro_batches, to_sequences
+
+
+def exp(turn: int, prompt: list[int], completion: list[int], adv: float = 1.0, position: int = 0) -> Experience:
+    return Experience(pack_id="p", repeat=0, episode_type="solve", position=position, turn=turn, prompt_ids=prompt,
+                      completion_ids=completion, logprobs=[-0.5] * len(completion), text="", advantage=adv)
+
+
+def test_merge_turns_that_extend_each_other() -> None:
+    t0 = exp(0, [1, 2, 3], [4, 5])
+    t1 = exp(1, [1, 2, 3, 4, 5, 6, 7], [8])
+    t2 = exp(2, [1, 2, 3, 4, 5, 6, 7, 8, 9], [10, 11])
+    (seq,) = to_sequences([t2, t0, t1])
+    assert seq.input_ids == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+    assert seq.mask == [0, 0, 0, 1, 1, 0, 0, 1, 0, 1, 1]
+    assert seq.num_trained == 5
+    assert [lp for lp, m in zip(seq.old_logprobs, seq.mask) if m] == [-0.5] * 5
+
+
+def test_turns_that_do_not_extend_stay_separate() -> None:
+    t0 = exp(0, [1, 2, 3], [4, 5])
+    t1 = exp(1, [1, 2, 3, 9, 5, 6], [8])  # re-tokenized differently: no merge
+    other_episode = exp(0, [1, 2, 3, 4, 5, 6], [7], position=1)
+    seqs = to_sequences([t0, t1, other_episode])
+    assert len(seqs) == 3
+    assert sum(s.num_trained for s in seqs) == 4
+    assert len(to_sequences([t0, t1, other_episode], merge_turns=False)) == 3
+
+
+def test_micro_batches_respect_token_budget() -> None:
+    seqs = to_sequences([exp(0, list(range(n)), [1], position=n) for n in range(5, 40, 3)])
+    batches = micro_batches(seqs, 64)
+    assert sum(len(b) for b in batches) == len(seqs)
+    for b in batches:
+        assert len(b) == 1 or len(b) * max(s.num_tokens for s in b) <= 64
+
+
+def test_merged_loss_equals_per_turn_loss() -> None:
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64))
+    turns = [exp(0, [1, 2, 3], [4, 5]), exp(1, [1, 2, 3, 4, 5, 6, 7], [8, 9]),
+             exp(2, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [11])]
+    cfg = PolicyLossConfig(variant="ppo_clip")
+
+    def loss_of(merge: bool) -> tuple[float, list[torch.Tensor]]:
+        model.zero_grad()
+        seqs = to_sequences(turns, merge_turns=merge)
+        n = sum(s.num_trained for s in seqs)
+        total = 0.0
+        for mb in micro_batches(seqs, 10_000):
+            b = _collate(mb, 0, torch.device("cpu"))
+            lp = token_logprobs(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,
+                                b["input_ids"])
+            loss, _ = policy_loss(lp, b["old_logprobs"], b["advantages"], b["mask"], cfg, num_tokens=n)
+            loss.backward()
+            total += float(loss)
+        return total, [p.grad.clone() for p in model.parameters()]
+
+    merged, g_merged = loss_of(True)
+    separate, g_sep = loss_of(False)
+    assert abs(merged - separate) < 1e-5
+    for a, b in zip(g_merged, g_sep):
+        assert torch.allclose(a, b, atol=1e-5)
