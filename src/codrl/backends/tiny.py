@@ -338,7 +338,8 @@ def reader_accuracy(model: Any, tokenizer: Any, env: SecretTable, *, n: int = 25
 
 def warmup_reader(model: Any, tokenizer: Any, env: SecretTable, *, steps: int = 800, batch_size: int = 64,
                   lr: float = 2e-3, seed: int = 0, max_hint_words: int = 12, eval_size: int = 256,
-                  weight_decay: float = 0.0, num_threads: int | None = 1) -> dict[str, float]:
+                  weight_decay: float = 0.0, curriculum: float = 0.3,
+                  num_threads: int | None = 1) -> dict[str, float]:
     """Supervised reading warm-up: solve prompts with hints in, the prescribed answer out.
 
     Prompts are rendered as the lifecycle renders solve prompts (system prompt, hints block above
@@ -346,7 +347,9 @@ def warmup_reader(model: Any, tokenizer: Any, env: SecretTable, *, steps: int = 
     then ``<|im_end|>``, chosen by the hint language of the module docstring (a uniformly random
     value when the hints say nothing about the query). No update-context prompt is ever used, so
     the policy is never shown how to write hints. The loss is the token cross-entropy on the
-    target tokens only; AdamW with a linear warm-up (5% of the steps) then a cosine decay.
+    target tokens only; AdamW with a linear warm-up (5% of the steps) then a cosine decay. Over the
+    first ``curriculum`` fraction of the steps the longest hints grow from one word to
+    ``max_hint_words`` (short hints teach key matching fastest).
 
     ``num_threads`` caps torch's intra-op threads while training (restored afterwards; None leaves
     them alone): a model this small gains nothing from several threads, and on a busy CPU they
@@ -357,13 +360,16 @@ def warmup_reader(model: Any, tokenizer: Any, env: SecretTable, *, steps: int = 
     env = _require_table(env)
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
+    if not 0.0 <= curriculum <= 1.0:
+        raise ValueError(f"curriculum must be a fraction in [0, 1], got {curriculum}")
     if num_threads is not None and num_threads < 1:
         raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}")
     saved_threads = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     try:
-        report = _train_reader(model, tokenizer, env, steps, batch_size, lr, seed, max_hint_words, weight_decay)
+        report = _train_reader(model, tokenizer, env, steps, batch_size, lr, seed, max_hint_words, weight_decay,
+                               curriculum)
         if eval_size > 0:
             report.update(reader_accuracy(model, tokenizer, env, n=eval_size, seed=seed + 10_000,
                                           max_hint_words=max_hint_words))
@@ -373,7 +379,7 @@ def warmup_reader(model: Any, tokenizer: Any, env: SecretTable, *, steps: int = 
 
 
 def _train_reader(model: Any, tokenizer: Any, env: SecretTable, steps: int, batch_size: int, lr: float,
-                  seed: int, max_hint_words: int, weight_decay: float) -> dict[str, float]:
+                  seed: int, max_hint_words: int, weight_decay: float, ramp: float) -> dict[str, float]:
     rng = np.random.default_rng([seed, 7])
     junk = _junk_words(env, tokenizer)
     eos = int(tokenizer.eos_token_id)
@@ -391,9 +397,11 @@ def _train_reader(model: Any, tokenizer: Any, env: SecretTable, steps: int, batc
     start = time.perf_counter()
     model.train()
     try:
-        for _ in range(steps):
+        for step in range(steps):
+            # curriculum: hints grow from one word to max_hint_words over the first ramp steps
+            words = min(max_hint_words, 1 + int((max_hint_words - 1) * step / max(1.0, ramp * steps)))
             rows, spans = [], []
-            for prompt, _key, answer, _case in _draw_batch(env, tokenizer, rng, junk, batch_size, max_hint_words):
+            for prompt, _key, answer, _case in _draw_batch(env, tokenizer, rng, junk, batch_size, words):
                 answer_id = (tokenizer.convert_tokens_to_ids(answer) if answer is not None
                              else value_ids[int(rng.integers(env.num_values))])
                 rows.append([*prompt, answer_id, eos])

@@ -42,4 +42,6 @@ class RolloutConfig(BaseModel):
             raise ValueError("length_penalty_end must be > length_penalty_start")
         if self.hint_length_end <= self.hint_length_start:
             raise ValueError("hint_length_end must be > hint_length_start")
+        if self.ralph != "none" and self.mode == "nohint":
+            raise ValueError("ralph loops carry hints between attempts; use mode 'cod' with ralph 'first' or 'expand'")
         return self

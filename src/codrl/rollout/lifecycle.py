@@ -110,7 +110,7 @@ def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mod
             record.hints_out, record.hint_reward, record.hint_valid = hints, own, valid
     task_rewards = [e.reward for e in episodes]
     for exp in experiences:
-        exp.task_rewards = task_rewards
+        exp.task_rewards = list(task_rewards)
     return LifecycleResult(pack_id=pack.pack_id, env=env.name, split=pack.split, repeat=repeat, mode=mode,
                            episodes=episodes, experiences=experiences)
 
@@ -160,6 +160,8 @@ class LifecycleRunner:
         while active:
             ids = list(active)
             outs = self.backend.generate([active[i][1] for i in ids])
+            if len(outs) != len(ids):
+                raise RuntimeError(f"backend returned {len(outs)} results for {len(ids)} requests")
             self.rounds += 1
             for i, out in zip(ids, outs):
                 gen = active.pop(i)[0]

@@ -24,6 +24,7 @@ UPDATE_INSTRUCTIONS = (
 )
 
 _HINTS_RE = re.compile(r"hints\s*:\s*(.*)", re.IGNORECASE | re.DOTALL)
+_HEADER_RE = re.compile(r"hints\s*:\s*", re.IGNORECASE)
 
 
 def solve_user_message(hints: str, observation: str) -> str:
@@ -67,7 +68,12 @@ def parse_hints(reply: str) -> str | None:
     m = _HINTS_RE.search(reply)
     if m is None:
         return None
-    return m.group(1).strip()
+    text = m.group(1).strip()
+    while True:  # a model that repeats the header after the prefilled one
+        again = _HEADER_RE.match(text)
+        if again is None:
+            return text
+        text = text[again.end():].strip()
 
 
 def ramp(length: int, start: int, end: int) -> float:
