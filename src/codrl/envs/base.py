@@ -116,28 +116,38 @@ class CoDEnv(ABC):
         h = int(hashlib.sha256(self.task_key(world, spec).encode()).hexdigest()[:8], 16)
         return "test" if h % 5 == 0 else "train"
 
-    def sample_pack(self, split: str, seed: int, index: int, size: int) -> Pack:
-        """Deterministically build pack ``index`` of ``split`` for ``seed`` with ``size`` tasks."""
+    def pack_rng(self, split: str, seed: int, index: int, size: int) -> np.random.Generator:
+        """Validate a pack request and return the generator that pack ``index`` is drawn from."""
         if split not in SPLITS:
             raise bad_choice("split", split, SPLITS)
         if size < 1:
             raise ValueError(f"pack size must be >= 1, got {size}")
         name_key = int(hashlib.sha256(self.name.encode()).hexdigest()[:8], 16)
-        rng = np.random.default_rng([name_key, SPLITS.index(split), seed, index])
+        return np.random.default_rng([name_key, SPLITS.index(split), seed, index])
+
+    def make_pack(self, split: str, seed: int, index: int, world: dict[str, Any],
+                  specs: list[dict[str, Any]]) -> Pack:
+        """Assemble a :class:`Pack` with stable ids from a world and its task specs."""
+        tasks = tuple(Task(task_id=f"{self.name}/{split}/{seed}/{index}/{k}", position=k, spec=spec)
+                      for k, spec in enumerate(specs))
+        return Pack(pack_id=f"{self.name}/{split}/{seed}/{index}", env=self.name, split=split,
+                    world=world, tasks=tasks)
+
+    def sample_pack(self, split: str, seed: int, index: int, size: int) -> Pack:
+        """Deterministically build pack ``index`` of ``split`` for ``seed`` with ``size`` tasks."""
+        rng = self.pack_rng(split, seed, index, size)
         world = self.sample_world(rng)
-        tasks: list[Task] = []
+        specs: list[dict[str, Any]] = []
         tries = 0
-        while len(tasks) < size:
+        while len(specs) < size:
             spec = self.sample_task(world, rng)
             tries += 1
             if self.split_of(world, spec) != split:
                 if tries > 10_000 * size:
                     raise RuntimeError(f"{self.name}: could not draw {size} {split} tasks")
                 continue
-            tasks.append(Task(task_id=f"{self.name}/{split}/{seed}/{index}/{len(tasks)}",
-                              position=len(tasks), spec=spec))
-        return Pack(pack_id=f"{self.name}/{split}/{seed}/{index}", env=self.name, split=split,
-                    world=world, tasks=tuple(tasks))
+            specs.append(spec)
+        return self.make_pack(split, seed, index, world, specs)
 
 
 def ralph_pack(pack: Pack, size: int | None = None) -> Pack:

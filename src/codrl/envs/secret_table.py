@@ -21,15 +21,13 @@ policy of :mod:`codrl.backends.tiny` reads them with a word-level tokenizer.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import string
 from typing import Any
 
 import numpy as np
 
-from codrl.envs.base import SPLITS, CoDEnv, Episode, Pack, StepResult, Task
-from codrl.errors import bad_choice
+from codrl.envs.base import CoDEnv, Episode, Pack, StepResult, Task
 
 #: Texts of the environment (short; every word is a token of the tiny policy's vocabulary).
 SYSTEM_PROMPT = "Secret table. Answer with one value."
@@ -127,12 +125,7 @@ class SecretTable(CoDEnv):
         so tables are redrawn until one of the requested split comes up (the base class redraws
         tasks instead, which cannot change the split here).
         """
-        if split not in SPLITS:
-            raise bad_choice("split", split, SPLITS)
-        if size < 1:
-            raise ValueError(f"pack size must be >= 1, got {size}")
-        name_key = int(hashlib.sha256(self.name.encode()).hexdigest()[:8], 16)
-        rng = np.random.default_rng([name_key, SPLITS.index(split), seed, index])
+        rng = self.pack_rng(split, seed, index, size)
         for _ in range(self.max_world_tries):
             world = self.sample_world(rng)
             if self.split_of(world, {}) == split:
@@ -140,10 +133,7 @@ class SecretTable(CoDEnv):
         else:
             raise RuntimeError(f"{self.name}: no {split} table in {self.max_world_tries} draws "
                                "(the table space is too small for this split)")
-        tasks = tuple(Task(task_id=f"{self.name}/{split}/{seed}/{index}/{k}", position=k,
-                           spec=self.sample_task(world, rng)) for k in range(size))
-        return Pack(pack_id=f"{self.name}/{split}/{seed}/{index}", env=self.name, split=split,
-                    world=world, tasks=tasks)
+        return self.make_pack(split, seed, index, world, [self.sample_task(world, rng) for _ in range(size)])
 
     # -- helpers ------------------------------------------------------------------------------
     def _check_world(self, world: dict[str, Any]) -> dict[str, str]:
