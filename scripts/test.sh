@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh --server
 set +e
-python -m pytest -q --timeout=900 "$@"
+python -m pytest -q --timeout=900 -m "slow or not slow" "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

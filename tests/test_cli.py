@@ -87,3 +87,29 @@ def test_help_teaches() -> None:
     proc = run_cli("eval", "--help")
     assert proc.returncode == 0
     assert "--pack-size" in proc.stdout and "--baseline" in proc.stdout
+
+
+@pytest.mark.slow
+def test_eval_end_to_end_with_embedded_model(tmp_path: Path) -> None:
+    """`codrl eval` on the real embedded model: table printed, every report file written."""
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(
+        "env: frozenlake\n"
+        "env_params: {min_size: 4, max_size: 4, max_env_steps: 2, max_agent_steps: 2}\n"
+        "packs: 1\n"
+        "baseline: true\n"
+        "rollout: {pack_size: 2, repeats: 1, max_new_tokens_solve: 8, max_new_tokens_update: 24,\n"
+        "          hint_length_start: 16, hint_length_end: 24}\n"
+    )
+    out = tmp_path / "out"
+    proc = run_cli("eval", "--config", str(cfg), "--out", str(out), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "position" in proc.stdout.lower()
+    import json
+
+    results = json.loads((out / "results.json").read_text())
+    modes = results["summary"]["modes"]
+    assert "cod" in modes and "nohint" in modes
+    assert len((out / "trajectories.jsonl").read_text().splitlines()) == 2
+    assert (out / "episodes.csv").read_text().count("\n") == 1 + 2 * 2
+    assert (out / "reward_by_position.png").read_bytes()[:4] == b"\x89PNG"

@@ -239,10 +239,15 @@ def reader_example(env: SecretTable, rng: np.random.Generator, junk: Sequence[st
     words = [filler(case != "none") for _ in range(n)]
     answer: str | None = None
     if case == "pair":
-        order = rng.permutation(n).tolist()
-        slots = sorted(order[: 2 if n > 1 and rng.random() < 0.1 else 1])
-        if n > len(slots) and others and rng.random() < 0.75:
-            words[order[len(slots)]] = other_pair()  # a distractor: reading must match the key
+        # one pair for the key (two, the last one winning, now and then) and most often a pair
+        # for another key as a distractor, so that reading has to match the key
+        n_key = 2 if max_hint_words > 1 and rng.random() < 0.1 else 1
+        n_other = 1 if others and n_key < max_hint_words and rng.random() < 0.75 else 0
+        words += [filler(True) for _ in range(n_key + n_other - n)]
+        order = rng.permutation(len(words)).tolist()
+        if n_other:
+            words[order[n_key]] = other_pair()
+        slots = sorted(order[:n_key])
         for s in slots:
             words[s] = fact(key, value())
         answer = words[slots[-1]].split("=", 1)[1]
