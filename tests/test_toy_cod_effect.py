@@ -21,7 +21,7 @@ def load_bench():  # type: ignore[no-untyped-def]
 @pytest.mark.slow
 def test_cod_credit_beats_per_task_grpo_on_late_positions(capsys: pytest.CaptureFixture[str]) -> None:
     bench = load_bench()
-    bench.main(["--seeds", "1", "--steps", "30", "--warmup-steps", "500", "--eval-packs", "48"])
+    bench.main(["--seeds", "1", "--steps", "30", "--warmup-steps", "600", "--eval-packs", "48"])
     out = capsys.readouterr().out
     result = dict(kv.split("=") for kv in out.strip().splitlines()[-1].split()[1:])
     cod_first, cod_late, grpo_late = (float(result[k]) for k in ("cod_first", "cod_late", "grpo_late"))

@@ -63,7 +63,7 @@ def test_merged_loss_equals_per_turn_loss() -> None:
                                 b["input_ids"])
             loss, _ = policy_loss(lp, b["old_logprobs"], b["advantages"], b["mask"], cfg, num_tokens=n)
             loss.backward()
-            total += float(loss)
+            total += float(loss.detach())
         return total, [p.grad.clone() for p in model.parameters()]
 
     merged, g_merged = loss_of(True)

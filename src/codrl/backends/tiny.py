@@ -147,8 +147,9 @@ def build_tiny_policy(env: SecretTable, *, hidden: int = 64, layers: int = 2, he
     """Build a fresh tiny ``LlamaForCausalLM`` and its word-level tokenizer for ``env``.
 
     Returns ``(model, tokenizer)``; the model is in eval mode, float32, on the CPU, with tied
-    input/output embeddings and
-    ``<|im_end|>`` as its end-of-sequence token. Weights start normal with std ``init_std``
+    input/output embeddings and ``<|im_end|>`` as its end-of-sequence token (in the model config
+    and its generation config, which :class:`~codrl.backends.hf.HFBackend` reads). Weights start
+    normal with std ``init_std``
     (default ``hidden ** -0.5``: the transformers default of 0.02 suits wide models and leaves a
     64-wide model on a long plateau), and every ``k=v`` word starts at the sum of the embeddings of
     ``k`` and ``v``. ``seed`` fixes the initial weights (a forked RNG; the global one is untouched).
