@@ -17,22 +17,14 @@ import yaml
 from codrl.backends.tiny import build_tiny_policy, save_policy
 from codrl.envs.secret_table import SecretTable
 
+sys.path.insert(0, str(Path(__file__).parent))
+from toy_config import toy_train_config  # noqa: E402
+
 STEPS = 6
 
 
 def write_config(tmp: Path, model_dir: Path) -> Path:
-    cfg = {
-        "envs": [{"name": "secret_table"}],
-        "rollout": {"pack_size": 3, "repeats": 4, "max_new_tokens_solve": 3, "max_new_tokens_update": 4,
-                    "update_reply_prefix": "Hints:", "hint_min_chars": 1, "hint_length_start": 3,
-                    "hint_length_end": 4},
-        "model": {"path": str(model_dir), "lora": None},
-        "optim": {"lr": 1e-3},
-        "steps": STEPS, "packs_per_step": 8, "save_every": 1,
-        "eval": {"at_start": False, "at_end": False},
-        "log": {"tensorboard": False, "progress": False},
-        "seed": 3,
-    }
+    cfg = toy_train_config(model_dir, steps=STEPS, packs_per_step=8, save_every=1, seed=3)
     path = tmp / "toy.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

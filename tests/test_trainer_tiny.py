@@ -3,6 +3,7 @@ recomputed old logprobs, several optimizer steps per rollout batch."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,9 @@ from codrl.backends.tiny import build_tiny_policy, save_policy, warmup_reader
 from codrl.envs.secret_table import SecretTable
 from codrl.train.config import TrainConfig
 from codrl.train.trainer import Trainer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from toy_config import toy_train_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -24,18 +28,7 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def config(model_dir: Path, out: Path, **over: object) -> TrainConfig:
-    data = {
-        "envs": [{"name": "secret_table"}],
-        "rollout": {"pack_size": 3, "repeats": 4, "max_new_tokens_solve": 3, "max_new_tokens_update": 4,
-                    "update_reply_prefix": "Hints:", "hint_min_chars": 1, "hint_length_start": 3,
-                    "hint_length_end": 4},
-        "model": {"path": str(model_dir), "lora": None},
-        "optim": {"lr": 1e-3},
-        "steps": 1, "packs_per_step": 4, "save_every": 0,
-        "eval": {"at_start": False, "at_end": False},
-        "log": {"tensorboard": False, "progress": False},
-        "output_dir": str(out),
-    }
+    data = toy_train_config(model_dir, steps=1, packs_per_step=4, save_every=0, output_dir=str(out))
     data.update(over)
     return TrainConfig.model_validate(data)
 
