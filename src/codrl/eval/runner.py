@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from codrl.backends.base import Backend
 from codrl.envs import SPLITS, CoDEnv, make_env
-from codrl.errors import bad_choice
+from codrl.errors import CodrlError, bad_choice
 from codrl.eval.metrics import Summary
 from codrl.eval.report import print_summary, write_report
 from codrl.rollout.config import RolloutConfig
@@ -37,13 +37,9 @@ class EvalConfig(BaseModel):
 
 def build_env(name: str, params: dict[str, Any] | None = None) -> CoDEnv:
     """Make an environment, turning bad parameters into user-facing errors."""
-    from codrl.errors import CodrlError
-
     try:
         return make_env(name, **(params or {}))
     except (TypeError, ValueError) as e:
-        if isinstance(e, CodrlError):
-            raise
         raise CodrlError(f"env {name!r}: {e}") from None
 
 

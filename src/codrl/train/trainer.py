@@ -15,6 +15,7 @@ weights with no copy. Old logprobs come from the rollout when that is the traine
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -211,12 +212,13 @@ class Trainer:
         return self.backend.token_exact and self.backend.model is self.model
 
     def _forward(self, batch: dict[str, torch.Tensor], ref: bool = False) -> torch.Tensor:
+        """Logits of the policy, or of the reference (base model, adapters off, no grad)."""
+        ctx = contextlib.ExitStack()
         if ref:
-            with torch.no_grad(), self.model.disable_adapter():
-                logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        else:
-            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        return logits
+            ctx.enter_context(torch.no_grad())
+            ctx.enter_context(self.model.disable_adapter())
+        with ctx:
+            return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
     def update(self, exps: list[Experience]) -> dict[str, float]:
         """Policy-gradient update on advantage-scored experiences; returns averaged metrics."""
