@@ -62,7 +62,8 @@ def make_backend(model: Optional[str], endpoint: Optional[str], endpoint_model: 
 @app.command("eval")
 @_user_errors
 def eval_cmd(
-    env: str = typer.Option("frozenlake", help="Environment (see `codrl envs`)."),
+    env: str = typer.Option("frozenlake", help="Environment: a name from `codrl envs` or an import path "
+                            "'package.module:ClassName'."),
     split: str = typer.Option("test", help="Split to draw packs from: train or test."),
     packs: int = typer.Option(4, help="Number of packs (worlds)."),
     pack_size: int = typer.Option(4, "--pack-size", "-k", help="K: tasks per pack."),
@@ -84,15 +85,14 @@ def eval_cmd(
 ) -> None:
     """Evaluate a model: mean reward per pack position (the CoD curve), with plots and records."""
     from codrl.config import load_yaml, validate
-    from codrl.envs import ENVS, SPLITS
+    from codrl.envs import SPLITS, check_name
     from codrl.errors import bad_choice
     from codrl.eval.runner import EvalConfig, evaluate
 
     if config is not None:
         cfg = load_yaml(EvalConfig, config)
     else:
-        if env not in ENVS:
-            raise bad_choice("--env", env, sorted(ENVS))
+        check_name(env, field="--env")
         if split not in SPLITS:
             raise bad_choice("--split", split, SPLITS)
         if ralph not in ("none", "first", "expand"):
@@ -138,14 +138,13 @@ def train_cmd(
 
 
 @app.command("envs")
+@_user_errors
 def envs_cmd() -> None:
-    """List the environments and what their worlds hide."""
-    from codrl.envs import ENVS, make_env
+    """List the environments (built-in and installed plug-ins) and what their worlds hide."""
+    from codrl.envs import describe, env_names
 
-    for name in sorted(ENVS):
-        env = make_env(name)
-        doc = (type(env).__doc__ or "").strip().splitlines()[0]
-        typer.echo(f"{name:18s} {doc}")
+    for name in env_names():
+        typer.echo(f"{name:18s} {describe(name)}")
 
 
 def main() -> None:

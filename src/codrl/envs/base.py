@@ -7,6 +7,13 @@ reward, done, feedback text.
 
 Packs are deterministic given ``(env, split, seed, index)``; environments assign every task to a
 split by a hash of its content, so the train and test splits never share a task.
+
+Some worlds change while a pack is played (cells revealed in one task stay revealed in the next,
+data gathered early is pooled later). Such an environment returns a fresh *lifecycle state* from
+:meth:`CoDEnv.new_state`; whoever plays a lifecycle creates it once, hands it to every
+:meth:`CoDEnv.start` of that lifecycle, and drops it when the lifecycle ends. Two lifecycles never
+share a state object, even when they play the same pack at the same time. Stateless environments
+ignore it.
 """
 
 from __future__ import annotations
@@ -103,10 +110,22 @@ class CoDEnv(ABC):
         """Draw one task spec (JSON-serialisable) inside ``world``."""
 
     @abstractmethod
-    def start(self, pack: Pack, task: Task) -> Episode:
-        """Begin an episode of ``task`` in the world of ``pack``."""
+    def start(self, pack: Pack, task: Task, state: Any = None) -> Episode:
+        """Begin an episode of ``task`` in the world of ``pack``.
+
+        ``state`` is this lifecycle's object from :meth:`new_state` (None for stateless worlds);
+        the episode may read and change it, and later tasks of the same lifecycle see the change.
+        """
 
     # -- provided -----------------------------------------------------------------------------
+    def new_state(self, pack: Pack) -> Any:
+        """A fresh per-lifecycle world state for one pass through ``pack`` (default: None, stateless).
+
+        Called once when a lifecycle starts; the object lives exactly as long as that lifecycle.
+        Return a new object on every call: repeats of a pack played concurrently must not share it.
+        """
+        return None
+
     def task_key(self, world: dict[str, Any], spec: dict[str, Any]) -> str:
         """Content that identifies a task for the split assignment (default: world + spec)."""
         return json.dumps({"world": world, "task": spec}, sort_keys=True)

@@ -197,7 +197,7 @@ class FrozenLakeObscure(CoDEnv):
         raise RuntimeError(f"{self.name}: no solvable map within {self.max_env_steps} moves "
                            f"after {self.max_sample_tries} tries")
 
-    def start(self, pack: Pack, task: Task) -> FrozenLakeEpisode:
+    def start(self, pack: Pack, task: Task, state: Any = None) -> FrozenLakeEpisode:
         """Begin an episode of ``task`` using the code mapping of ``pack.world``."""
         return FrozenLakeEpisode(task.spec["rows"], _check_mapping(pack.world),
                                  self.max_env_steps, self.max_agent_steps)

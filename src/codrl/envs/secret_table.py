@@ -106,7 +106,7 @@ class SecretTable(CoDEnv):
         asked = world["asked"]
         return {"key": str(asked[int(rng.integers(len(asked)))])}
 
-    def start(self, pack: Pack, task: Task) -> SecretTableEpisode:
+    def start(self, pack: Pack, task: Task, state: Any = None) -> SecretTableEpisode:
         """Begin the single-turn episode of ``task`` in the table of ``pack.world``."""
         table = self._check_world(pack.world)
         key = task.spec.get("key") if isinstance(task.spec, dict) else None

@@ -63,9 +63,10 @@ def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mod
     episodes: list[EpisodeRecord] = []
     experiences: list[Experience] = []
     last = len(pack.tasks) - 1
+    state = env.new_state(pack)  # this lifecycle's own world state; dropped when the generator ends
     for task in pack.tasks:
         k = task.position
-        episode = env.start(pack, task)
+        episode = env.start(pack, task, state)
         first_obs = episode.reset()
         messages = [{"role": "system", "content": env.system_prompt},
                     {"role": "user", "content": solve_user_message(hints, first_obs)}]

@@ -20,18 +20,20 @@ class EnvSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description="environment name (see `codrl envs`)")
+    name: str = Field(description="environment name (see `codrl envs`) or import path 'package.module:ClassName'")
     params: dict[str, Any] = Field(default_factory=dict, description="keyword parameters of the environment")
     weight: float = Field(1.0, gt=0.0, description="relative sampling weight of this environment's packs")
 
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        from codrl.envs import ENVS
+        from codrl.envs import check_name
+        from codrl.errors import CodrlError
 
-        if v not in ENVS:
-            raise ValueError(f"unknown env {v!r}; allowed values: {', '.join(sorted(ENVS))}")
-        return v
+        try:
+            return check_name(v)
+        except CodrlError as e:
+            raise ValueError(str(e)) from None
 
 
 class LoraSpec(BaseModel):

@@ -1,0 +1,148 @@
+"""Finding environments by name: built-ins, import paths and installed plug-ins.
+
+An environment is named in a config or on the command line in one of three ways:
+
+* a built-in name (``frozenlake``, ``alchemy_hard``, ...; see :data:`BUILTIN`);
+* an import path ``package.module:Attribute`` naming a :class:`~codrl.envs.base.CoDEnv` subclass
+  or a function returning an instance (a user's own environment in a file of their own);
+* a name that an installed package registers in the entry-point group ``codrl.envs``
+  (``[project.entry-points."codrl.envs"] my_env = "my_package.envs:MyEnv"``).
+
+Every failure is a :class:`~codrl.errors.CodrlError` naming the problem and the allowed values.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any
+
+from codrl.envs.base import CoDEnv
+from codrl.errors import CodrlError
+
+#: Entry-point group through which installed packages register environments.
+ENTRY_POINT_GROUP = "codrl.envs"
+
+#: Built-in environment name -> (import path of its class, default keyword parameters, one-line summary).
+BUILTIN: dict[str, tuple[str, dict[str, Any], str]] = {
+    "frozenlake": ("codrl.envs.frozenlake:FrozenLakeObscure", {},
+                   "FrozenLake-Obscure: grid walk whose action codes hide their directions (4-5 maps)"),
+    "frozenlake_hard": ("codrl.envs.frozenlake:FrozenLakeObscure",
+                        {"name": "frozenlake_hard", "min_size": 6, "max_size": 7},
+                        "FrozenLake-Obscure on larger 6-7 maps"),
+    "alchemy": ("codrl.envs.alchemy:AlchemyRandom", {},
+                "Alchemy-Random: craft target elements from a hidden random recipe graph (8 rounds)"),
+    "alchemy_hard": ("codrl.envs.alchemy:AlchemyRandom", {"name": "alchemy_hard", "variant": "hard"},
+                     "Alchemy-Random with consumable materials, dead ends and 15 rounds"),
+    "terminal": ("codrl.envs.terminal:Terminal", {},
+                 "Terminal: file tasks in a simulated shell with a remote server; the site setup is shared"),
+    "gridnav": ("codrl.envs.gridnav:GridNavigation", {},
+                "Grid Navigation: rook moves over a hidden cost map revealed as you go (8-12 grids)"),
+    "gridnav_hard": ("codrl.envs.gridnav:GridNavigation", {"name": "gridnav_hard", "variant": "hard"},
+                     "Grid Navigation on 10-14 grids with 3-5 moves"),
+    "secret_table": ("codrl.envs.secret_table:SecretTable", {},
+                     "SecretTable (toy): recall a hidden key -> value table; for the tiny policy"),
+}
+
+
+def _plugins() -> dict[str, str]:
+    """Entry-point name -> import path, for installed packages that register environments."""
+    try:
+        eps = entry_points(group=ENTRY_POINT_GROUP)
+    except Exception:  # pragma: no cover - broken metadata of some unrelated package
+        return {}
+    return {ep.name: ep.value for ep in eps}
+
+
+def env_names() -> list[str]:
+    """Every environment name that :func:`make_env` accepts besides import paths, sorted."""
+    return sorted({*BUILTIN, *_plugins()})
+
+
+def _allowed() -> str:
+    return ", ".join(env_names()) + ", or an import path 'package.module:ClassName'"
+
+
+def _import(path: str, name: str, field: str = "env") -> Any:
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise CodrlError(f"{field} {name!r}: an import path must look like 'package.module:ClassName'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise CodrlError(f"{field} {name!r}: cannot import module {module_name!r} ({e}); "
+                         f"allowed values: {_allowed()}") from None
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise CodrlError(f"{field} {name!r}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def resolve(name: str, field: str = "env") -> tuple[Callable[..., Any], dict[str, Any]]:
+    """The factory and default parameters that ``name`` stands for (without building anything).
+
+    ``field`` is how error messages name the value (``env``, ``--env``, ``envs.0.name``).
+    """
+    if not isinstance(name, str) or not name:
+        raise CodrlError(f"{field}: expected a name, got {name!r}; allowed values: {_allowed()}")
+    if name in BUILTIN:
+        path, defaults, _ = BUILTIN[name]
+        return _import(path, name, field), dict(defaults)
+    plugins = _plugins()
+    if name in plugins:
+        return _import(plugins[name], name, field), {}
+    if ":" in name:
+        return _import(name, name, field), {}
+    raise CodrlError(f"{field}: {name!r} is not allowed; allowed values: {_allowed()}")
+
+
+def check_name(name: str, field: str = "env") -> str:
+    """Validate an environment name (importing an import path's module); return it unchanged."""
+    factory, _ = resolve(name, field)
+    if not callable(factory) or (inspect.isclass(factory) and not issubclass(factory, CoDEnv)):
+        raise CodrlError(f"{field} {name!r}: {factory!r} is not a CoDEnv subclass or a function returning one")
+    return name
+
+
+def make_env(name: str, **params: Any) -> CoDEnv:
+    """Build environment ``name`` with keyword ``params`` on top of the name's defaults.
+
+    Raises :class:`CodrlError` for an unknown name or import path and for an object that is not an
+    environment; ``TypeError``/``ValueError`` from the environment itself for bad parameters
+    (callers that face users wrap them, see :func:`codrl.eval.runner.build_env`).
+    """
+    factory, defaults = resolve(check_name(name))
+    _check_params(name, factory, params)
+    env = factory(**{**defaults, **params})
+    if not isinstance(env, CoDEnv):
+        raise CodrlError(f"env {name!r}: {factory!r} returned {type(env).__name__}, not a CoDEnv")
+    return env
+
+
+def _check_params(name: str, factory: Callable[..., Any], params: dict[str, Any]) -> None:
+    """Reject unknown keyword parameters up front, listing the ones the environment takes."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return
+    ps = sig.parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in ps):
+        return
+    allowed = [p.name for p in ps if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise CodrlError(f"env {name!r}: unknown parameter(s) {', '.join(unknown)}; "
+                         f"allowed parameters: {', '.join(allowed)}")
+
+
+def describe(name: str) -> str:
+    """One line on what ``name`` is: a built-in's summary, else its class docstring's first line."""
+    if name in BUILTIN:
+        return BUILTIN[name][2]
+    factory, _ = resolve(name)
+    doc = inspect.getdoc(factory) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
