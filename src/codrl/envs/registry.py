@@ -49,11 +49,7 @@ BUILTIN: dict[str, tuple[str, dict[str, Any], str]] = {
 
 def _plugins() -> dict[str, str]:
     """Entry-point name -> import path, for installed packages that register environments."""
-    try:
-        eps = entry_points(group=ENTRY_POINT_GROUP)
-    except Exception:  # pragma: no cover - broken metadata of some unrelated package
-        return {}
-    return {ep.name: ep.value for ep in eps}
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
 def env_names() -> list[str]:
