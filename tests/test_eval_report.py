@@ -10,16 +10,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from matplotlib.axes import Axes
 from rich.console import Console
+from scipy import stats
 
 from codrl.eval.metrics import (
+    MIN_PACKS,
     PositionStats,
     Summary,
+    clip_interval,
+    difference_range,
     json_safe,
     mean_ci,
     summarize,
-    t_cdf,
-    t_quantile,
+    welch_ci,
 )
 from codrl.eval.report import (
     EPISODE_CSV_COLUMNS,
@@ -30,7 +34,9 @@ from codrl.eval.report import (
 from codrl.rollout.experience import EpisodeRecord, LifecycleResult, Turn
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+T_975_DF1 = 12.706204736174705  # Student-t 97.5% quantiles (tables)
 T_975_DF2 = 4.302652729749464
+T_975_DF3 = 3.182446305284263
 
 
 def make_episode(
@@ -94,32 +100,20 @@ def make_lifecycle(
     )
 
 
-# ------------------------------------------------------------------ t distribution / mean_ci
+def _nan_pair(lo: float, hi: float) -> bool:
+    return math.isnan(lo) and math.isnan(hi)
 
 
-@pytest.mark.parametrize(
-    ("df", "expected"),
-    [(1, 12.706204736), (2, T_975_DF2), (5, 2.570581836), (10, 2.228138852),
-     (30, 2.042272456), (1000, 1.962339)],
-)
-def test_t_quantile_table(df: float, expected: float) -> None:
-    assert t_quantile(0.975, df) == pytest.approx(expected, rel=1e-6)
-    assert t_quantile(0.025, df) == pytest.approx(-expected, rel=1e-6)
+# ------------------------------------------------------------------ intervals (scipy.stats)
 
 
-def test_t_quantile_inverts_cdf_and_normal_limit() -> None:
-    for df in (0.7, 3.3, 17.0):
-        for p in (0.6, 0.9, 0.995):
-            assert t_cdf(t_quantile(p, df), df) == pytest.approx(p, abs=1e-9)
-    assert t_quantile(0.975, math.inf) == pytest.approx(1.959963985, rel=1e-8)
-    assert math.isnan(t_quantile(1.0, 3.0))
-
-
-def test_t_quantile_matches_scipy_if_available() -> None:
-    stats = pytest.importorskip("scipy.stats")
-    for df in (1.0, 2.5, 4.0, 9.0, 40.0):
-        for p in (0.8, 0.95, 0.975, 0.999):
-            assert t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-7)
+def test_mean_ci_matches_scipy() -> None:
+    for values in ([0.0, 1.0, 1.0], [0.2, 0.9, 0.4, 0.75], [1.5, -2.0, 0.25, 3.0, 0.0, 1.0]):
+        for conf in (0.8, 0.95, 0.99):
+            m, lo, hi = mean_ci(values, conf)
+            ref = stats.ttest_1samp(values, 0.0).confidence_interval(conf)
+            assert m == pytest.approx(sum(values) / len(values))
+            assert (lo, hi) == pytest.approx((ref.low, ref.high), rel=1e-12, abs=1e-12)
 
 
 def test_mean_ci_hand_computed() -> None:
@@ -132,10 +126,58 @@ def test_mean_ci_hand_computed() -> None:
 
 
 def test_mean_ci_small_n() -> None:
-    assert mean_ci([0.25]) == (0.25, 0.25, 0.25)
+    m, lo, hi = mean_ci([0.25])  # one value: mean, but no interval
+    assert m == 0.25 and _nan_pair(lo, hi)
     m, lo, hi = mean_ci([])
-    assert math.isnan(m) and math.isnan(lo) and math.isnan(hi)
-    assert mean_ci([0.5, 0.5, 0.5]) == (0.5, 0.5, 0.5)
+    assert math.isnan(m) and _nan_pair(lo, hi)
+    m, lo, hi = mean_ci([0.0, 1.0], min_n=3)  # below min_n
+    assert m == 0.5 and _nan_pair(lo, hi)
+    assert mean_ci([0.0, 1.0], min_n=2)[1] == pytest.approx(0.5 - T_975_DF1 * 0.5)
+    assert mean_ci([0.5, 0.5, 0.5]) == (0.5, 0.5, 0.5)  # zero spread
+    with pytest.raises(ValueError):
+        mean_ci([0.0, 1.0], confidence=1.0)
+
+
+def test_mean_ci_clipped_to_bounds() -> None:
+    # [0, 0, 1]: mean 1/3, half-width 4.303 * 0.577 / sqrt(3) = 1.434 -> [-1.10, 1.77]
+    m, lo, hi = mean_ci([0.0, 0.0, 1.0])
+    assert lo < 0.0 and hi > 1.0
+    assert mean_ci([0.0, 0.0, 1.0], bounds=(0.0, 1.0)) == (pytest.approx(1 / 3), 0.0, 1.0)
+    # [1, 1, 1, 0.8]: mean 0.95, half-width 3.182 * 0.1 / 2 -> only the upper end is clipped
+    m, lo, hi = mean_ci([1.0, 1.0, 1.0, 0.8], bounds=(0.0, 1.0))
+    assert m == pytest.approx(0.95)
+    assert lo == pytest.approx(0.95 - T_975_DF3 * 0.1 / 2)
+    assert hi == 1.0
+
+
+def test_welch_ci_matches_scipy() -> None:
+    a, b = [0.1, 0.5, 0.9, 0.7], [0.0, 0.2, 0.1]
+    d, lo, hi = welch_ci(a, b, 0.9)
+    ref = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.9)
+    assert d == pytest.approx(0.55 - 0.1)
+    assert (lo, hi) == pytest.approx((ref.low, ref.high), rel=1e-12)
+    assert _nan_pair(*welch_ci(a, b[:2], min_n=3)[1:])
+    assert welch_ci([1.0, 1.0], [0.0, 0.0]) == (1.0, 1.0, 1.0)
+    # diff 1/3 with t interval [-0.98, 1.64]: only the upper end leaves [-1, 1]
+    ref = stats.ttest_ind([1.0, 0.0, 1.0], [0.0, 0.0, 1.0], equal_var=False).confidence_interval()
+    _, lo, hi = welch_ci([1.0, 0.0, 1.0], [0.0, 0.0, 1.0], bounds=(-1.0, 1.0))
+    assert ref.high > 1.0 and lo == pytest.approx(ref.low) and hi == 1.0
+
+
+def test_clip_interval_and_difference_range() -> None:
+    assert clip_interval(0.5, -2.0, 3.0, (0.0, 1.0)) == (0.0, 1.0)
+    assert clip_interval(0.5, 0.2, 0.8, (0.0, 1.0)) == (0.2, 0.8)
+    assert clip_interval(0.5, -2.0, 3.0, None) == (-2.0, 3.0)
+    assert _nan_pair(*clip_interval(0.5, math.nan, math.nan, (0.0, 1.0)))
+    # a too narrow range never cuts the point estimate off
+    assert clip_interval(1.2, 0.9, 1.5, (0.0, 1.0)) == (0.9, 1.2)
+    assert difference_range((0.0, 1.0)) == (-1.0, 1.0)
+    assert difference_range((-0.2, 1.0)) == pytest.approx((-1.2, 1.2))
+    assert difference_range(None) is None
+    with pytest.raises(ValueError):
+        difference_range((1.0, 0.0))
+    with pytest.raises(ValueError):
+        clip_interval(0.5, 0.0, 1.0, (math.nan, 1.0))
 
 
 # ------------------------------------------------------------------ summarize
@@ -149,6 +191,7 @@ def test_per_position_means_and_ci() -> None:
     ]
     s = summarize(results)
     assert s.modes == ["cod"]
+    assert s.min_packs == MIN_PACKS == 3 and s.reward_range is None
     pos = s.positions["cod"]
     assert [p.position for p in pos] == [0, 1, 2]
     assert [p.n_packs for p in pos] == [3, 3, 3]
@@ -165,12 +208,70 @@ def test_per_position_means_and_ci() -> None:
     # paired gain per pack: [1, 1, 0]
     _, glo, ghi = mean_ci([1.0, 1.0, 0.0])
     assert s.cod_gain_ci["cod"] == pytest.approx((glo, ghi))
+    assert s.cod_gain_n["cod"] == 3
     # hints were written after positions 0 and 1 only
     assert pos[0].n_updates == 3 and pos[0].hint_valid_rate == 1.0
     assert pos[2].n_updates == 0 and math.isnan(pos[2].hint_valid_rate)
     ov = s.overall["cod"]
     assert ov.n_lifecycles == 3 and ov.n_packs == 3 and ov.n_episodes == 9
     assert ov.mean_reward == pytest.approx(6 / 9)
+
+
+def test_two_packs_in_unit_range_give_no_interval() -> None:
+    """The quickstart case: a reward in [0, 1] over 2 packs used to give [-5.85, 6.85]."""
+    results = [make_lifecycle("p0", [0.0, 1.0]), make_lifecycle("p1", [1.0, 1.0])]
+    p0 = summarize(results, reward_range=(0.0, 1.0)).positions["cod"][0]
+    assert p0.n_packs == 2 and p0.mean_reward == 0.5
+    assert _nan_pair(p0.ci_low, p0.ci_high)
+    # what the old report showed (min_packs=2, no clipping) ...
+    old = summarize(results, min_packs=2).positions["cod"][0]
+    assert (old.ci_low, old.ci_high) == pytest.approx((-5.853, 6.853), abs=1e-3)
+    # ... and what clipping alone would make of it
+    clipped = summarize(results, reward_range=(0.0, 1.0), min_packs=2).positions["cod"][0]
+    assert (clipped.ci_low, clipped.ci_high) == (0.0, 1.0)
+
+
+def test_intervals_clipped_to_reward_range() -> None:
+    # position 0: [0, 0, 1] (t interval [-1.10, 1.77]); gain per pack [1, 1, 0] ([-0.77, 2.10])
+    results = [
+        make_lifecycle("p0", [0.0, 1.0]),
+        make_lifecycle("p1", [0.0, 1.0]),
+        make_lifecycle("p2", [1.0, 1.0]),
+    ]
+    raw = summarize(results)
+    assert raw.positions["cod"][0].ci_low < 0.0 and raw.positions["cod"][0].ci_high > 1.0
+    assert raw.cod_gain_ci["cod"][1] > 1.0
+    s = summarize(results, reward_range=(0.0, 1.0))
+    assert s.reward_range == (0.0, 1.0)
+    p0 = s.positions["cod"][0]
+    assert (p0.ci_low, p0.ci_high) == (0.0, 1.0)
+    assert s.cod_gain["cod"] == pytest.approx(2 / 3)
+    glo, ghi = s.cod_gain_ci["cod"]
+    assert glo == pytest.approx(raw.cod_gain_ci["cod"][0]) and ghi == 1.0
+    ov = s.overall["cod"]
+    assert 0.0 <= ov.ci_low <= ov.mean_reward <= ov.ci_high <= 1.0
+    # penalties widen the range: differences are clipped to +-(high - low)
+    wide = summarize(results, reward_range=(-0.5, 1.0))
+    assert wide.positions["cod"][0].ci_low == -0.5
+    assert wide.cod_gain_ci["cod"] == pytest.approx((raw.cod_gain_ci["cod"][0], 1.5))
+    with pytest.raises(ValueError):
+        summarize(results, reward_range=(1.0, 0.0))
+
+
+def test_mode_diffs_clipped_to_difference_range() -> None:
+    # paired differences at position 0: [1, -1, 1] -> t interval [-2.54, 3.20]
+    cod = [make_lifecycle(p, [r]) for p, r in (("p0", 1.0), ("p1", 0.0), ("p2", 1.0))]
+    base = [make_lifecycle(p, [r], mode="nohint") for p, r in (("p0", 0.0), ("p1", 1.0),
+                                                                ("p2", 0.0))]
+    d = summarize(cod + base, reward_range=(0.0, 1.0)).mode_diffs["cod-nohint"][0]
+    assert d.paired and d.n_packs == 3 and d.diff == pytest.approx(1 / 3)
+    assert (d.ci_low, d.ci_high) == (-1.0, 1.0)
+    raw = summarize(cod + base).mode_diffs["cod-nohint"][0]
+    assert raw.ci_low < -1.0 and raw.ci_high > 1.0
+    # unpaired (Welch) differences are clipped too
+    base_other = [make_lifecycle(f"q{i}", [r], mode="nohint") for i, r in enumerate([0, 1, 0])]
+    w = summarize(cod + base_other, reward_range=(0.0, 1.0)).mode_diffs["cod-nohint"][0]
+    assert not w.paired and w.ci_low == pytest.approx(-0.9755, abs=1e-4) and w.ci_high == 1.0
 
 
 def test_clustering_by_pack_averages_repeats_first() -> None:
@@ -185,16 +286,20 @@ def test_clustering_by_pack_averages_repeats_first() -> None:
     p0 = summarize(results).positions["cod"][0]
     assert p0.n_packs == 2
     assert p0.n_episodes == 4
+    assert p0.mean_reward == pytest.approx(1 / 3)
+    assert _nan_pair(p0.ci_low, p0.ci_high)  # 2 packs < min_packs, not 4 episodes
+    p0 = summarize(results, min_packs=2).positions["cod"][0]
     expected_mean, lo, hi = mean_ci([2 / 3, 0.0])  # not mean_ci([1, 1, 0, 0])
-    assert p0.mean_reward == pytest.approx(1 / 3) == pytest.approx(expected_mean)
+    assert p0.mean_reward == pytest.approx(expected_mean)
     assert (p0.ci_low, p0.ci_high) == pytest.approx((lo, hi))
     # half-width uses t(df=1) = 12.706 and sd of the two pack means
     assert p0.ci_high - p0.mean_reward == pytest.approx(
-        12.706204736 * math.sqrt(((2 / 3) ** 2) / 2) / math.sqrt(2), rel=1e-6
+        T_975_DF1 * math.sqrt(((2 / 3) ** 2) / 2) / math.sqrt(2), rel=1e-9
     )
     # the same pack id in another env is another cluster
     other = make_lifecycle("A", [1.0], env="alchemy")
-    assert summarize(results + [other]).positions["cod"][0].n_packs == 3
+    p0 = summarize(results + [other]).positions["cod"][0]
+    assert p0.n_packs == 3 and math.isfinite(p0.ci_low)
 
 
 def test_format_valid_and_hint_valid_rates() -> None:
@@ -226,13 +331,17 @@ def test_two_modes_two_curves_and_difference() -> None:
     assert s.mean_rewards("cod") == pytest.approx([0.0, 0.5, 1.0])
     assert s.mean_rewards("nohint") == pytest.approx([0.5, 0.0, 0.5])
     assert s.cod_gain == pytest.approx({"cod": 1.0, "nohint": 0.0})
+    assert s.cod_gain_n == {"cod": 2, "nohint": 2}
+    assert all(_nan_pair(*ci) for ci in s.cod_gain_ci.values())  # 2 pairs < 3
     assert math.isnan(s.positions["nohint"][0].hint_valid_rate)
     diffs = s.mode_diffs["cod-nohint"]
     assert [d.diff for d in diffs] == pytest.approx([-0.5, 0.5, 0.5])
     assert all(d.paired and d.n_packs == 2 for d in diffs)
+    assert all(_nan_pair(d.ci_low, d.ci_high) for d in diffs)
     # position 0 paired differences: [0 - 0, 0 - 1] = [0, -1]
+    d0 = summarize(base + cod, min_packs=2).mode_diffs["cod-nohint"][0]
     _, lo, hi = mean_ci([0.0, -1.0])
-    assert (diffs[0].ci_low, diffs[0].ci_high) == pytest.approx((lo, hi))
+    assert (d0.ci_low, d0.ci_high) == pytest.approx((lo, hi))
 
 
 def test_mode_difference_unpaired_uses_welch() -> None:
@@ -240,20 +349,28 @@ def test_mode_difference_unpaired_uses_welch() -> None:
     base = [make_lifecycle("c", [0.0], mode="nohint"), make_lifecycle("d", [0.0], mode="nohint"),
             make_lifecycle("e", [1.0], mode="nohint")]
     d = summarize(cod + base).mode_diffs["cod-nohint"][0]
-    assert not d.paired
+    assert not d.paired and d.n_packs == 2
     assert d.diff == pytest.approx(0.5 - 1 / 3)
+    assert _nan_pair(d.ci_low, d.ci_high)  # one side has only 2 packs
+    d = summarize(cod + base, min_packs=2).mode_diffs["cod-nohint"][0]
     se = math.sqrt(0.5 / 2 + (1 / 3) / 3)
     df = se**4 / ((0.5 / 2) ** 2 / 1 + ((1 / 3) / 3) ** 2 / 2)
-    assert d.ci_high - d.diff == pytest.approx(t_quantile(0.975, df) * se)
+    assert d.ci_high - d.diff == pytest.approx(stats.t.ppf(0.975, df) * se)
+    ref = stats.ttest_ind([1.0, 0.0], [0.0, 0.0, 1.0], equal_var=False).confidence_interval()
+    assert (d.ci_low, d.ci_high) == pytest.approx((ref.low, ref.high))
 
 
 def test_single_and_empty_no_nan_in_json() -> None:
     one = summarize([make_lifecycle("p0", [0.5])])
     p = one.positions["cod"][0]
-    assert (p.mean_reward, p.ci_low, p.ci_high) == (0.5, 0.5, 0.5)
-    assert one.cod_gain["cod"] == 0.0
+    assert p.mean_reward == 0.5 and _nan_pair(p.ci_low, p.ci_high)
+    assert one.cod_gain["cod"] == 0.0 and _nan_pair(*one.cod_gain_ci["cod"])
     text = json.dumps(one.to_json(), allow_nan=False)
-    assert json.loads(text)["positions"]["cod"][0]["hint_valid_rate"] is None
+    data = json.loads(text)
+    assert data["positions"]["cod"][0]["hint_valid_rate"] is None
+    assert data["positions"]["cod"][0]["ci_low"] is None
+    assert data["positions"]["cod"][0]["ci_high"] is None
+    assert data["cod_gain_ci"]["cod"] == [None, None]
 
     empty = summarize([])
     assert empty.modes == [] and empty.positions == {} and empty.cod_gain == {}
@@ -271,6 +388,34 @@ def test_summary_json_round_trip() -> None:
     back = Summary.from_json(json.loads(json.dumps(s.to_json(), allow_nan=False)))
     assert back.to_json() == s.to_json()
     assert json_safe({"x": (1.0, float("inf")), "p": Path("a")}) == {"x": [1.0, None], "p": "a"}
+
+
+def test_summary_json_round_trip_null_intervals_and_range() -> None:
+    results = [make_lifecycle(p, [r0, r1]) for p, r0, r1 in
+               (("p0", 0.0, 1.0), ("p1", 0.0, 1.0), ("p2", 1.0, 1.0))]
+    results += [make_lifecycle("p0", [0.0, 0.0], mode="nohint"),
+                make_lifecycle("p1", [1.0, 0.0], mode="nohint")]
+    s = summarize(results, reward_range=(0.0, 1.0))
+    data = json.loads(json.dumps(s.to_json(), allow_nan=False))
+    assert data["reward_range"] == [0.0, 1.0] and data["min_packs"] == 3
+    assert data["positions"]["cod"][0]["ci_low"] == 0.0  # clipped, 3 packs
+    assert data["positions"]["nohint"][0]["ci_low"] is None  # 2 packs: n too small
+    assert data["mode_diffs"]["cod-nohint"][0]["ci_high"] is None
+    assert data["cod_gain_n"] == {"cod": 3, "nohint": 2}
+    back = Summary.from_json(data)
+    assert back.reward_range == (0.0, 1.0) and back.min_packs == 3
+    assert _nan_pair(back.positions["nohint"][0].ci_low, back.positions["nohint"][0].ci_high)
+    assert back.to_json() == s.to_json()
+    # infinite bounds are written as null and come back infinite
+    half_open = summarize(results, reward_range=(-math.inf, 1.0))
+    data = json.loads(json.dumps(half_open.to_json(), allow_nan=False))
+    assert data["reward_range"] == [None, 1.0]
+    assert Summary.from_json(data).reward_range == (-math.inf, 1.0)
+    # files written before these fields existed still load
+    for key in ("min_packs", "reward_range", "cod_gain_n"):
+        data.pop(key)
+    old = Summary.from_json(data)
+    assert old.min_packs == MIN_PACKS and old.reward_range is None and old.cod_gain_n == {}
 
 
 # ------------------------------------------------------------------ report files
@@ -351,6 +496,53 @@ def test_plot_curves_before_after(tmp_path: Path) -> None:
     _check_png(path)
 
 
+def test_plot_curves_no_band_where_n_too_small(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bands: list[list[float]] = []
+    annotations: list[str] = []
+    fill_between, annotate = Axes.fill_between, Axes.annotate
+
+    def spy_fill(self: Axes, x, *args, **kwargs):  # type: ignore[no-untyped-def]
+        bands.append([float(v) for v in x])
+        return fill_between(self, x, *args, **kwargs)
+
+    def spy_annotate(self: Axes, text, *args, **kwargs):  # type: ignore[no-untyped-def]
+        annotations.append(str(text))
+        return annotate(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "fill_between", spy_fill)
+    monkeypatch.setattr(Axes, "annotate", spy_annotate)
+    # 2 packs, reward in [0, 1]: no interval anywhere -> no band, every point labelled n<3
+    two = summarize([make_lifecycle("p0", [0.0, 1.0, 1.0]), make_lifecycle("p1", [1.0, 1.0, 0.0])],
+                    reward_range=(0.0, 1.0))
+    path = plot_curves({"2 packs": two.positions["cod"]}, tmp_path / "small.png",
+                       min_packs=two.min_packs)
+    _check_png(path)
+    assert bands == [] and annotations == ["n<3"] * 3
+    # mixed: positions 0-1 have 3 packs, position 2 only 1 -> band over positions 0-1 only
+    bands.clear()
+    annotations.clear()
+    mixed = summarize([make_lifecycle("p0", [0.0, 1.0, 1.0]), make_lifecycle("p1", [1.0, 0.5]),
+                       make_lifecycle("p2", [0.0, 1.0])], reward_range=(0.0, 1.0))
+    assert [p.n_packs for p in mixed.positions["cod"]] == [3, 3, 1]
+    _check_png(plot_curves({"mixed": mixed.positions["cod"]}, tmp_path / "mixed.png"))
+    assert bands == [[0.0, 1.0]] and annotations == ["n<3"]
+
+
+def test_write_report_small_n_and_reward_range(tmp_path: Path) -> None:
+    results = [make_lifecycle("p0", [0.0, 1.0]), make_lifecycle("p1", [1.0, 1.0])]
+    summary = write_report(results, tmp_path / "r", title="quickstart", meta={},
+                           reward_range=(0.0, 1.0))
+    data = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert data["summary"] == summary.to_json()
+    assert data["summary"]["reward_range"] == [0.0, 1.0]
+    p0 = data["summary"]["positions"]["cod"][0]
+    assert p0["mean_reward"] == 0.5 and p0["ci_low"] is None and p0["ci_high"] is None
+    assert data["summary"]["cod_gain_ci"]["cod"] == [None, None]
+    _check_png(tmp_path / "r" / "reward_by_position.png")
+
+
 def test_print_summary_output() -> None:
     results = [
         make_lifecycle("p0", [0.0, 1.0]),
@@ -360,13 +552,30 @@ def test_print_summary_output() -> None:
     ]
     buf = io.StringIO()
     console = Console(file=buf, width=160, color_system=None)
-    print_summary(summarize(results), console=console)
+    print_summary(summarize(results, reward_range=(0.0, 1.0)), console=console)
     text = buf.getvalue()
     assert "with hints (CoD)" in text and "no hints (baseline)" in text
-    assert "CoD gain" in text and "+0.500" in text
-    assert "Difference" in text
+    assert "CoD gain" in text and "+0.500 (n<3)" in text
+    assert "Difference" in text and "0: +0.000 (n<3)" in text
     assert "mean reward [95% CI]" in text
+    assert "0.500 (n<3)" in text  # position 0 of cod: 2 packs
+    assert "[-5.85" not in text and "6.85" not in text
+    assert "n<3: fewer than 3 packs, no interval" in text
+    assert "clipped to the reward range [0, 1]" in text
 
     buf = io.StringIO()
     print_summary(summarize([]), console=Console(file=buf, width=120, color_system=None))
     assert "No evaluation results" in buf.getvalue()
+
+
+def test_print_summary_clipped_interval() -> None:
+    results = [make_lifecycle("p0", [0.0, 1.0]), make_lifecycle("p1", [0.0, 1.0]),
+               make_lifecycle("p2", [1.0, 1.0])]
+    console = Console(record=True, width=160, color_system=None, file=io.StringIO())
+    print_summary(summarize(results, reward_range=(0.0, 1.0)), console=console)
+    text = console.export_text()
+    assert "0.333 [0.000, 1.000]" in text  # t interval [-1.10, 1.77] clipped to [0, 1]
+    assert "1.000 [1.000, 1.000]" in text
+    gain_lo = mean_ci([1.0, 1.0, 0.0])[1]
+    assert f"+0.667 [{gain_lo:.3f}, 1.000]" in text  # gain clipped to [-1, 1]
+    assert "n<3" not in text

@@ -176,7 +176,7 @@ class _FakeHandler(BaseHTTPRequestHandler):
         self._send(200, {
             "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
             "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                         "message": {"role": "assistant", "content": "Answer: four"}}],
+                         "message": {"role": "assistant", "content": srv.content}}],
             "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
         })  # fmt: skip
 
@@ -186,6 +186,7 @@ def fake_server() -> Iterator[Any]:
     """A tiny in-process OpenAI-compatible server for error paths."""
     srv: Any = ThreadingHTTPServer(("127.0.0.1", 0), _FakeHandler)
     srv.mode = "ok"
+    srv.content = "Answer: four"
     srv.bodies = []
     th = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     th.start()
@@ -243,3 +244,18 @@ def test_prefix_instruction_goes_to_last_user_message() -> None:
     out = _add_prefix_instruction(msgs, "P")
     assert out[-1]["content"] == "u2\n\nBegin your reply with: P"
     assert out[1]["content"] == "u1" and msgs[-1]["content"] == "u2"  # input not mutated
+
+
+def test_reply_cut_after_first_stop_string(fake_server: Any) -> None:
+    """A server that runs past the stop string: the reply ends with it, as in the hf backend."""
+    url = f"http://127.0.0.1:{fake_server.server_address[1]}/v1"
+    b = OpenAIBackend(url, max_retries=0)
+    fake_server.content = "3</answer> and then <answer>Direction 4</answer>"
+    req = GenRequest(messages=[{"role": "user", "content": "move"}],
+                     sampling=SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=16, stop=("</answer>",)),
+                     reply_prefix="<answer>Direction ")
+    out = b.generate([req, _ask("no stop strings")])
+    assert out[0].text == "3</answer>" and out[0].finish_reason == "stop"
+    assert out[1].text == fake_server.content  # no stop strings: nothing is cut
+    assert "stop" not in fake_server.bodies[0]  # cut here, not by the server (which would drop it)
+    b.close()

@@ -95,7 +95,7 @@ def test_unreachable_split_raises():
 
     env = AllTrain(max_world_tries=50)
     assert env.sample_pack("train", 0, 0, 2).split == "train"
-    with pytest.raises(RuntimeError, match="no test table"):
+    with pytest.raises(RuntimeError, match="no test world in 50 draws"):
         env.sample_pack("test", 0, 0, 2)
     with pytest.raises(ValueError, match="pack size"):
         env.sample_pack("train", 0, 0, 0)

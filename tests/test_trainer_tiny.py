@@ -70,3 +70,27 @@ def test_rollout_uses_updated_weights(tiny_dir: Path, tmp_path: Path) -> None:
     trainer = Trainer(config(tiny_dir, tmp_path))
     assert trainer.backend.model is trainer.model  # no copy: the next rollout samples the new weights
     assert trainer._use_rollout_logprobs()
+
+
+def test_mixture_metrics_and_evaluation_per_environment(tiny_dir: Path, tmp_path: Path) -> None:
+    """A weighted mixture: per-environment step metrics, evaluation of every training env and an
+    extra evaluation env, one report folder and one plot panel per environment."""
+    envs = [{"name": "secret_table", "weight": 1.0},
+            {"name": "secret_table", "params": {"name": "secret_pairs", "keys_per_pack": 2}, "weight": 3.0}]
+    extra = [{"name": "secret_table", "params": {"name": "secret_held_out", "keys_per_pack": 3}}]
+    cfg = config(tiny_dir, tmp_path, envs=envs, packs_per_step=8,
+                 eval={"at_start": False, "at_end": True, "packs": 3, "envs": extra},
+                 log={"tensorboard": True, "progress": False})
+    trainer = Trainer(cfg)
+    assert [e.name for e in trainer.eval_envs] == ["secret_table", "secret_pairs", "secret_held_out"]
+    history = trainer.train()
+    m = history[-1]
+    played = {p[0].name for p in trainer.packs_for_step(0)}
+    assert played == {"secret_table", "secret_pairs"}  # 8 packs at weights 1:3 drew both
+    for name in played:
+        assert f"reward/{name}/mean" in m and f"reward/{name}/pos0" in m and f"reward/{name}/pos2" in m
+    for name in ("secret_table", "secret_pairs", "secret_held_out"):
+        assert (tmp_path / "eval" / "step-000001" / name / "results.json").is_file()
+        assert set(trainer.evals[name]) == {1}
+    assert (tmp_path / "reward_by_position.png").is_file()
+    assert "eval/secret_held_out/pos0" in trainer._logged_keys

@@ -127,6 +127,20 @@ def _one_line(text: str, limit: int = 300) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
+def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str | None:
+    """``text`` up to and including its first stop string, or None when none occurs.
+
+    The stop string is kept, as the transformers backend keeps it (parsers expect a closing answer
+    tag). It is cut here rather than sent as the API's ``stop``: servers drop a matched stop
+    sequence from the text, and an end-of-sequence stop could not be told from it.
+    """
+    hits = [(i, s) for s in stop if s and (i := text.find(s)) >= 0]
+    if not hits:
+        return None
+    i, s = min(hits)
+    return text[: i + len(s)]
+
+
 def _strip_prefix(text: str, prefix: str) -> str:
     """Remove ``prefix`` from the start of ``text`` if the model echoed it; else return ``text``."""
     if not prefix:
@@ -340,9 +354,9 @@ class OpenAIBackend(Backend):
                         _one_line(str(cause), 200),
                     )
                 self._use_logprobs = False
-        return self._parse(resp, req.reply_prefix)
+        return self._parse(resp, req.reply_prefix, req.sampling.stop)
 
-    def _parse(self, resp: Any, prefix: str) -> _Reply:
+    def _parse(self, resp: Any, prefix: str, stop: tuple[str, ...] = ()) -> _Reply:
         """Extract text, finish reason, logprobs and usage from a ChatCompletion."""
         choices = getattr(resp, "choices", None) or []
         if not choices:
@@ -361,6 +375,9 @@ class OpenAIBackend(Backend):
         content = getattr(lp_obj, "content", None) if lp_obj is not None else None
         if content:
             lps = [float(t.logprob) for t in content if getattr(t, "logprob", None) is not None]
+        cut = _cut_at_stop(text, stop)
+        if cut is not None:
+            text, finish, lps = cut, "stop", []  # logprobs of the dropped tail cannot be told apart
         usage = getattr(resp, "usage", None)
         return _Reply(
             text=text,

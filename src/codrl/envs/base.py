@@ -99,6 +99,18 @@ class CoDEnv(ABC):
     max_turns: int = 1
     #: Reward of a random policy, if known (shown in reports next to the curve).
     chance_reward: float | None = None
+    #: Lowest and highest reward an episode can score (confidence intervals are clipped to it).
+    reward_range: tuple[float, float] = (0.0, 1.0)
+    #: An episode counts as a success (the reports' success rate) when its reward reaches this.
+    #: 1.0 suits all-or-nothing rewards; worlds whose solved tasks score below 1 (a cost for
+    #: rounds used, a continuous loss) set their own.
+    success_threshold: float = 1.0
+    #: What the train/test split is decided by: each ``"task"`` (tasks of one world may fall in
+    #: both splits) or the whole ``"world"`` (worlds with few possible tasks: a pack's world is
+    #: redrawn until it lands in the requested split, so train and test never share a world).
+    split_by: str = "task"
+    #: Draws of a world before :meth:`sample_pack` gives up (``split_by = "world"``).
+    max_world_tries: int = 10_000
 
     # -- to implement -------------------------------------------------------------------------
     @abstractmethod
@@ -127,7 +139,9 @@ class CoDEnv(ABC):
         return None
 
     def task_key(self, world: dict[str, Any], spec: dict[str, Any]) -> str:
-        """Content that identifies a task for the split assignment (default: world + spec)."""
+        """Content that decides a task's split: world + spec, or the world alone (``split_by``)."""
+        if self.split_by == "world":
+            return json.dumps({"world": world}, sort_keys=True)
         return json.dumps({"world": world, "task": spec}, sort_keys=True)
 
     def split_of(self, world: dict[str, Any], spec: dict[str, Any]) -> str:
@@ -155,6 +169,13 @@ class CoDEnv(ABC):
     def sample_pack(self, split: str, seed: int, index: int, size: int) -> Pack:
         """Deterministically build pack ``index`` of ``split`` for ``seed`` with ``size`` tasks."""
         rng = self.pack_rng(split, seed, index, size)
+        if self.split_by == "world":
+            for _ in range(self.max_world_tries):
+                world = self.sample_world(rng)
+                if self.split_of(world, {}) == split:
+                    return self.make_pack(split, seed, index, world, [self.sample_task(world, rng) for _ in range(size)])
+            raise RuntimeError(f"{self.name}: no {split} world in {self.max_world_tries} draws "
+                               "(the world space is too small for this split)")
         world = self.sample_world(rng)
         specs: list[dict[str, Any]] = []
         tries = 0

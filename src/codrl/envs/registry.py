@@ -41,7 +41,17 @@ BUILTIN: dict[str, tuple[str, dict[str, Any], str]] = {
     "gridnav": ("codrl.envs.gridnav:GridNavigation", {},
                 "Grid Navigation: rook moves over a hidden cost map revealed as you go (8-12 grids)"),
     "gridnav_hard": ("codrl.envs.gridnav:GridNavigation", {"name": "gridnav_hard", "variant": "hard"},
-                     "Grid Navigation on 10-14 grids with 3-5 moves"),
+                     "Grid Navigation on 10-14 grids, 5 hills, 3-5 moves, reveal radius 1"),
+    "control": ("codrl.envs.control:OptimalControl", {},
+                "Optimal Control: steer hidden linear dynamics with one policy expression (medium preset)"),
+    "control_hard": ("codrl.envs.control:OptimalControl", {"name": "control_hard", "preset": "hard"},
+                     "Optimal Control with far targets and fast starts (hard preset)"),
+    "pde": ("codrl.envs.pde:PDEDiscovery", {},
+            "PDE Discovery: sample a reaction-diffusion field and identify its hidden reaction term"),
+    "pde_hard": ("codrl.envs.pde:PDEDiscovery", {"name": "pde_hard", "variant": "hard"},
+                 "PDE Discovery with 1-3 hidden terms and other templates"),
+    "diagnosis": ("codrl.envs.diagnosis:Diagnosis", {},
+                  "Diagnosis dialogue: ask, test and diagnose patients of a clinic with a hidden profile"),
     "secret_table": ("codrl.envs.secret_table:SecretTable", {},
                      "SecretTable (toy): recall a hidden key -> value table; for the tiny policy"),
 }
@@ -104,7 +114,7 @@ def check_name(name: str, field: str = "env") -> str:
     return name
 
 
-def make_env(name: str, **params: Any) -> CoDEnv:
+def make_env(name: str, /, **params: Any) -> CoDEnv:
     """Build environment ``name`` with keyword ``params`` on top of the name's defaults.
 
     Raises :class:`CodrlError` for an unknown name or import path and for an object that is not an

@@ -68,6 +68,7 @@ class SecretTable(CoDEnv):
     reply_prefix = ""
     stop_strings: tuple[str, ...] = ()
     max_turns = 1
+    split_by = "world"  # the split is a property of the table
 
     def __init__(self, num_keys: int = 4, num_values: int = 4, keys_per_pack: int = 1,
                  name: str = "secret_table", max_world_tries: int = 10_000) -> None:
@@ -117,23 +118,6 @@ class SecretTable(CoDEnv):
     def task_key(self, world: dict[str, Any], spec: dict[str, Any]) -> str:
         """The split is decided by the table alone, so train and test never share a table."""
         return json.dumps({"table": world["table"]}, sort_keys=True)
-
-    def sample_pack(self, split: str, seed: int, index: int, size: int) -> Pack:
-        """Deterministically build pack ``index`` of ``split`` for ``seed`` with ``size`` tasks.
-
-        Every task of a pack shares the pack's table, and the split is a property of the table,
-        so tables are redrawn until one of the requested split comes up (the base class redraws
-        tasks instead, which cannot change the split here).
-        """
-        rng = self.pack_rng(split, seed, index, size)
-        for _ in range(self.max_world_tries):
-            world = self.sample_world(rng)
-            if self.split_of(world, {}) == split:
-                break
-        else:
-            raise RuntimeError(f"{self.name}: no {split} table in {self.max_world_tries} draws "
-                               "(the table space is too small for this split)")
-        return self.make_pack(split, seed, index, world, [self.sample_task(world, rng) for _ in range(size)])
 
     # -- helpers ------------------------------------------------------------------------------
     def _check_world(self, world: dict[str, Any]) -> dict[str, str]:

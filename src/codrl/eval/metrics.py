@@ -14,9 +14,21 @@ confidence interval and the rates are then taken over those per-pack means. With
 of repeats for every pack the point estimates equal the plain episode averages; only the
 intervals (and ``n``) differ.
 
-``scipy`` is not a dependency: the Student-t quantile is computed here from the regularised
-incomplete beta function (exact up to floating point, any positive, also non-integer, degrees of
-freedom).
+Intervals
+---------
+Intervals are two-sided Student-t intervals over the per-pack values, with the ``t`` quantile
+from :mod:`scipy.stats` (imported lazily). Two rules keep them honest for the few packs a quick
+evaluation has:
+
+- **reward range**: with ``summarize(..., reward_range=(low, high))`` (the bounds of the
+  per-episode reward, penalties included; the caller knows them) intervals of means are clipped
+  to ``[low, high]`` and intervals of differences (CoD gain, mode differences) to
+  ``[low - high, high - low]``. A t interval over two packs of a reward in ``[0, 1]`` can
+  otherwise reach ``[-5.85, 6.85]``. Clipping is deterministic and keeps the t interval where it
+  is already inside the range.
+- **minimum number of packs**: with fewer than ``min_packs`` (default :data:`MIN_PACKS` = 3)
+  packs, or pairs of packs for paired differences, no interval is given: its ends are NaN
+  (``null`` in JSON) and reports print "n<3" instead. The point estimate is still given.
 """
 
 from __future__ import annotations
@@ -24,7 +36,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from functools import lru_cache
 from typing import Any
 
 from codrl.rollout.experience import EpisodeRecord, LifecycleResult
@@ -32,14 +43,16 @@ from codrl.rollout.experience import EpisodeRecord, LifecycleResult
 __all__ = [
     "MODE_ORDER",
     "BASELINE_MODE",
+    "MIN_PACKS",
     "PackKey",
     "PositionStats",
     "OverallStats",
     "ModeDiffStats",
     "Summary",
     "mean_ci",
-    "t_quantile",
-    "t_cdf",
+    "welch_ci",
+    "clip_interval",
+    "difference_range",
     "summarize",
     "json_safe",
 ]
@@ -48,6 +61,8 @@ __all__ = [
 MODE_ORDER: tuple[str, ...] = ("cod", "nohint", "ralph")
 #: The mode every other mode is compared against in :attr:`Summary.mode_diffs`.
 BASELINE_MODE = "nohint"
+#: Default minimum number of packs (pairs of packs for paired differences) for an interval.
+MIN_PACKS = 3
 
 #: Identifies a pack (the clustering unit): ``(env, split, pack_id)``.
 PackKey = tuple[str, str, str]
@@ -56,122 +71,15 @@ _NAN = float("nan")
 
 
 # --------------------------------------------------------------------------------------------
-# Student-t distribution (no scipy)
+# Intervals (scipy.stats)
 # --------------------------------------------------------------------------------------------
 
 
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz method)."""
-    tiny = 1e-300
-    eps = 1e-15
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c = 1.0
-    d = 1.0 - qab * x / qap
-    if abs(d) < tiny:
-        d = tiny
-    d = 1.0 / d
-    h = d
-    for m in range(1, 1000):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        if abs(d) < tiny:
-            d = tiny
-        c = 1.0 + aa / c
-        if abs(c) < tiny:
-            c = tiny
-        d = 1.0 / d
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        if abs(d) < tiny:
-            d = tiny
-        c = 1.0 + aa / c
-        if abs(c) < tiny:
-            c = tiny
-        d = 1.0 / d
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < eps:
-            break
-    return h
+def _t_ppf(p: float, df: float) -> float:
+    """Student-t quantile from :mod:`scipy.stats` (imported lazily: it is slow to import)."""
+    from scipy import stats
 
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularised incomplete beta function ``I_x(a, b)`` for ``a, b > 0``, ``0 <= x <= 1``."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = (
-        math.lgamma(a + b)
-        - math.lgamma(a)
-        - math.lgamma(b)
-        + a * math.log(x)
-        + b * math.log1p(-x)
-    )
-    front = math.exp(log_front)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
-
-
-def t_cdf(t: float, df: float) -> float:
-    """Cumulative distribution function of Student's t with ``df > 0`` degrees of freedom."""
-    if df <= 0 or math.isnan(df) or math.isnan(t):
-        return _NAN
-    if math.isinf(t):
-        return 1.0 if t > 0 else 0.0
-    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))  # P(T > |t|)
-    return 1.0 - tail if t >= 0 else tail
-
-
-@lru_cache(maxsize=4096)
-def t_quantile(p: float, df: float) -> float:
-    """Quantile (inverse CDF) of Student's t: the ``t`` with ``P(T <= t) = p``.
-
-    Solved by bisection on :func:`t_cdf` to ~1e-12 relative accuracy; ``df`` may be any positive
-    real (Welch degrees of freedom are not integers). ``df = inf`` gives the normal quantile.
-    """
-    if not 0.0 < p < 1.0 or not df > 0:
-        return _NAN
-    if p == 0.5:
-        return 0.0
-    if p < 0.5:
-        return -t_quantile(1.0 - p, df)
-    if math.isinf(df):
-        return _normal_quantile(p)
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, df) < p:
-        lo, hi = hi, hi * 2.0
-        if hi > 1e12:
-            return math.inf
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if t_cdf(mid, df) < p:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo <= 1e-12 * max(1.0, hi):
-            break
-    return 0.5 * (lo + hi)
-
-
-def _normal_quantile(p: float) -> float:
-    """Standard normal quantile by bisection on ``erf`` (used for ``df = inf``)."""
-    lo, hi = -40.0, 40.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if 0.5 * (1.0 + math.erf(mid / math.sqrt(2.0))) < p:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
-
-
-# --------------------------------------------------------------------------------------------
-# Basic statistics
-# --------------------------------------------------------------------------------------------
+    return float(stats.t.ppf(p, df))
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -187,40 +95,106 @@ def _var(values: Sequence[float]) -> float:
     return math.fsum((v - m) ** 2 for v in values) / (n - 1)
 
 
-def mean_ci(values: Iterable[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """Mean and two-sided Student-t confidence interval: ``(mean, low, high)``.
-
-    ``low/high = mean -/+ t_{(1+confidence)/2, n-1} * s / sqrt(n)`` with ``s`` the sample
-    standard deviation. One value gives the degenerate interval ``(v, v, v)``; no values give
-    ``(nan, nan, nan)``. Pass *per-pack* means, not raw episodes (see the module docstring).
-    """
-    vals = [float(v) for v in values]
-    n = len(vals)
-    if n == 0:
-        return _NAN, _NAN, _NAN
-    m = _mean(vals)
-    if n == 1:
-        return m, m, m
+def _check_confidence(confidence: float) -> None:
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    half = t_quantile(0.5 + confidence / 2.0, float(n - 1)) * math.sqrt(_var(vals) / n)
-    return m, m - half, m + half
 
 
-def _welch_ci(
-    a: Sequence[float], b: Sequence[float], confidence: float
+def _check_bounds(bounds: tuple[float, float] | None) -> tuple[float, float] | None:
+    if bounds is None:
+        return None
+    low, high = (float(b) for b in bounds)
+    if math.isnan(low) or math.isnan(high) or low > high:
+        raise ValueError(f"bounds must be (low, high) with low <= high, got {bounds!r}")
+    return low, high
+
+
+def difference_range(bounds: tuple[float, float] | None) -> tuple[float, float] | None:
+    """Range of a difference of two quantities that each lie in ``bounds``: ``(low - high,
+    high - low)`` (``None`` stays ``None``)."""
+    b = _check_bounds(bounds)
+    if b is None:
+        return None
+    width = b[1] - b[0]
+    return -width, width
+
+
+def clip_interval(
+    estimate: float, low: float, high: float, bounds: tuple[float, float] | None
+) -> tuple[float, float]:
+    """Clip the interval ``[low, high]`` to ``bounds = (lo, hi)``.
+
+    The clipped interval never excludes ``estimate`` (if a too narrow ``bounds`` would cut the
+    point estimate off, the interval ends at the estimate instead). NaN ends and ``bounds=None``
+    are returned unchanged.
+    """
+    b = _check_bounds(bounds)
+    if b is None or math.isnan(low) or math.isnan(high):
+        return low, high
+    lo_b, hi_b = b
+    if math.isfinite(estimate):
+        lo_b, hi_b = min(lo_b, estimate), max(hi_b, estimate)
+    return max(low, lo_b), min(high, hi_b)
+
+
+def mean_ci(
+    values: Iterable[float],
+    confidence: float = 0.95,
+    *,
+    bounds: tuple[float, float] | None = None,
+    min_n: int = 2,
 ) -> tuple[float, float, float]:
-    """Difference of means ``mean(a) - mean(b)`` with a Welch (unequal variance) t interval."""
+    """Mean and two-sided Student-t confidence interval: ``(mean, low, high)``.
+
+    ``low/high = mean -/+ t_{(1+confidence)/2, n-1} * s / sqrt(n)`` (``t`` from
+    ``scipy.stats.t.ppf``, ``s`` the sample standard deviation), then clipped to ``bounds``
+    (see :func:`clip_interval`). With fewer than ``max(min_n, 2)`` values the interval is
+    ``(nan, nan)`` ("n too small"; the mean is still given); no values give ``(nan, nan, nan)``.
+    Zero spread gives the degenerate interval ``(mean, mean)``. Pass *per-pack* means, not raw
+    episodes (see the module docstring).
+    """
+    _check_confidence(confidence)
+    vals = [float(v) for v in values]
+    n = len(vals)
+    m = _mean(vals)
+    if n < max(min_n, 2):
+        return m, _NAN, _NAN
+    var = _var(vals)
+    if var == 0.0:
+        return m, m, m
+    half = _t_ppf(0.5 + confidence / 2.0, n - 1) * math.sqrt(var / n)
+    lo, hi = clip_interval(m, m - half, m + half, bounds)
+    return m, lo, hi
+
+
+def welch_ci(
+    a: Sequence[float],
+    b: Sequence[float],
+    confidence: float = 0.95,
+    *,
+    bounds: tuple[float, float] | None = None,
+    min_n: int = 2,
+) -> tuple[float, float, float]:
+    """Difference of means ``mean(a) - mean(b)`` with a Welch (unequal variance) t interval.
+
+    Welch-Satterthwaite degrees of freedom, ``t`` from ``scipy.stats.t.ppf``; the interval is
+    clipped to ``bounds`` (pass :func:`difference_range` of the value range) and is
+    ``(nan, nan)`` when either side has fewer than ``max(min_n, 2)`` values.
+    """
+    _check_confidence(confidence)
+    a, b = [float(v) for v in a], [float(v) for v in b]
     d = _mean(a) - _mean(b)
-    if len(a) < 2 or len(b) < 2:
+    k = max(min_n, 2)
+    if len(a) < k or len(b) < k:
         return d, _NAN, _NAN
     sa, sb = _var(a) / len(a), _var(b) / len(b)
     se2 = sa + sb
     if se2 == 0.0:
         return d, d, d
     df = se2**2 / (sa**2 / (len(a) - 1) + sb**2 / (len(b) - 1))
-    half = t_quantile(0.5 + confidence / 2.0, df) * math.sqrt(se2)
-    return d, d - half, d + half
+    half = _t_ppf(0.5 + confidence / 2.0, df) * math.sqrt(se2)
+    lo, hi = clip_interval(d, d - half, d + half, bounds)
+    return d, lo, hi
 
 
 def json_safe(obj: Any) -> Any:
@@ -260,7 +234,8 @@ def _nan_if_none(v: Any) -> float:
 class PositionStats:
     """Statistics of one ``(mode, position)`` cell, computed over packs (see module docstring).
 
-    ``mean_reward`` and its interval ``[ci_low, ci_high]`` use the penalised task reward.
+    ``mean_reward`` and its interval ``[ci_low, ci_high]`` use the penalised task reward; the
+    interval is NaN (``null`` in JSON) when ``n_packs`` is below the summary's ``min_packs``.
     ``hint_valid_rate`` covers only episodes followed by a context update (``hints_out`` is not
     None); it is NaN (``null`` in JSON) when there were none, e.g. at the last position or in the
     no-hint baseline.
@@ -302,7 +277,10 @@ class PositionStats:
 
 @dataclass
 class OverallStats:
-    """All positions of one mode together (per pack: mean over repeats and positions first)."""
+    """All positions of one mode together (per pack: mean over repeats and positions first).
+
+    The interval follows the same rules as :class:`PositionStats` (NaN below ``min_packs``).
+    """
 
     n_lifecycles: int
     n_packs: int
@@ -336,7 +314,9 @@ class ModeDiffStats:
 
     ``paired`` is True when both modes ran exactly the same packs at this position: the interval
     is then a t interval over per-pack differences (``n_packs`` pairs). Otherwise it is a Welch
-    interval on the two sets of per-pack means (NaN when either side has fewer than two packs).
+    interval on the two sets of per-pack means and ``n_packs`` is the smaller side. The interval
+    is NaN when ``n_packs`` is below the summary's ``min_packs`` and is clipped to
+    ``(low - high, high - low)`` of the reward range.
     """
 
     position: int
@@ -371,9 +351,12 @@ class Summary:
     - ``overall[mode]``: all positions together.
     - ``cod_gain[mode]``: mean reward at the last position minus the mean reward at position 0.
     - ``cod_gain_ci[mode]``: ``(low, high)`` t interval of that gain over packs that have both
-      positions (paired per pack).
+      positions (paired per pack); NaN with fewer than ``min_packs`` such packs
+      (``cod_gain_n[mode]`` of them), clipped to ``(low - high, high - low)`` of the reward range.
     - ``mode_diffs[f"{mode}-nohint"]``: per-position :class:`ModeDiffStats` of every mode against
       the no-hint baseline, present when the baseline and that mode were both run.
+    - ``reward_range``: the per-episode reward bounds intervals were clipped to (``None``: not
+      clipped); ``min_packs``: fewer packs than this give no interval (see module docstring).
     """
 
     confidence: float = 0.95
@@ -382,13 +365,18 @@ class Summary:
     overall: dict[str, OverallStats] = field(default_factory=dict)
     cod_gain: dict[str, float] = field(default_factory=dict)
     cod_gain_ci: dict[str, tuple[float, float]] = field(default_factory=dict)
+    cod_gain_n: dict[str, int] = field(default_factory=dict)
     mode_diffs: dict[str, list[ModeDiffStats]] = field(default_factory=dict)
+    reward_range: tuple[float, float] | None = None
+    min_packs: int = MIN_PACKS
 
     def to_json(self) -> dict[str, Any]:
         """Strict-JSON-serialisable dict (NaN written as ``None``)."""
         return json_safe(
             {
                 "confidence": self.confidence,
+                "min_packs": self.min_packs,
+                "reward_range": None if self.reward_range is None else list(self.reward_range),
                 "modes": list(self.modes),
                 "positions": {
                     m: [p.to_json() for p in ps] for m, ps in self.positions.items()
@@ -396,6 +384,7 @@ class Summary:
                 "overall": {m: o.to_json() for m, o in self.overall.items()},
                 "cod_gain": dict(self.cod_gain),
                 "cod_gain_ci": {m: list(ci) for m, ci in self.cod_gain_ci.items()},
+                "cod_gain_n": dict(self.cod_gain_n),
                 "mode_diffs": {
                     k: [d.to_json() for d in ds] for k, ds in self.mode_diffs.items()
                 },
@@ -404,9 +393,22 @@ class Summary:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Summary:
-        """Rebuild a summary from :meth:`to_json` output (e.g. ``results.json["summary"]``)."""
+        """Rebuild a summary from :meth:`to_json` output (e.g. ``results.json["summary"]``).
+
+        Older files without ``min_packs`` / ``reward_range`` / ``cod_gain_n`` load with the
+        defaults. An infinite reward bound (written as ``null``) comes back infinite.
+        """
+        rr = data.get("reward_range")
+        reward_range = None
+        if rr is not None:
+            reward_range = (
+                -math.inf if rr[0] is None else float(rr[0]),
+                math.inf if rr[1] is None else float(rr[1]),
+            )
         return cls(
             confidence=float(data.get("confidence", 0.95)),
+            min_packs=int(data.get("min_packs", MIN_PACKS)),
+            reward_range=reward_range,
             modes=list(data.get("modes", [])),
             positions={
                 m: [PositionStats.from_json(p) for p in ps]
@@ -418,6 +420,7 @@ class Summary:
                 m: (_nan_if_none(ci[0]), _nan_if_none(ci[1]))
                 for m, ci in data.get("cod_gain_ci", {}).items()
             },
+            cod_gain_n={m: int(n) for m, n in data.get("cod_gain_n", {}).items()},
             mode_diffs={
                 k: [ModeDiffStats.from_json(d) for d in ds]
                 for k, ds in data.get("mode_diffs", {}).items()
@@ -463,9 +466,15 @@ def _hint_valid_rate(groups: Mapping[PackKey, Sequence[EpisodeRecord]]) -> tuple
 
 
 def _position_stats(
-    position: int, groups: Mapping[PackKey, Sequence[EpisodeRecord]], confidence: float
+    position: int,
+    groups: Mapping[PackKey, Sequence[EpisodeRecord]],
+    confidence: float,
+    bounds: tuple[float, float] | None,
+    min_packs: int,
 ) -> PositionStats:
-    mean, lo, hi = mean_ci(list(_pack_means(groups, "reward").values()), confidence)
+    mean, lo, hi = mean_ci(
+        list(_pack_means(groups, "reward").values()), confidence, bounds=bounds, min_n=min_packs
+    )
     hvr, n_upd = _hint_valid_rate(groups)
     return PositionStats(
         position=position,
@@ -487,21 +496,40 @@ def _mode_diff(
     a: Mapping[PackKey, float],
     b: Mapping[PackKey, float],
     confidence: float,
+    bounds: tuple[float, float] | None,
+    min_packs: int,
 ) -> ModeDiffStats:
     if a and set(a) == set(b):
         diffs = [a[k] - b[k] for k in a]
-        d, lo, hi = mean_ci(diffs, confidence)
+        d, lo, hi = mean_ci(diffs, confidence, bounds=bounds, min_n=min_packs)
         return ModeDiffStats(position, d, lo, hi, len(diffs), True)
-    d, lo, hi = _welch_ci(list(a.values()), list(b.values()), confidence)
+    d, lo, hi = welch_ci(
+        list(a.values()), list(b.values()), confidence, bounds=bounds, min_n=min_packs
+    )
     return ModeDiffStats(position, d, lo, hi, min(len(a), len(b)), False)
 
 
-def summarize(results: Sequence[LifecycleResult], confidence: float = 0.95) -> Summary:
+def summarize(
+    results: Sequence[LifecycleResult],
+    confidence: float = 0.95,
+    reward_range: tuple[float, float] | None = None,
+    min_packs: int = MIN_PACKS,
+) -> Summary:
     """Summarise lifecycle results per mode and position, clustering by pack.
 
     ``results`` may mix modes (e.g. ``"cod"`` and its ``"nohint"`` baseline) and hold several
     repeats per pack; packs may differ in length. An empty list gives an empty summary.
+
+    ``reward_range=(low, high)`` bounds the per-episode (penalised) reward, e.g. the environment's
+    reward range widened by the penalties; intervals of means are clipped to it and intervals of
+    differences (CoD gain, mode differences) to ``(low - high, high - low)``. ``None`` clips
+    nothing. Cells with fewer than ``min_packs`` packs (pairs of packs for paired differences;
+    values below 2 act as 2) get a NaN interval ("n too small").
     """
+    _check_confidence(confidence)
+    bounds = _check_bounds(reward_range)
+    diff_bounds = difference_range(bounds)
+    min_packs = max(int(min_packs), 2)
     # mode -> position -> pack -> episodes
     cells: dict[str, dict[int, dict[PackKey, list[EpisodeRecord]]]] = {}
     # mode -> pack -> all episodes (overall stats)
@@ -516,14 +544,22 @@ def summarize(results: Sequence[LifecycleResult], confidence: float = 0.95) -> S
             cells.setdefault(r.mode, {}).setdefault(pos, {}).setdefault(key, []).append(ep)
             by_pack[r.mode][key].append(ep)
 
-    summary = Summary(confidence=confidence, modes=_order_modes(lifecycles))
+    summary = Summary(
+        confidence=confidence,
+        modes=_order_modes(lifecycles),
+        reward_range=bounds,
+        min_packs=min_packs,
+    )
     for mode in summary.modes:
         pos_cells = cells.get(mode, {})
         summary.positions[mode] = [
-            _position_stats(p, pos_cells[p], confidence) for p in sorted(pos_cells)
+            _position_stats(p, pos_cells[p], confidence, bounds, min_packs)
+            for p in sorted(pos_cells)
         ]
         packs = {k: v for k, v in by_pack[mode].items() if v}
-        mean, lo, hi = mean_ci(list(_pack_means(packs, "reward").values()), confidence)
+        mean, lo, hi = mean_ci(
+            list(_pack_means(packs, "reward").values()), confidence, bounds=bounds, min_n=min_packs
+        )
         hvr, _ = _hint_valid_rate(packs)
         summary.overall[mode] = OverallStats(
             n_lifecycles=lifecycles[mode],
@@ -541,12 +577,15 @@ def summarize(results: Sequence[LifecycleResult], confidence: float = 0.95) -> S
         stats = summary.positions[mode]
         if stats:
             first, last = stats[0], stats[-1]
-            summary.cod_gain[mode] = last.mean_reward - first.mean_reward
+            gain = last.mean_reward - first.mean_reward
+            summary.cod_gain[mode] = gain
+            # paired over the packs that have both positions
             m_first = _pack_means(pos_cells[first.position], "reward")
             m_last = _pack_means(pos_cells[last.position], "reward")
             gains = [m_last[k] - m_first[k] for k in m_last if k in m_first]
-            _, glo, ghi = mean_ci(gains, confidence)
-            summary.cod_gain_ci[mode] = (glo, ghi)
+            _, glo, ghi = mean_ci(gains, confidence, min_n=min_packs)
+            summary.cod_gain_ci[mode] = clip_interval(gain, glo, ghi, diff_bounds)
+            summary.cod_gain_n[mode] = len(gains)
 
     if BASELINE_MODE in cells:
         base = cells[BASELINE_MODE]
@@ -559,6 +598,8 @@ def summarize(results: Sequence[LifecycleResult], confidence: float = 0.95) -> S
                     _pack_means(cells[mode][p], "reward"),
                     _pack_means(base[p], "reward"),
                     confidence,
+                    diff_bounds,
+                    min_packs,
                 )
                 for p in sorted(set(cells[mode]) & set(base))
             ]

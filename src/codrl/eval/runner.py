@@ -43,6 +43,12 @@ def build_env(name: str, params: dict[str, Any] | None = None) -> CoDEnv:
         raise CodrlError(f"env {name!r}: {e}") from None
 
 
+def reward_bounds(env: CoDEnv, cfg: RolloutConfig) -> tuple[float, float]:
+    """Range of the penalised task reward: the env's range, lowered by the length penalty."""
+    low, high = env.reward_range
+    return low - cfg.length_penalty_coef, high
+
+
 def play(backend: Backend, env: CoDEnv, split: str, packs: int, seed: int, cfg: RolloutConfig,
          description: str = "lifecycles", console: Console | None = None, progress: bool = True) -> list[LifecycleResult]:
     """Play ``packs`` packs x ``cfg.repeats`` repeats with a progress bar; return the lifecycles."""
@@ -85,7 +91,7 @@ def evaluate(backend: Backend, cfg: EvalConfig, out_dir: Path, *, title: str | N
             "seconds": round(time.time() - t0, 1), "config": cfg.model_dump(mode="json")}
     info.update(meta or {})
     summary = write_report(results, Path(out_dir), title=title or f"{env.name} / {cfg.split}: reward by pack position",
-                           meta=info)
+                           meta=info, reward_range=reward_bounds(env, cfg.rollout))
     print_summary(summary, console)
     console.print(f"wrote {out_dir}/results.json, episodes.csv, trajectories.jsonl, reward_by_position.png")
     return summary

@@ -96,7 +96,7 @@ def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mod
             exp.own_reward = reward
         experiences.extend(solve_exps)
         record = EpisodeRecord(position=k, task_id=task.task_id, hints_in=hints, turns=turns,
-                               env_reward=env_reward, reward=reward, success=env_reward >= 1.0,
+                               env_reward=env_reward, reward=reward, success=env_reward >= env.success_threshold,
                                format_valid=all_valid, feedback=feedback, completion_tokens=total)
         episodes.append(record)
         if mode == "cod" and k < last:

@@ -84,6 +84,8 @@ class EvalSchedule(BaseModel):
     repeats: int = Field(1, ge=1)
     split: Literal["train", "test"] = "test"
     temperature: float = Field(1.0, ge=0.0)
+    envs: list[EnvSpec] = Field(default_factory=list, description="extra evaluation environments (e.g. held-out "
+                                "or harder variants), evaluated besides every training environment")
 
 
 class LogConfig(BaseModel):

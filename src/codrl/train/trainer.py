@@ -34,8 +34,8 @@ from codrl.backends.hf import HFBackend
 from codrl.config import dump_yaml
 from codrl.envs import CoDEnv
 from codrl.eval.metrics import Summary
-from codrl.eval.report import plot_curves, print_summary, write_report
-from codrl.eval.runner import build_env, play
+from codrl.eval.report import plot_panels, print_summary, write_report
+from codrl.eval.runner import reward_bounds, build_env, play
 from codrl.rollout.experience import Experience, LifecycleResult
 from codrl.rollout.lifecycle import LifecycleRunner, make_jobs
 from codrl.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -167,6 +167,10 @@ class Trainer:
         self.out = Path(cfg.output_dir)
         _seed_all(cfg.seed)
         self.envs: list[CoDEnv] = [build_env(s.name, s.params) for s in cfg.envs]
+        extra = [build_env(s.name, s.params) for s in cfg.eval.envs]
+        names = {e.name for e in self.envs}
+        #: Evaluated at start/end/every N: every training environment, then the extra ones.
+        self.eval_envs: list[CoDEnv] = self.envs + [e for e in extra if e.name not in names]
         self.weights = np.array([s.weight for s in cfg.envs], dtype=float)
         self.weights /= self.weights.sum()
         self.backend = backend or build_policy(cfg)
@@ -180,8 +184,9 @@ class Trainer:
         self.runner = LifecycleRunner(self.backend, cfg.rollout)
         self.step_idx = 0
         self.history: list[dict[str, Any]] = []
-        self.evals: dict[int, Summary] = {}
+        self.evals: dict[str, dict[int, Summary]] = {}  # env name -> step -> summary
         self._writer: Any = None
+        self._logged_keys: set[str] = set()  # every scalar key sent to the loggers (for inspection)
         self._wandb: Any = None
 
     # -- data ----------------------------------------------------------------------------
@@ -297,6 +302,7 @@ class Trainer:
         metrics: dict[str, Any] = {
             "step": self.step_idx + 1,
             "reward/mean": float(np.mean([np.mean(r.task_rewards) for r in results])),
+            **(self._per_env_rewards(results) if len(self.envs) > 1 else {}),
             **{f"reward/pos{i}": v for i, v in enumerate(per_pos)},
             "format_valid": float(np.mean([e.format_valid for r in results for e in r.episodes])),
             "hint_valid": float(np.mean([e.hint_valid for r in results for e in r.episodes if e.hints_out is not None]
@@ -309,22 +315,44 @@ class Trainer:
         self.step_idx += 1
         return metrics
 
+    @staticmethod
+    def _per_env_rewards(results: list[LifecycleResult]) -> dict[str, float]:
+        """``reward/<env>/mean`` and ``reward/<env>/pos<i>`` of the environments played this step."""
+        out: dict[str, float] = {}
+        for name in sorted({r.env for r in results}):
+            mine = [r for r in results if r.env == name]
+            out[f"reward/{name}/mean"] = float(np.mean([np.mean(r.task_rewards) for r in mine]))
+            for i in range(min(len(r.task_rewards) for r in mine)):
+                out[f"reward/{name}/pos{i}"] = float(np.mean([r.task_rewards[i] for r in mine]))
+        return out
+
     # -- evaluation ----------------------------------------------------------------------
-    def evaluate(self, tag: str) -> Summary:
-        """Evaluate on the configured split of the first environment; report under eval/<tag>."""
+    def evaluate(self, tag: str) -> dict[str, Summary]:
+        """Evaluate every training environment on the configured split; report under eval/<tag>.
+
+        With one environment the report lies in ``eval/<tag>/``; with a mixture, in
+        ``eval/<tag>/<env>/`` for each environment.
+        """
         ev = self.cfg.eval
         rcfg = self.cfg.rollout.model_copy(update={"pack_size": ev.pack_size or self.cfg.rollout.pack_size,
                                                    "repeats": ev.repeats, "temperature": ev.temperature})
-        env = self.envs[0]
-        torch.manual_seed(self.cfg.seed + 17)
-        results = play(self.backend, env, ev.split, ev.packs, self.cfg.seed + 1, rcfg, f"eval {tag}",
-                       self.console, self.cfg.log.progress)
-        summary = write_report(results, self.out / "eval" / tag, title=f"{env.name} / {ev.split} at {tag}",
-                               meta={"step": self.step_idx, "chance_reward": env.chance_reward})
-        print_summary(summary, self.console)
-        self.evals[self.step_idx] = summary
-        self._log({f"eval/pos{p.position}": p.mean_reward for p in summary.positions.get("cod", [])}, self.step_idx)
-        return summary
+        out: dict[str, Summary] = {}
+        single = len(self.eval_envs) == 1
+        for env in self.eval_envs:
+            torch.manual_seed(self.cfg.seed + 17)
+            results = play(self.backend, env, ev.split, ev.packs, self.cfg.seed + 1, rcfg, f"eval {env.name} {tag}",
+                           self.console, self.cfg.log.progress)
+            folder = self.out / "eval" / tag if single else self.out / "eval" / tag / env.name
+            summary = write_report(results, folder, title=f"{env.name} / {ev.split} at {tag}",
+                                   meta={"step": self.step_idx, "env": env.name, "chance_reward": env.chance_reward},
+                                   reward_range=reward_bounds(env, rcfg))
+            print_summary(summary, self.console)
+            self.evals.setdefault(env.name, {})[self.step_idx] = summary
+            prefix = "eval" if single else f"eval/{env.name}"
+            self._log({f"{prefix}/pos{p.position}": p.mean_reward for p in summary.positions.get("cod", [])},
+                      self.step_idx)
+            out[env.name] = summary
+        return out
 
     # -- logging -------------------------------------------------------------------------
     def _open_logs(self) -> None:
@@ -339,12 +367,25 @@ class Trainer:
 
     def _log(self, metrics: dict[str, Any], step: int) -> None:
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        self._logged_keys.update(scalars)
         if self._writer is not None:
             for k, v in scalars.items():
                 self._writer.add_scalar(k, v, step)
             self._writer.flush()
         if self._wandb is not None:
             self._wandb.log(scalars, step=step)
+
+    def _position_text(self, m: dict[str, Any]) -> str:
+        """``[0.10 0.25 0.40]``, or per environment ``frozenlake [..] alchemy [..]`` for a mixture."""
+        k = self.cfg.rollout.pack_size
+        if len(self.envs) == 1:
+            return "[" + " ".join(f"{m[f'reward/pos{i}']:.2f}" for i in range(k)) + "]"
+        parts = []
+        for env in self.envs:
+            vals = [m.get(f"reward/{env.name}/pos{i}") for i in range(k)]
+            if vals[0] is not None:
+                parts.append(f"{env.name} [" + " ".join(f"{v:.2f}" for v in vals if v is not None) + "]")
+        return " ".join(parts)
 
     # -- the loop ------------------------------------------------------------------------
     def save(self) -> Path:
@@ -382,11 +423,11 @@ class Trainer:
                 m = self.step()
                 self.history.append(m)
                 self._log(m, self.step_idx)
-                pos = " ".join(f"{m[f'reward/pos{i}']:.2f}" for i in range(cfg.rollout.pack_size))
+                pos = self._position_text(m)
                 bar.update(task, completed=self.step_idx,
-                           info=f"reward by position [{pos}] loss {m.get('train/loss', float('nan')):.4f}")
+                           info=f"reward by position {pos} loss {m.get('train/loss', float('nan')):.4f}")
                 if not cfg.log.progress:
-                    self.console.print(f"step {self.step_idx}: reward by position [{pos}]")
+                    self.console.print(f"step {self.step_idx}: reward by position {pos}")
                 if cfg.save_every and self.step_idx % cfg.save_every == 0:
                     self.save()
                 if cfg.eval.every and self.step_idx % cfg.eval.every == 0 and self.step_idx < cfg.steps:
@@ -402,11 +443,13 @@ class Trainer:
         return self.history
 
     def _write_curves(self) -> None:
-        """Reward-by-position curves of every evaluation in one plot (before vs after training)."""
-        if not self.evals:
-            return
-        curves = {f"step {s}": summ.positions.get("cod", []) for s, summ in sorted(self.evals.items())}
-        chance = self.envs[0].chance_reward
-        plot_curves(curves, self.out / "reward_by_position.png",
-                    title=f"{self.envs[0].name}: reward by pack position during training", chance_reward=chance)
-        self.console.print(f"wrote {self.out / 'reward_by_position.png'}")
+        """Reward-by-position curves of every evaluation (before vs after): one panel per environment."""
+        panels = {}
+        for env in self.eval_envs:
+            evals = self.evals.get(env.name)
+            if evals:
+                curves = {f"step {s}": summ.positions.get("cod", []) for s, summ in sorted(evals.items())}
+                panels[f"{env.name}: reward by pack position during training"] = (curves, env.chance_reward)
+        if panels:
+            plot_panels(panels, self.out / "reward_by_position.png", title="reward by pack position during training")
+            self.console.print(f"wrote {self.out / 'reward_by_position.png'}")

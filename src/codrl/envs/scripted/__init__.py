@@ -20,6 +20,9 @@ MODULES: dict[str, str] = {
     "alchemy": "alchemy", "alchemy_hard": "alchemy",
     "terminal": "terminal",
     "gridnav": "gridnav", "gridnav_hard": "gridnav",
+    "control": "control", "control_hard": "control",
+    "pde": "pde", "pde_hard": "pde",
+    "diagnosis": "diagnosis",
 }
 
 
