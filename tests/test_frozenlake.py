@@ -217,14 +217,16 @@ def test_malformed_replies(bad):
     assert res.info["event"] == "invalid"
 
 
-def test_parse_tolerance_and_last_tag_wins():
+def test_parse_tolerance_and_exactly_one_tag():
     assert parse_action("<answer>  direction 3 \n</answer>") == "3"
     assert parse_action("<ANSWER>DIRECTION 2</ANSWER>") == "2"
-    assert parse_action(reply(1) + " hmm, no: " + reply(4)) == "4"
-    assert parse_action(reply(1) + " then <answer>Direction 9</answer>") is None
-    assert parse_action(reply(2) + " and <answer>Direction 3") == "2"
+    assert parse_action("I think code 2. <answer>Direction 2</answer> done") == "2"
+    assert parse_action(reply(1) + " hmm, no: " + reply(4)) is None  # two answers: a format error
+    assert parse_action(reply(2) + " and <answer>Direction 3") is None
+    assert parse_action("</answer><answer>Direction 3") is None
     ep = episode()
-    assert ep.step(reply(INVERSE["Right"]) + reply(INVERSE["Down"])).reward == 1.0
+    res = ep.step(reply(INVERSE["Right"]) + reply(INVERSE["Down"]))
+    assert res.done and not res.valid and res.reward == 0.0
 
 
 def test_prefilled_reply_format():

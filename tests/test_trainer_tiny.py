@@ -94,3 +94,23 @@ def test_mixture_metrics_and_evaluation_per_environment(tiny_dir: Path, tmp_path
         assert set(trainer.evals[name]) == {1}
     assert (tmp_path / "reward_by_position.png").is_file()
     assert "eval/secret_held_out/pos0" in trainer._logged_keys
+
+
+def test_lora_checkpoint_loads_merged_for_evaluation(tiny_dir: Path, tmp_path: Path) -> None:
+    """A LoRA checkpoint's model/ folder (a peft adapter) evaluates like a full model: same logits."""
+    from codrl.backends.hf import HFBackend
+
+    cfg = config(tiny_dir, tmp_path, model={"path": str(tiny_dir), "lora": {"r": 4, "alpha": 8}},
+                 optim={"lr": 5e-2})
+    trainer = Trainer(cfg)
+    trainer.train()
+    folder = tmp_path / "checkpoints" / "step-000001" / "model"
+    assert (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file()
+    loaded = HFBackend.from_pretrained(str(folder))
+    ids = torch.tensor([[2, 5, 7, 9, 11]])
+    with torch.no_grad():
+        want = trainer.model(input_ids=ids).logits
+        got = loaded.model(input_ids=ids).logits
+        base = HFBackend.from_pretrained(str(tiny_dir)).model(input_ids=ids).logits
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(got, base, atol=1e-4)  # the adapter really changed the model

@@ -77,6 +77,12 @@ def embedded_model_dir() -> Path:
     return target
 
 
+def is_adapter_dir(model: str | Path) -> bool:
+    """Whether ``model`` is a peft adapter folder (a LoRA checkpoint's ``model/``)."""
+    p = Path(model).expanduser()
+    return p.is_dir() and (p / "adapter_config.json").is_file() and not (p / "config.json").is_file()
+
+
 def resolve_model_path(model: str | None) -> str:
     """Map a model argument to something ``from_pretrained`` accepts.
 

@@ -75,15 +75,29 @@ class HFBackend(Backend):
     @classmethod
     def from_pretrained(cls, model: str | None = None, *, device: str = "cpu", dtype: str = "float32",
                         max_batch_size: int = 32) -> HFBackend:
-        """Load a model folder (or the embedded default when ``model`` is None)."""
+        """Load a model folder (or the embedded default when ``model`` is None).
+
+        A LoRA checkpoint's ``model/`` folder (a peft adapter: ``adapter_config.json``, no
+        ``config.json``) is loaded onto its base model and merged, so trained LoRA checkpoints
+        evaluate like full ones.
+        """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from codrl.backends.embedded import resolve_model_path
+        from codrl.backends.embedded import is_adapter_dir, resolve_model_path
 
-        path = resolve_model_path(model)
         try:
-            tok = AutoTokenizer.from_pretrained(path)
-            lm = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+            if model is not None and is_adapter_dir(model):
+                from peft import PeftConfig, PeftModel
+
+                base = PeftConfig.from_pretrained(model).base_model_name_or_path
+                base_path = resolve_model_path(base)
+                tok = AutoTokenizer.from_pretrained(model)
+                lm = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, dtype))
+                lm = PeftModel.from_pretrained(lm, model).merge_and_unload()
+            else:
+                path = resolve_model_path(model)
+                tok = AutoTokenizer.from_pretrained(path)
+                lm = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
         except OSError as e:
             raise CodrlError(f"cannot load model {model!r}: {str(e).splitlines()[0]}") from None
         lm.to(device)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Sequence
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,8 @@ DELTAS: dict[str, tuple[int, int]] = {"Left": (0, -1), "Down": (1, 0), "Right": 
 CODES: tuple[str, ...] = ("1", "2", "3", "4")
 TILES = frozenset("SFHG")
 
-FORMAT_HINT = "Reply with your reasoning, then `<answer>Direction X</answer>` where X is one of 1, 2, 3, 4."
+FORMAT_HINT = ("Reply with your reasoning, then `<answer>Direction X</answer>` where X is one of 1, 2, 3, 4 "
+               "(exactly one answer tag).")
 INVALID_FEEDBACK = "Invalid answer. " + FORMAT_HINT + " The task ended with reward 0."
 
 _CLOSE_RE = re.compile(r"</answer\s*>", re.IGNORECASE)
@@ -43,24 +45,20 @@ _ACTION_RE = re.compile(r"\s*direction\s*([1-4])\s*", re.IGNORECASE)
 
 
 def parse_action(reply: str) -> str | None:
-    """Return the code (``"1"``-``"4"``) of the last ``<answer>...</answer>`` in ``reply``, or None.
+    """Return the code (``"1"``-``"4"``) of the reply's one ``<answer>...</answer>``, or None.
 
-    Only the last closed answer tag counts; its content must be ``Direction <code>`` (any case,
-    surrounding whitespace allowed). Runs in linear time on arbitrarily long input.
+    The reply must hold exactly one opening and one closing answer tag, in that order (a second
+    tag, e.g. the format quoted while reasoning, is a format error, as in every codrl
+    environment); the content must be ``Direction <code>`` (any case, surrounding whitespace
+    allowed). Runs in linear time on arbitrarily long input.
     """
     if not isinstance(reply, str):
         return None
-    close = None
-    for close in _CLOSE_RE.finditer(reply):
-        pass
-    if close is None:
+    opens = list(islice(_OPEN_RE.finditer(reply), 2))
+    closes = list(islice(_CLOSE_RE.finditer(reply), 2))
+    if len(opens) != 1 or len(closes) != 1 or closes[0].start() < opens[0].end():
         return None
-    opener = None
-    for opener in _OPEN_RE.finditer(reply, 0, close.start()):
-        pass
-    if opener is None:
-        return None
-    m = _ACTION_RE.fullmatch(reply, opener.end(), close.start())
+    m = _ACTION_RE.fullmatch(reply, opens[0].end(), closes[0].start())
     return m.group(1) if m else None
 
 
