@@ -4,6 +4,7 @@
     codrl eval --baseline           # ... and the no-hint baseline, to read the CoD effect
     codrl train --config configs/quickstart_cpu.yaml
     codrl envs                      # list environments
+    codrl play frozenlake --reveal  # play a pack yourself, seeing exactly what the model sees
 
 Bad input (unknown env, bad split, pack size < 1, unreachable endpoint, missing model path, bad
 config) prints one line ``error: ...`` naming the problem and the allowed values, and exits 2.
@@ -104,6 +105,9 @@ def eval_cmd(
         cfg = validate(EvalConfig, {"env": env, "split": split, "packs": packs, "seed": seed, "baseline": baseline,
                                     "rollout": {"pack_size": pack_size, "repeats": repeats, "ralph": ralph,
                                                 "temperature": temperature}}, source="options")
+    from codrl.eval.runner import build_env
+
+    build_env(cfg.env, cfg.env_params)  # bad environment parameters fail before any model loads
     backend = make_backend(model, endpoint, endpoint_model, batch_size, device)
     out_dir = out or _default_out("eval")
     evaluate(backend, cfg, out_dir, meta={"model": endpoint or model or "embedded"})
@@ -137,6 +141,57 @@ def train_cmd(
     Trainer(cfg).train(resume=resume)
 
 
+PLAY_HELP = (
+    "Play an environment yourself, in the model's seat.\n\n"
+    "You see exactly the prompts the model is given (the system prompt, the task under the current Hints: "
+    "block, the next observation after each reply) and type the replies; between tasks you rewrite the hints, "
+    "as the model does in its update-context episodes.\n\n"
+    "End each reply with a line holding only '.'; end of input (Ctrl-D) quits. Lines starting with '##' are the "
+    "game's own notes (task outcome, feedback, reward), which the model does not see.\n\n"
+    "Example: codrl play frozenlake -k 3 --reveal"
+)
+
+
+@app.command("play", help=PLAY_HELP)
+@_user_errors
+def play_cmd(
+    env: str = typer.Argument(..., metavar="ENV", help="Environment: a name from `codrl envs` or an import path "
+                              "'package.module:ClassName'."),
+    split: str = typer.Option("test", help="Split to draw the pack from: train or test."),
+    seed: int = typer.Option(0, help="Seed of the packs (the same seed and index give the same pack)."),
+    pack_size: int = typer.Option(4, "--pack-size", "-k", help="K: tasks in the pack."),
+    index: int = typer.Option(0, help="Which pack of the split (0, 1, ...): each is another hidden world."),
+    reveal: bool = typer.Option(False, "--reveal", help="Print the hidden world (pack.world) as JSON at the end."),
+    no_prefix: bool = typer.Option(False, "--no-prefix", help="Do not prefill the environment's reply prefix: "
+                                   "type the whole reply (as with rollout.use_reply_prefix false)."),
+    mode: str = typer.Option("cod", help="cod: rewrite the hints between tasks; nohint: every task starts "
+                             "without hints (the baseline)."),
+) -> None:
+    """Play an environment yourself (see PLAY_HELP)."""
+    from codrl.backends.human import play_pack
+    from codrl.envs import SPLITS, check_name, make_env
+    from codrl.errors import bad_choice
+    from codrl.rollout.config import RolloutConfig
+
+    check_name(env, field="ENV")
+    if split not in SPLITS:
+        raise bad_choice("--split", split, SPLITS)
+    if mode not in ("cod", "nohint"):
+        raise bad_choice("--mode", mode, ("cod", "nohint"))
+    if pack_size < 1:
+        raise CodrlError(f"--pack-size must be >= 1, got {pack_size}")
+    if index < 0:
+        raise CodrlError(f"--index must be >= 0, got {index}")
+    try:
+        environment = make_env(env)
+    except (TypeError, ValueError) as e:
+        raise CodrlError(f"env {env!r}: {e}") from None
+    pack = environment.sample_pack(split, seed, index, pack_size)
+    cfg = RolloutConfig(pack_size=pack_size, repeats=1, max_concurrent=1, mode=mode,  # type: ignore[arg-type]
+                        use_reply_prefix=not no_prefix)
+    play_pack(environment, pack, cfg, sys.stdin, sys.stdout, reveal=reveal)
+
+
 @app.command("envs")
 @_user_errors
 def envs_cmd() -> None:
@@ -145,6 +200,52 @@ def envs_cmd() -> None:
 
     for name in env_names():
         typer.echo(f"{name:18s} {describe(name)}")
+
+
+@app.command("matrix")
+@_user_errors
+def matrix_cmd(
+    config: Path = typer.Option(..., "--config", "-c", help="YAML MatrixConfig: models, evaluation sets, shared "
+                                "rollout knobs (see configs/matrix_crossdomain.yaml)."),
+    packs: Optional[int] = typer.Option(None, help="Override every evaluation set's number of packs."),
+    pack_size: Optional[int] = typer.Option(None, "--pack-size", "-k", help="Override every set's pack size K."),
+    repeats: Optional[int] = typer.Option(None, "--repeats", "-r", help="Override every set's repeats."),
+    device: Optional[str] = typer.Option(None, help="Override every local model's torch device (e.g. cuda)."),
+    output_dir: Optional[Path] = typer.Option(None, help="Override `output_dir`."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Evaluate models x evaluation sets: a table of reward at position 0, at the last position and
+    the CoD gain with its interval, per-position plots, matrix.json. Resumable: finished cells are kept
+    and skipped when the same command runs again.
+
+    Every model path, endpoint, environment and variant is checked before any model loads.
+    """
+    import yaml
+
+    from codrl.config import validate
+    from codrl.eval.matrix import MatrixConfig, run_matrix
+
+    if not config.is_file():
+        raise CodrlError(f"config file not found: {config}")
+    try:
+        data = yaml.safe_load(config.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise CodrlError(f"config file {config} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise CodrlError(f"config file {config} must hold a mapping of fields")
+    for name, value in (("--packs", packs), ("--pack-size", pack_size), ("--repeats", repeats)):
+        if value is not None and value < 1:
+            raise CodrlError(f"{name} must be >= 1, got {value}")
+    over = {k: v for k, v in (("packs", packs), ("pack_size", pack_size), ("repeats", repeats)) if v is not None}
+    if over:
+        data["evals"] = [{**ev, **over} if isinstance(ev, dict) else ev for ev in data.get("evals") or []]
+    if device is not None:
+        data["models"] = [{**m, "device": device} if isinstance(m, dict) and "endpoint" not in m else m
+                          for m in data.get("models") or []]
+    if output_dir is not None:
+        data["output_dir"] = str(output_dir)
+    cfg = validate(MatrixConfig, data, source=f"config {config}")
+    run_matrix(cfg, progress=progress)
 
 
 def main() -> None:

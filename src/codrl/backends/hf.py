@@ -41,7 +41,7 @@ class _LogprobRecorder:
             self.steps.append(self.prev.gather(1, sequences[:, -1:]).squeeze(1))
             self.prev = None
         if not self.steps:
-            return torch.zeros(sequences.shape[0], 0)
+            return torch.zeros(sequences.shape[0], 0, device=sequences.device)
         return torch.stack(self.steps, dim=1)
 
 
@@ -183,8 +183,8 @@ class HFBackend(Backend):
         finally:
             if was_training:
                 self.model.train()
+        logprobs = recorder.finish(out.sequences).cpu()  # on the model's device, then moved
         seqs = out.sequences.cpu()
-        logprobs = recorder.finish(seqs).cpu()
         new = seqs[:, width:]
         self.stats.generate_calls += 1
         self.stats.forward_calls += new.shape[1]

@@ -98,11 +98,11 @@ def resolve(name: str, field: str = "env") -> tuple[Callable[..., Any], dict[str
     if name in BUILTIN:
         path, defaults, _ = BUILTIN[name]
         return _import(path, name, field), dict(defaults)
+    if ":" in name:  # an import path (entry-point names hold no colon)
+        return _import(name, name, field), {}
     plugins = _plugins()
     if name in plugins:
         return _import(plugins[name], name, field), {}
-    if ":" in name:
-        return _import(name, name, field), {}
     raise CodrlError(f"{field}: {name!r} is not allowed; allowed values: {_allowed()}")
 
 

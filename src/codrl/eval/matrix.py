@@ -1,0 +1,306 @@
+"""The evaluation matrix: several models x several evaluation sets, one command, resumable.
+
+``codrl matrix --config FILE.yaml`` evaluates every model of ``models`` (the embedded model,
+checkpoints, Hugging Face folders, OpenAI-compatible endpoints) on every evaluation set of
+``evals`` (environment, split, variant ``cod`` / ``nohint`` / ``ralph-first`` / ``ralph-expand``,
+pack size, packs, repeats) and writes into ``output_dir``:
+
+* ``cells/<model>/<eval set>/``: each cell's full evaluation report (``results.json``,
+  ``episodes.csv``, ``trajectories.jsonl``, a plot), written to a temporary folder and renamed
+  when complete, so an interrupted matrix resumes by skipping the cells that exist;
+* ``matrix.md`` and ``matrix.csv``: rows = models, columns = evaluation sets, each cell the mean
+  reward at position 0, at the last position, and the CoD gain with its 95% interval over packs;
+* ``matrix.png``: one panel per evaluation set, one curve per model, shaded intervals;
+* ``matrix.json``: every number (per-position means and intervals of every cell).
+
+Every model path, endpoint, environment name and variant is checked before any model loads.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import shutil
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from rich.console import Console
+from rich.table import Table
+
+from codrl.backends.base import Backend
+from codrl.errors import CodrlError
+from codrl.eval.metrics import Summary
+from codrl.rollout.config import RolloutConfig
+
+VARIANTS = ("cod", "nohint", "ralph-first", "ralph-expand")
+#: Summary mode of each variant (the lifecycle runner names Ralph runs ``ralph``).
+VARIANT_MODE = {"cod": "cod", "nohint": "nohint", "ralph-first": "ralph", "ralph-expand": "ralph"}
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def _slug(text: str) -> str:
+    return _SAFE.sub("_", text).strip("_") or "x"
+
+
+class ModelSpec(BaseModel):
+    """One model of the matrix: a local model (``path``) or an OpenAI-compatible ``endpoint``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="row label (also the folder name of its cells)")
+    path: str | None = Field(None, description="'embedded' or a Hugging Face model folder (e.g. a checkpoint's model/)")
+    endpoint: str | None = Field(None, description="OpenAI-compatible base URL instead of a local model")
+    endpoint_model: str | None = Field(None, description="model id at the endpoint (default: its first)")
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if self.path is None and self.endpoint is None:
+            self.path = "embedded"
+        if self.path is not None and self.endpoint is not None:
+            raise ValueError(f"model {self.name!r}: give either path or endpoint, not both")
+        return self
+
+
+class EvalSet(BaseModel):
+    """One evaluation set: which packs of which environment, played how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    env: str = Field(description="environment name (see `codrl envs`) or import path")
+    env_params: dict[str, Any] = Field(default_factory=dict)
+    split: Literal["train", "test"] = "test"
+    variant: Literal["cod", "nohint", "ralph-first", "ralph-expand"] = "cod"
+    pack_size: int = Field(4, ge=1)
+    packs: int = Field(4, ge=1)
+    repeats: int = Field(1, ge=1)
+    name: str | None = Field(None, description="column label (default env/variant/kK)")
+
+    @field_validator("env")
+    @classmethod
+    def _known_env(cls, v: str) -> str:
+        from codrl.envs import check_name
+
+        try:
+            return check_name(v)
+        except CodrlError as e:
+            raise ValueError(str(e)) from None
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.env}/{self.variant}/k{self.pack_size}"
+
+
+class MatrixConfig(BaseModel):
+    """A whole matrix: models x evaluation sets, the rollout knobs they share, where to write."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[ModelSpec] = Field(min_length=1)
+    evals: list[EvalSet] = Field(min_length=1)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig,
+                                   description="shared rollout knobs; pack_size/repeats/mode/ralph come from each set")
+    seed: int = 0
+    batch_size: int = Field(32, ge=1, description="max requests per batched model call")
+    output_dir: str = "runs/matrix"
+
+    @model_validator(mode="after")
+    def _unique(self) -> MatrixConfig:
+        for what, labels in (("models", [m.name for m in self.models]), ("evals", [e.label for e in self.evals])):
+            slugs = [_slug(x) for x in labels]
+            dup = sorted({x for x in slugs if slugs.count(x) > 1})
+            if dup:
+                raise ValueError(f"{what}: names must be unique (as folder names), repeated: {', '.join(dup)}")
+        return self
+
+
+# -- checks before anything loads --------------------------------------------------------------
+def check_model(spec: ModelSpec, timeout: float = 5.0) -> None:
+    """Fail with a one-line :class:`CodrlError` if ``spec`` cannot be loaded or reached."""
+    if spec.endpoint is not None:
+        url = spec.endpoint.rstrip("/")
+        url = url if url.endswith("/v1") else url + "/v1"
+        try:
+            with urllib.request.urlopen(url + "/models", timeout=timeout):
+                pass
+        except urllib.error.HTTPError:
+            pass  # it answers; /models may be unimplemented (the backend copes)
+        except (OSError, ValueError) as e:
+            raise CodrlError(f"model {spec.name!r}: endpoint {spec.endpoint} does not answer ({e})") from None
+        return
+    from codrl.backends.embedded import EMBEDDED_NAMES, gguf_path, is_adapter_dir
+
+    assert spec.path is not None
+    if spec.path in EMBEDDED_NAMES:
+        gguf_path()
+        return
+    folder = Path(spec.path)
+    if not (folder / "config.json").is_file() and not is_adapter_dir(folder):
+        raise CodrlError(f"model {spec.name!r}: path {spec.path!r} is not a Hugging Face model folder "
+                         "(no config.json or adapter_config.json); use 'embedded', a checkpoint's model/ folder or an endpoint")
+
+
+def load_backend(spec: ModelSpec, batch_size: int = 32) -> Backend:
+    """The generation backend of one model of the matrix."""
+    if spec.endpoint is not None:
+        from codrl.backends.openai_backend import OpenAIBackend
+
+        return OpenAIBackend(spec.endpoint, model=spec.endpoint_model)
+    from codrl.backends.hf import HFBackend
+
+    return HFBackend.from_pretrained(spec.path, device=spec.device, dtype=spec.dtype, max_batch_size=batch_size)
+
+
+# -- running -------------------------------------------------------------------------------------
+def cell_dir(out: Path, model: ModelSpec, ev: EvalSet) -> Path:
+    return out / "cells" / _slug(model.name) / _slug(ev.label)
+
+
+def eval_config(cfg: MatrixConfig, ev: EvalSet) -> Any:
+    """The :class:`~codrl.eval.runner.EvalConfig` of one evaluation set."""
+    from codrl.eval.runner import EvalConfig
+
+    ralph = {"ralph-first": "first", "ralph-expand": "expand"}.get(ev.variant, "none")
+    rollout = cfg.rollout.model_copy(update={"pack_size": ev.pack_size, "repeats": ev.repeats, "ralph": ralph,
+                                             "mode": "nohint" if ev.variant == "nohint" else "cod"})
+    return EvalConfig(env=ev.env, env_params=ev.env_params, split=ev.split, packs=ev.packs, seed=cfg.seed,
+                      rollout=rollout)
+
+
+def run_matrix(cfg: MatrixConfig, *, console: Console | None = None, progress: bool = True,
+               backend_factory: Callable[[ModelSpec], Backend] | None = None) -> dict[str, Any]:
+    """Evaluate every missing cell, then write the table, plots and ``matrix.json``; return the latter."""
+    from codrl.config import dump_yaml
+    from codrl.eval.runner import build_env, evaluate
+
+    console = console or Console()
+    out = Path(cfg.output_dir)
+    for ev in cfg.evals:  # environment parameters are checked before any model loads
+        build_env(ev.env, ev.env_params)
+    if backend_factory is None:
+        for m in cfg.models:
+            check_model(m)
+    out.mkdir(parents=True, exist_ok=True)
+    dump_yaml(cfg, out / "matrix_config.yaml")
+    total = len(cfg.models) * len(cfg.evals)
+    done = 0
+    for model in cfg.models:
+        todo = [ev for ev in cfg.evals if not (cell_dir(out, model, ev) / "results.json").is_file()]
+        done += len(cfg.evals) - len(todo)
+        if not todo:
+            console.print(f"[dim]{model.name}: all {len(cfg.evals)} cells done, skipped[/dim]")
+            continue
+        backend = (backend_factory or (lambda s: load_backend(s, cfg.batch_size)))(model)
+        try:
+            for ev in todo:
+                done += 1
+                console.rule(f"[bold]cell {done}/{total}: {model.name} x {ev.label}")
+                final = cell_dir(out, model, ev)
+                tmp = final.with_name(final.name + ".partial")
+                shutil.rmtree(tmp, ignore_errors=True)
+                evaluate(backend, eval_config(cfg, ev), tmp, title=f"{model.name}: {ev.label}",
+                         meta={"model": model.name, "eval_set": ev.label}, console=console, progress=progress)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                tmp.rename(final)  # atomic: a cell exists only when complete
+        finally:
+            close = getattr(backend, "close", None)
+            if callable(close):
+                close()
+    return write_matrix(cfg, console)
+
+
+# -- the table -------------------------------------------------------------------------------------
+def _f(x: float | None) -> float:
+    return math.nan if x is None else float(x)
+
+
+def load_cell(folder: Path, variant: str) -> dict[str, Any]:
+    """One cell's numbers from its ``results.json``."""
+    data = json.loads((folder / "results.json").read_text())
+    summary = Summary.from_json(data["summary"])
+    mode = VARIANT_MODE[variant]
+    positions = summary.positions.get(mode, [])
+    gain_ci = summary.cod_gain_ci.get(mode, (math.nan, math.nan))
+    return {
+        "positions": [p.to_json() for p in positions],
+        "first": positions[0].mean_reward if positions else math.nan,
+        "last": positions[-1].mean_reward if positions else math.nan,
+        "gain": summary.cod_gain.get(mode, math.nan),
+        "gain_ci": [_f(gain_ci[0]), _f(gain_ci[1])],
+        "n_packs": positions[0].n_packs if positions else 0,
+        "chance_reward": data.get("meta", {}).get("chance_reward"),
+    }
+
+
+def cell_text(c: dict[str, Any]) -> str:
+    """``0.12 -> 0.40, gain +0.28 [0.05, 0.51]`` (``n<3`` when no interval is defined)."""
+    lo, hi = c["gain_ci"]
+    ci = f"[{lo:+.2f}, {hi:+.2f}]" if math.isfinite(lo) and math.isfinite(hi) else f"(n={c['n_packs']}, no CI)"
+    return f"{c['first']:.2f} -> {c['last']:.2f}, gain {c['gain']:+.2f} {ci}"
+
+
+def write_matrix(cfg: MatrixConfig, console: Console | None = None) -> dict[str, Any]:
+    """Collect every finished cell into ``matrix.{json,md,csv,png}`` and print the table."""
+    from codrl.eval.metrics import json_safe
+
+    console = console or Console()
+    out = Path(cfg.output_dir)
+    cells: dict[str, dict[str, Any]] = {}
+    for m in cfg.models:
+        for ev in cfg.evals:
+            folder = cell_dir(out, m, ev)
+            if (folder / "results.json").is_file():
+                cells.setdefault(m.name, {})[ev.label] = {**load_cell(folder, ev.variant), "folder": str(folder)}
+    labels = [ev.label for ev in cfg.evals]
+    result = {"models": [m.name for m in cfg.models], "evals": [ev.model_dump(mode="json") for ev in cfg.evals],
+              "eval_labels": labels, "cells": cells,
+              "complete": all(ev.label in cells.get(m.name, {}) for m in cfg.models for ev in cfg.evals)}
+    (out / "matrix.json").write_text(json.dumps(json_safe(result), indent=1))
+
+    header = ["model", *labels]
+    rows = [[m.name, *[cell_text(cells[m.name][lbl]) if lbl in cells.get(m.name, {}) else "missing"
+                       for lbl in labels]] for m in cfg.models]
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(r) + " |" for r in rows]
+    (out / "matrix.md").write_text(
+        "Mean reward at position 0 -> last position, CoD gain (last - first) with its 95% interval over packs.\n\n"
+        + "\n".join(md) + "\n")
+    with (out / "matrix.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["model", "eval_set", "first", "last", "gain", "gain_ci_low", "gain_ci_high", "n_packs"])
+        for m in cfg.models:
+            for lbl in labels:
+                c = cells.get(m.name, {}).get(lbl)
+                if c is not None:
+                    w.writerow([m.name, lbl, *(f"{x:.6g}" for x in (c["first"], c["last"], c["gain"], *c["gain_ci"])),
+                                c["n_packs"]])
+    table = Table(title="reward at position 0 -> last, CoD gain [95% CI over packs]", show_lines=True)
+    for h in header:
+        table.add_column(h, overflow="fold")
+    for r in rows:
+        table.add_row(*r)
+    console.print(table)
+    plot_matrix(cfg, cells, out / "matrix.png")
+    console.print(f"wrote {out}/matrix.md, matrix.csv, matrix.json, matrix.png")
+    return result
+
+
+def plot_matrix(cfg: MatrixConfig, cells: dict[str, dict[str, Any]], path: Path) -> Path:
+    """One panel per evaluation set, one curve per model with its shaded interval."""
+    from codrl.eval.metrics import PositionStats
+    from codrl.eval.report import plot_panels
+
+    panels = {}
+    for ev in cfg.evals:
+        curves = {m.name: [PositionStats.from_json(p) for p in cells[m.name][ev.label]["positions"]]
+                  for m in cfg.models if ev.label in cells.get(m.name, {})}
+        chance = next((cells[m][ev.label].get("chance_reward") for m in cells if ev.label in cells[m]), None)
+        panels[ev.label] = (curves, chance)
+    return plot_panels(panels, path, title="reward by pack position, per evaluation set")
