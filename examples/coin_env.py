@@ -22,9 +22,11 @@ _ANSWER = re.compile(r"\s*coin\s+([0-9]{1,3})\s*</answer>\s*")
 
 
 def parse(reply: str) -> int | None:
-    """The coin number of a reply whose last ``<answer>`` is ``coin N</answer>`` (then only spaces)."""
-    start = reply.rfind("<answer>") if isinstance(reply, str) else -1
-    m = _ANSWER.fullmatch(reply, start + len("<answer>")) if start >= 0 else None
+    """The coin number of a reply with exactly one ``<answer>``, reading ``coin N</answer>`` (then spaces)."""
+    start = reply.find("<answer>") if isinstance(reply, str) else -1
+    if start < 0 or reply.find("<answer>", start + 1) >= 0:
+        return None
+    m = _ANSWER.fullmatch(reply, start + len("<answer>"))
     return int(m.group(1)) if m else None
 
 

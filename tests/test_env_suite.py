@@ -129,3 +129,35 @@ def test_frozenlake_learner_reads_only_text() -> None:
     b = reward_matrix(env, lambda pack, rng: learner(pack.__class__(pack.pack_id, pack.env, pack.split, {},
                                                                     pack.tasks), rng), packs=20)
     assert np.array_equal(a, b)
+
+
+def test_answer_span_finds_the_single_pair() -> None:
+    """The shared tag step of every environment parser: exactly one <answer>...</answer>, in order."""
+    from codrl.envs.base import answer_span
+
+    reply = "Thinking. <answer> 3,5 </answer> done"
+    start, end = answer_span(reply)
+    assert reply[start:end] == " 3,5 "
+    assert answer_span("<ANSWER >x</Answer  >") == (9, 10)  # any case, spaces before '>'
+    assert answer_span("<answer></answer>") == (8, 8)
+    assert answer_span("") == answer_span("no tags") == "no <answer>...</answer> pair found"
+    assert answer_span("<answer>x") == answer_span("x</answer>") == "no <answer>...</answer> pair found"
+    assert answer_span("<answer>a<answer>b</answer>") == "more than one <answer> or </answer> tag"
+    assert answer_span("<answer>a</answer>b</answer>") == "more than one <answer> or </answer> tag"
+    assert answer_span("<answer>a</answer><answer>b</answer>") == "more than one <answer> or </answer> tag"
+    assert answer_span("</answer>x<answer>") == "</answer> comes before <answer>"
+    assert answer_span("<answer >" + "x" * 10 + "</answer>", max_chars=10) == (9, 19)
+    assert answer_span("<answer>" + "x" * 11 + "</answer>", max_chars=10) == "the answer is too long (at most 10 characters)"
+    assert answer_span("<answer>" + "x" * 11 + "</answer>", 10, "too long for a move") == "too long for a move"
+    assert answer_span("<an\u017fwer>x</answer>") == "no <answer>...</answer> pair found"  # tags are ASCII only
+    for bad in (None, 3, b"<answer>x</answer>", ["<answer>x</answer>"]):
+        assert answer_span(bad) == "the reply is not text"
+    huge = ["<answer>" * 125_000 + "</answer>", "</answer>" * 111_112, "<answer" + " " * 1_000_000, "<" * 1_000_000,
+            "<answer>" + "x" * 1_000_000 + "</answer>", "x" * 1_000_000 + "<answer>1</answer>"]
+    t0 = time.perf_counter()
+    results = [answer_span(h, max_chars=100) for h in huge]
+    assert time.perf_counter() - t0 < 0.5
+    assert results[:5] == ["more than one <answer> or </answer> tag", "no <answer>...</answer> pair found",
+                           "no <answer>...</answer> pair found", "no <answer>...</answer> pair found",
+                           "the answer is too long (at most 100 characters)"]
+    assert results[5] == (1_000_008, 1_000_009)

@@ -220,19 +220,10 @@ def matrix_cmd(
 
     Every model path, endpoint, environment and variant is checked before any model loads.
     """
-    import yaml
-
-    from codrl.config import validate
+    from codrl.config import read_yaml_mapping, validate
     from codrl.eval.matrix import MatrixConfig, run_matrix
 
-    if not config.is_file():
-        raise CodrlError(f"config file not found: {config}")
-    try:
-        data = yaml.safe_load(config.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise CodrlError(f"config file {config} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise CodrlError(f"config file {config} must hold a mapping of fields")
+    data = read_yaml_mapping(config)
     for name, value in (("--packs", packs), ("--pack-size", pack_size), ("--repeats", repeats)):
         if value is not None and value < 1:
             raise CodrlError(f"{name} must be >= 1, got {value}")

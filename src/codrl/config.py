@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, ValidationError
 
 from codrl.errors import CodrlError
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def _check_env_name(name: str) -> str:
+    from codrl.envs import check_name
+
+    try:
+        return check_name(name)
+    except CodrlError as e:
+        raise ValueError(str(e)) from None
+
+
+#: A config field naming an environment: a built-in name, a plug-in name or an import path,
+#: checked (module imported) when the config is validated.
+EnvName = Annotated[str, AfterValidator(_check_env_name)]
 
 
 def _allowed_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
@@ -66,8 +80,8 @@ def validate(model: type[M], data: dict[str, Any], source: str = "config") -> M:
         raise format_validation_error(model, e, source) from None
 
 
-def load_yaml(model: type[M], path: str | Path, overrides: dict[str, Any] | None = None) -> M:
-    """Load and validate a YAML config file (with optional top-level overrides)."""
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """The mapping of fields in a YAML config file, with one-line errors for a missing or bad file."""
     p = Path(path)
     if not p.is_file():
         raise CodrlError(f"config file not found: {p}")
@@ -77,6 +91,13 @@ def load_yaml(model: type[M], path: str | Path, overrides: dict[str, Any] | None
         raise CodrlError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise CodrlError(f"config file {p} must hold a mapping of fields, got {type(data).__name__}")
+    return data
+
+
+def load_yaml(model: type[M], path: str | Path, overrides: dict[str, Any] | None = None) -> M:
+    """Load and validate a YAML config file (with optional top-level overrides)."""
+    p = Path(path)
+    data = read_yaml_mapping(p)
     data.update(overrides or {})
     return validate(model, data, source=f"config {p}")
 

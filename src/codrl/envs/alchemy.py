@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from codrl.envs.base import CoDEnv, Episode, Pack, StepResult, Task
+from codrl.envs.base import CoDEnv, Episode, Pack, StepResult, Task, answer_span
 
 VARIANTS: tuple[str, ...] = ("easy", "hard")
 
@@ -89,8 +89,6 @@ RESERVED = frozenset(
     "use used was what when with you your zero "
     "dago dik fag fagot fuk kike kok nazi paki pedo penis puta puto rape raped semen tit titi".split())
 
-_OPEN_RE = re.compile(r"<answer\s*>", re.IGNORECASE | re.ASCII)
-_CLOSE_RE = re.compile(r"</answer\s*>", re.IGNORECASE | re.ASCII)
 _PAIR_RE = re.compile(r"\s*([A-Za-z]+)\s*\+\s*([A-Za-z]+)\s*", re.ASCII)
 #: Answer-tag contents longer than this are malformed (two names of 3-5 letters need far less).
 _MAX_CONTENT = 200
@@ -108,23 +106,15 @@ def parse_pair(reply: Any) -> tuple[str, str] | str:
     """The two lowercased names of ``reply``'s single ``<answer>A + B</answer>``, or why it is malformed.
 
     Exactly one opening and one closing answer tag (any case, spaces before ``>`` allowed), in that
-    order, must enclose two names of ASCII letters joined by ``+`` (whitespace around them is
-    ignored). Returns ``(a, b)`` as written, lowercased, or a short reason string. Runs in linear
-    time on arbitrarily long input.
+    order, with at most ``_MAX_CONTENT`` characters between them (see
+    :func:`~codrl.envs.base.answer_span`), must enclose two names of ASCII letters joined by ``+``
+    (whitespace around them is ignored). Returns ``(a, b)`` as written, lowercased, or a short
+    reason string. Runs in linear time on arbitrarily long input.
     """
-    if not isinstance(reply, str):
-        return "the reply is not text"
-    opens = [m.end() for _, m in zip(range(2), _OPEN_RE.finditer(reply))]
-    closes = [m.start() for _, m in zip(range(2), _CLOSE_RE.finditer(reply))]
-    if not opens or not closes:
-        return "no <answer>...</answer> pair found"
-    if len(opens) > 1 or len(closes) > 1:
-        return "more than one <answer> or </answer> tag"
-    if closes[0] < opens[0]:
-        return "</answer> comes before <answer>"
-    if closes[0] - opens[0] > _MAX_CONTENT:
-        return "the answer is too long to be two element names"
-    m = _PAIR_RE.fullmatch(reply, opens[0], closes[0])
+    span = answer_span(reply, _MAX_CONTENT, "the answer is too long to be two element names")
+    if isinstance(span, str):
+        return span
+    m = _PAIR_RE.fullmatch(reply, *span)
     if m is None:
         return "the answer is not two element names joined by +"
     return m.group(1).lower(), m.group(2).lower()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -29,6 +30,38 @@ import numpy as np
 from codrl.errors import bad_choice
 
 SPLITS = ("train", "test")
+
+# The answer tags: ASCII letters in any case, optional whitespace before ``>`` (``<ANSWER >``).
+_OPEN_TAG_RE = re.compile(r"<answer\s*>", re.IGNORECASE | re.ASCII)
+_CLOSE_TAG_RE = re.compile(r"</answer\s*>", re.IGNORECASE | re.ASCII)
+
+
+def answer_span(reply: object, max_chars: int | None = None, too_long: str | None = None) -> tuple[int, int] | str:
+    """``(start, end)`` of the content of ``reply``'s single ``<answer>...</answer>`` pair, or why there is none.
+
+    The reply must hold exactly one opening and one closing answer tag (ASCII letters in any case,
+    whitespace allowed before ``>``), the opening one first; text before and after the pair is
+    the caller's to ignore or reject. ``reply[start:end]`` is the raw content (not stripped). With
+    ``max_chars``, content longer than that many characters is refused with ``too_long`` (default
+    ``"the answer is too long (at most N characters)"``). Otherwise the reason is one of
+    ``"the reply is not text"``, ``"no <answer>...</answer> pair found"``, ``"more than one
+    <answer> or </answer> tag"`` and ``"</answer> comes before <answer>"``. Linear time on any
+    input (the tag search stops at the second tag of each kind); never raises.
+    """
+    if not isinstance(reply, str):
+        return "the reply is not text"
+    opens = [m.end() for _, m in zip(range(2), _OPEN_TAG_RE.finditer(reply))]
+    closes = [m.start() for _, m in zip(range(2), _CLOSE_TAG_RE.finditer(reply))] if opens else []
+    if not opens or not closes:
+        return "no <answer>...</answer> pair found"
+    if len(opens) > 1 or len(closes) > 1:
+        return "more than one <answer> or </answer> tag"
+    start, end = opens[0], closes[0]
+    if end < start:
+        return "</answer> comes before <answer>"
+    if max_chars is not None and end - start > max_chars:
+        return too_long if too_long is not None else f"the answer is too long (at most {max_chars} characters)"
+    return start, end
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from codrl.envs.base import CoDEnv, Episode, Pack, StepResult, Task
+from codrl.envs.base import CoDEnv, Episode, Pack, StepResult, Task, answer_span
 from codrl.envs.expr import DEFAULT_LIMITS, FUNCTIONS, ExprError, Expression, parse
 
 #: The variables a policy expression may read.
@@ -72,8 +72,6 @@ LIMITS: dict[str, tuple[float, float]] = {"horizon": (1, 50), "x0_max": (0.0, 10
                                           "target_max": (0.0, 100.0), "a_range": (0.0, 1.5),
                                           "b_range": (0.0, 10.0), "attempts": (1, 5)}
 
-_OPEN_RE = re.compile(r"<answer\s*>", re.IGNORECASE)
-_CLOSE_RE = re.compile(r"</answer\s*>", re.IGNORECASE)
 _LEAD_RE = re.compile(r"^\s*(?:u(?:\s*\([^()]{0,60}\))?\s*=(?!=))", re.IGNORECASE)
 
 FORMAT_HINT = ("Reply with exactly one policy expression as <answer>EXPRESSION</answer>, "
@@ -90,22 +88,15 @@ def extract_answer(reply: Any, max_chars: int = DEFAULT_LIMITS.max_chars) -> str
     """The text inside ``reply``'s single ``<answer>...</answer>``, or ``(None, reason)``.
 
     Exactly one opening and one closing answer tag (any case, spaces before ``>`` allowed), in that
-    order; text outside the tags is ignored. Surrounding whitespace and backticks and a leading
-    ``u =`` (or ``u(x, v, t) =``) are removed. Linear time on any input; never raises.
+    order, with at most ``4 * max_chars`` characters between them (see
+    :func:`~codrl.envs.base.answer_span`; the expression parser then bounds the expression itself
+    by ``max_chars``); text outside the tags is ignored. Surrounding whitespace and backticks and a
+    leading ``u =`` (or ``u(x, v, t) =``) are removed. Linear time on any input; never raises.
     """
-    if not isinstance(reply, str):
-        return None, "the reply is not text"
-    opens = [m.end() for _, m in zip(range(2), _OPEN_RE.finditer(reply))]
-    closes = [m.start() for _, m in zip(range(2), _CLOSE_RE.finditer(reply))]
-    if not opens or not closes:
-        return None, "no <answer>...</answer> pair found"
-    if len(opens) > 1 or len(closes) > 1:
-        return None, "more than one <answer> or </answer> tag"
-    if closes[0] < opens[0]:
-        return None, "</answer> comes before <answer>"
-    if closes[0] - opens[0] > 4 * max_chars:
-        return None, f"the expression is too long (at most {max_chars} characters)"
-    text = reply[opens[0]:closes[0]].strip()
+    span = answer_span(reply, 4 * max_chars, f"the expression is too long (at most {max_chars} characters)")
+    if isinstance(span, str):
+        return None, span
+    text = reply[span[0]:span[1]].strip()
     if len(text) >= 2 and text.startswith("`") and text.endswith("`"):
         text = text.strip("`").strip()
     m = _LEAD_RE.match(text)

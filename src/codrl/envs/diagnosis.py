@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from codrl.envs.base import CoDEnv, Episode, Pack, StepResult, Task
+from codrl.envs.base import CoDEnv, Episode, Pack, StepResult, Task, answer_span
 
 #: The symptoms an agent may ask about (answers are ``yes`` or ``no``).
 SYMPTOMS: tuple[str, ...] = ("fever", "chills", "cough", "sore_throat", "rash", "itching", "headache",
@@ -102,8 +102,6 @@ MISLEADING_KINDS: tuple[str, ...] = ("mixed", "uninformative", "reversed", "none
 #: 0.093; per-seed standard error ~0.003).
 CHANCE_REWARD = 0.087
 
-_OPEN_RE = re.compile(r"<answer\s*>", re.IGNORECASE)
-_CLOSE_RE = re.compile(r"</answer\s*>", re.IGNORECASE)
 _ACTION_RE = re.compile(r"\s*(ask|test|diagnose)\s+([A-Za-z_]+)\s*", re.ASCII | re.IGNORECASE)
 #: Longer answer-tag contents cannot hold one verb and one name.
 _MAX_CONTENT = 100
@@ -127,23 +125,15 @@ def parse_action(reply: Any) -> tuple[str, str] | str:
     """``(verb, name)`` of ``reply``'s single answer tag, or a short reason why it is malformed.
 
     Exactly one ``<answer>`` and one ``</answer>`` (any case, spaces before ``>`` allowed), in that
-    order, must enclose a verb (``ask``, ``test`` or ``diagnose``, any case) and one name of the
-    matching vocabulary (any case; underscores as listed). Text outside the tags is ignored. Never
-    raises; linear time on any input.
+    order, with at most ``_MAX_CONTENT`` characters between them (see
+    :func:`~codrl.envs.base.answer_span`), must enclose a verb (``ask``, ``test`` or ``diagnose``,
+    any case) and one name of the matching vocabulary (any case; underscores as listed). Text
+    outside the tags is ignored. Never raises; linear time on any input.
     """
-    if not isinstance(reply, str):
-        return "the reply is not text"
-    opens = [m.end() for _, m in zip(range(2), _OPEN_RE.finditer(reply))]
-    closes = [m.start() for _, m in zip(range(2), _CLOSE_RE.finditer(reply))]
-    if not opens or not closes:
-        return "no <answer>...</answer> pair found"
-    if len(opens) > 1 or len(closes) > 1:
-        return "more than one <answer> or </answer> tag"
-    if closes[0] < opens[0]:
-        return "</answer> comes before <answer>"
-    if closes[0] - opens[0] > _MAX_CONTENT:
-        return "the answer is too long to be one action"
-    m = _ACTION_RE.fullmatch(reply, opens[0], closes[0])
+    span = answer_span(reply, _MAX_CONTENT, "the answer is too long to be one action")
+    if isinstance(span, str):
+        return span
+    m = _ACTION_RE.fullmatch(reply, *span)
     if m is None:
         return "the answer is not 'ask SYMPTOM', 'test TEST' or 'diagnose CONDITION'"
     verb, word = m.group(1).lower(), m.group(2).lower()

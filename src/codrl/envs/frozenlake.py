@@ -20,12 +20,11 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Sequence
-from itertools import islice
 from typing import Any
 
 import numpy as np
 
-from codrl.envs.base import CoDEnv, Episode, Pack, StepResult, Task
+from codrl.envs.base import CoDEnv, Episode, Pack, StepResult, Task, answer_span
 
 #: The four directions, in a fixed order (the world permutes them over the codes 1-4).
 DIRECTIONS: tuple[str, ...] = ("Left", "Down", "Right", "Up")
@@ -39,26 +38,21 @@ FORMAT_HINT = ("Reply with your reasoning, then `<answer>Direction X</answer>` w
                "(exactly one answer tag).")
 INVALID_FEEDBACK = "Invalid answer. " + FORMAT_HINT + " The task ended with reward 0."
 
-_CLOSE_RE = re.compile(r"</answer\s*>", re.IGNORECASE)
-_OPEN_RE = re.compile(r"<answer\s*>", re.IGNORECASE)
 _ACTION_RE = re.compile(r"\s*direction\s*([1-4])\s*", re.IGNORECASE)
 
 
 def parse_action(reply: str) -> str | None:
     """Return the code (``"1"``-``"4"``) of the reply's one ``<answer>...</answer>``, or None.
 
-    The reply must hold exactly one opening and one closing answer tag, in that order (a second
-    tag, e.g. the format quoted while reasoning, is a format error, as in every codrl
-    environment); the content must be ``Direction <code>`` (any case, surrounding whitespace
-    allowed). Runs in linear time on arbitrarily long input.
+    The reply must hold exactly one opening and one closing answer tag, in that order (see
+    :func:`~codrl.envs.base.answer_span`; a second tag, e.g. the format quoted while reasoning, is
+    a format error, as in every codrl environment); the content must be ``Direction <code>`` (any
+    case, surrounding whitespace allowed). Runs in linear time on arbitrarily long input.
     """
-    if not isinstance(reply, str):
+    span = answer_span(reply)
+    if isinstance(span, str):
         return None
-    opens = list(islice(_OPEN_RE.finditer(reply), 2))
-    closes = list(islice(_CLOSE_RE.finditer(reply), 2))
-    if len(opens) != 1 or len(closes) != 1 or closes[0].start() < opens[0].end():
-        return None
-    m = _ACTION_RE.fullmatch(reply, opens[0].end(), closes[0].start())
+    m = _ACTION_RE.fullmatch(reply, *span)
     return m.group(1) if m else None
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from codrl.envs.base import CoDEnv, Episode, Pack, StepResult, Task
+from codrl.envs.base import CoDEnv, Episode, Pack, StepResult, Task, answer_span
 
 Cell = tuple[int, int]
 
@@ -59,41 +59,25 @@ FORMAT_HINT = ("Reply with exactly one `<answer>row,col</answer>` naming the cel
                "e.g. <answer>3,5</answer>.")
 INVALID_FEEDBACK = "Invalid answer. " + FORMAT_HINT + " The task ended with reward 0."
 
-_OPEN_RE = re.compile(r"<answer\s*>", re.IGNORECASE)
-_CLOSE_RE = re.compile(r"</answer\s*>", re.IGNORECASE)
 # Applied to the stripped tag content only (at most _MAX_CONTENT characters, see parse_move).
 _MOVE_RE = re.compile(r"[(\[]?\s*([0-9]{1,3})\s*,\s*([0-9]{1,3})\s*[)\]]?")
 _MAX_CONTENT = 40
 
 
-def _single(regex: re.Pattern[str], text: str) -> re.Match[str] | None:
-    """The match of ``regex`` in ``text`` if there is exactly one, else None (stops at the second)."""
-    found = None
-    for m in regex.finditer(text):
-        if found is not None:
-            return None
-        found = m
-    return found
-
-
 def parse_move(reply: Any) -> Cell | None:
     """The ``(row, col)`` of the one ``<answer>row,col</answer>`` in ``reply``, or None.
 
-    The reply must hold exactly one opening and one closing answer tag, in that order (a second
-    tag, e.g. from quoting the format, is a format error); tags are case-insensitive. The content
-    is two non-negative integers (ASCII digits) separated by a comma, optionally in parentheses or
+    The reply must hold exactly one opening and one closing answer tag, in that order (see
+    :func:`~codrl.envs.base.answer_span`; a second tag, e.g. from quoting the format, is a format
+    error); tags are case-insensitive. The content, at most ``_MAX_CONTENT`` characters, is two
+    non-negative integers (ASCII digits) separated by a comma, optionally in parentheses or
     brackets, with any spacing. Text before and after the tags is ignored. Never raises; linear
     time on any input.
     """
-    if not isinstance(reply, str):
+    span = answer_span(reply, _MAX_CONTENT)
+    if isinstance(span, str):
         return None
-    opener = _single(_OPEN_RE, reply)
-    close = _single(_CLOSE_RE, reply) if opener is not None else None
-    if opener is None or close is None:
-        return None
-    if not 0 <= close.start() - opener.end() <= _MAX_CONTENT:
-        return None
-    m = _MOVE_RE.fullmatch(reply[opener.end():close.start()].strip())
+    m = _MOVE_RE.fullmatch(reply[span[0]:span[1]].strip())
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 

@@ -29,11 +29,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.console import Console
 from rich.table import Table
 
 from codrl.backends.base import Backend
+from codrl.config import EnvName
 from codrl.errors import CodrlError
 from codrl.eval.metrics import Summary
 from codrl.rollout.config import RolloutConfig
@@ -74,7 +75,7 @@ class EvalSet(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    env: str = Field(description="environment name (see `codrl envs`) or import path")
+    env: EnvName = Field(description="environment name (see `codrl envs`) or import path")
     env_params: dict[str, Any] = Field(default_factory=dict)
     split: Literal["train", "test"] = "test"
     variant: Literal["cod", "nohint", "ralph-first", "ralph-expand"] = "cod"
@@ -82,16 +83,6 @@ class EvalSet(BaseModel):
     packs: int = Field(4, ge=1)
     repeats: int = Field(1, ge=1)
     name: str | None = Field(None, description="column label (default env/variant/kK)")
-
-    @field_validator("env")
-    @classmethod
-    def _known_env(cls, v: str) -> str:
-        from codrl.envs import check_name
-
-        try:
-            return check_name(v)
-        except CodrlError as e:
-            raise ValueError(str(e)) from None
 
     @property
     def label(self) -> str:

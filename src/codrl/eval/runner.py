@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from codrl.backends.base import Backend
+from codrl.config import EnvName
 from codrl.envs import SPLITS, CoDEnv, make_env
 from codrl.errors import CodrlError, bad_choice
 from codrl.eval.metrics import Summary
@@ -26,7 +27,7 @@ class EvalConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    env: str = Field("frozenlake", description="environment name (see `codrl envs`)")
+    env: EnvName = Field("frozenlake", description="environment name (see `codrl envs`) or import path")
     env_params: dict[str, Any] = Field(default_factory=dict, description="keyword parameters of the environment")
     split: Literal["train", "test"] = "test"
     packs: int = Field(4, ge=1, description="number of packs (worlds) to play")

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from codrl.algo.advantages import AdvantageConfig
+from codrl.config import EnvName
 from codrl.algo.losses import PolicyLossConfig
 from codrl.rollout.config import RolloutConfig
 
@@ -20,20 +21,9 @@ class EnvSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description="environment name (see `codrl envs`) or import path 'package.module:ClassName'")
+    name: EnvName = Field(description="environment name (see `codrl envs`) or import path 'package.module:ClassName'")
     params: dict[str, Any] = Field(default_factory=dict, description="keyword parameters of the environment")
     weight: float = Field(1.0, gt=0.0, description="relative sampling weight of this environment's packs")
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        from codrl.envs import check_name
-        from codrl.errors import CodrlError
-
-        try:
-            return check_name(v)
-        except CodrlError as e:
-            raise ValueError(str(e)) from None
 
 
 class LoraSpec(BaseModel):

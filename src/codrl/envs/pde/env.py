@@ -34,12 +34,11 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Any
 
 import numpy as np
 
-from codrl.envs.base import CoDEnv, Episode, Pack, StepResult, Task
+from codrl.envs.base import CoDEnv, Episode, Pack, StepResult, Task, answer_span
 from codrl.envs.pde.library import (
     HARD_TEMPLATES,
     TERM_NAMES,
@@ -82,8 +81,6 @@ FORMAT_HINT = ("Reply with exactly one action inside <answer>...</answer>: 'samp
                "'regress TERM, TERM', 'regress candidates: EQUATION | EQUATION', 'commit EQUATION' or 'commit N'.")
 INVALID_FEEDBACK = "Invalid answer ({why}). " + FORMAT_HINT + " The task ended with reward 0."
 
-_OPEN_RE = re.compile(r"<answer\s*>", re.IGNORECASE)
-_CLOSE_RE = re.compile(r"</answer\s*>", re.IGNORECASE)
 _NUM = r"[+-]?(?:\d{1,6}(?:\.\d{0,8})?|\.\d{1,8})"
 _POINT_RE = re.compile(rf"[(\[]?\s*({_NUM})\s*(?:,\s*|\s+)({_NUM})\s*[)\]]?")
 _RANK_RE = re.compile(r"#?\s*(\d{1,3})")
@@ -101,30 +98,14 @@ class Action:
     rank: int | None = None
 
 
-def answer_content(reply: Any) -> str | None:
-    """The text between the one ``<answer>`` and the one ``</answer>`` of ``reply``, or None.
-
-    Exactly one opening and one closing tag, in that order, and at most :data:`MAX_CONTENT`
-    characters between them. Linear time on any input; never raises.
-    """
-    if not isinstance(reply, str):
-        return None
-    opens = list(islice(_OPEN_RE.finditer(reply), 2))
-    closes = list(islice(_CLOSE_RE.finditer(reply), 2))
-    if len(opens) != 1 or len(closes) != 1:
-        return None
-    start, end = opens[0].end(), closes[0].start()
-    if end < start or end - start > MAX_CONTENT:
-        return None
-    return reply[start:end].strip()
-
-
 def parse_action(reply: Any) -> tuple[Action | None, str]:
     """Parse a full reply into an :class:`Action`; on failure ``(None, reason)``. Never raises.
 
-    The syntax is checked here (tags, verb, numbers, library terms, the equation grammar); the
-    limits of an episode (points left, terms per regression, what may be committed) are checked by
-    the episode, where breaking them only costs the turn.
+    The syntax is checked here (exactly one ``<answer>...</answer>`` pair with at most
+    :data:`MAX_CONTENT` characters inside, see :func:`~codrl.envs.base.answer_span`; the verb,
+    numbers, library terms, the equation grammar); the limits of an episode (points left, terms per
+    regression, what may be committed) are checked by the episode, where breaking them only costs
+    the turn.
     """
     try:
         return _parse_action(reply)
@@ -135,9 +116,10 @@ def parse_action(reply: Any) -> tuple[Action | None, str]:
 
 
 def _parse_action(reply: Any) -> tuple[Action | None, str]:
-    content = answer_content(reply)
-    if content is None:
-        return None, "expected exactly one <answer>...</answer> pair with a short action inside"
+    span = answer_span(reply, MAX_CONTENT)
+    if isinstance(span, str):
+        return None, span
+    content = reply[span[0]:span[1]].strip()
     words = content.split(None, 1)
     verb, rest = (words[0].lower(), words[1].strip() if len(words) > 1 else "") if words else ("", "")
     if verb == "summary":

@@ -26,13 +26,12 @@ task carries its own ``"setup"``). Setup and task spec formats: :mod:`codrl.envs
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from codrl.envs.base import CoDEnv, Episode, Pack, StepResult, Task
+from codrl.envs.base import CoDEnv, Episode, Pack, StepResult, Task, answer_span
 from codrl.envs.terminal.shell import FLAVOURS, Shell
 from codrl.envs.terminal.tasks import OS_NAMES, TASK_KINDS, build_shell, evaluate, sample_setup, sample_task
 
@@ -42,27 +41,18 @@ INVALID_FEEDBACK = ("Invalid answer: put exactly one command line inside one <an
                     "example <answer>ls</answer>. The task ended with reward 0.")
 GOAL_FEEDBACK = ("checks", "terse")
 
-_OPEN_RE = re.compile(r"<answer\s*>", re.IGNORECASE)
-_CLOSE_RE = re.compile(r"</answer\s*>", re.IGNORECASE)
-
 
 def parse_command(reply: Any) -> str | None:
     """The command line of a reply with exactly one ``<answer>...</answer>`` pair, else None.
 
-    Tags are case-insensitive; text around the pair is ignored (reasoning before it, or what a
-    stop string left after it); the command is stripped and must not be empty. Linear time.
+    Tags are case-insensitive (see :func:`~codrl.envs.base.answer_span`); text around the pair is
+    ignored (reasoning before it, or what a stop string left after it); the command is stripped and
+    must not be empty. Linear time.
     """
-    if not isinstance(reply, str):
+    span = answer_span(reply)
+    if isinstance(span, str):
         return None
-    opens = _OPEN_RE.finditer(reply)
-    first = next(opens, None)
-    if first is None or next(opens, None) is not None:
-        return None
-    closes = _CLOSE_RE.finditer(reply)
-    close = next(closes, None)
-    if close is None or next(closes, None) is not None or close.start() < first.end():
-        return None
-    text = reply[first.end():close.start()].strip()
+    text = reply[span[0]:span[1]].strip()
     return text or None
 
 
