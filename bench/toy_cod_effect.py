@@ -61,8 +61,9 @@ def toy_config(model_dir: Path, out: Path, estimator: str, args: argparse.Namesp
 
 
 def curve(trainer: Trainer, which: str) -> list[float]:
-    step = min(trainer.evals) if which == "start" else max(trainer.evals)
-    return trainer.evals[step].mean_rewards("cod")
+    evals = trainer.evals[trainer.envs[0].name]  # step -> summary of the (only) training environment
+    step = min(evals) if which == "start" else max(evals)
+    return evals[step].mean_rewards("cod")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
