@@ -128,3 +128,28 @@ def test_unreachable_endpoint_is_one_line(tmp_path: Path) -> None:
             "output_dir": str(tmp_path / "out")}
     proc = run_cli("matrix", "--config", str(write(tmp_path, data)))
     one_error_line(proc, "model 'api'", "does not answer")
+
+
+@pytest.mark.slow
+def test_matrix_from_options(tmp_path: Path, tiny_models: list[Path]) -> None:
+    out = tmp_path / "m"
+    proc = run_cli("matrix", "-m", str(tiny_models[0]), "-m", str(tiny_models[1]), "-e", "secret_table",
+                   "-e", "secret_table/nohint", "--packs", "3", "-k", "2", "-r", "1", "--output-dir", str(out),
+                   "--no-progress", timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((out / "matrix.json").read_text())
+    assert result["complete"] and result["models"] == ["tiny0", "tiny1"]
+    assert result["eval_labels"] == ["secret_table/cod/k2", "secret_table/nohint/k2"]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["-m", "embedded"], "at least one --model and one --eval"),
+        (["-c", "x.yaml", "-m", "embedded", "-e", "frozenlake"], "not both"),
+        (["-m", "embedded", "-e", "frozenlake/often"], "evals.0.variant"),
+        (["-m", "/no/such/folder", "-e", "frozenlake"], "no config.json"),
+    ],
+)
+def test_matrix_options_bad_input(tmp_path: Path, args: list[str], needle: str) -> None:
+    one_error_line(run_cli("matrix", *args, "--output-dir", str(tmp_path / "o")), needle)

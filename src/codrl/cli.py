@@ -205,25 +205,42 @@ def envs_cmd() -> None:
 @app.command("matrix")
 @_user_errors
 def matrix_cmd(
-    config: Path = typer.Option(..., "--config", "-c", help="YAML MatrixConfig: models, evaluation sets, shared "
-                                "rollout knobs (see configs/matrix_crossdomain.yaml)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML MatrixConfig: models, evaluation sets, "
+                                          "shared rollout knobs (see configs/matrix_crossdomain.yaml)."),
+    model: list[str] = typer.Option([], "--model", "-m", help="Instead of --config: a model ('embedded', a Hugging "
+                                    "Face folder, a checkpoint's model/ folder or an http(s) endpoint URL); repeat."),
+    eval_set: list[str] = typer.Option([], "--eval", "-e", help="Instead of --config: an evaluation set ENV or "
+                                       "ENV/VARIANT (variant cod, nohint, ralph-first or ralph-expand); repeat."),
     packs: Optional[int] = typer.Option(None, help="Override every evaluation set's number of packs."),
     pack_size: Optional[int] = typer.Option(None, "--pack-size", "-k", help="Override every set's pack size K."),
     repeats: Optional[int] = typer.Option(None, "--repeats", "-r", help="Override every set's repeats."),
     device: Optional[str] = typer.Option(None, help="Override every local model's torch device (e.g. cuda)."),
-    output_dir: Optional[Path] = typer.Option(None, help="Override `output_dir`."),
+    output_dir: Optional[Path] = typer.Option(None, help="Override `output_dir` (default runs/matrix-<time> "
+                                              "without --config)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Evaluate models x evaluation sets: a table of reward at position 0, at the last position and
     the CoD gain with its interval, per-position plots, matrix.json. Resumable: finished cells are kept
     and skipped when the same command runs again.
 
-    Every model path, endpoint, environment and variant is checked before any model loads.
+    Give a YAML file (--config) or the models and sets as options, e.g.
+    `codrl matrix -m embedded -m runs/quickstart/checkpoints/step-000003/model -e frozenlake
+    -e frozenlake/nohint -e alchemy --packs 4 -k 4`. Every model path, endpoint, environment and
+    variant is checked before any model loads.
     """
     from codrl.config import read_yaml_mapping, validate
     from codrl.eval.matrix import MatrixConfig, run_matrix
 
-    data = read_yaml_mapping(config)
+    if config is not None and (model or eval_set):
+        raise CodrlError("give either --config or --model/--eval, not both")
+    if config is not None:
+        data, source = read_yaml_mapping(config), f"config {config}"
+    elif model and eval_set:
+        data = {"models": _matrix_models(model), "evals": [_matrix_eval(e) for e in eval_set],
+                "output_dir": str(_default_out("matrix"))}
+        source = "options"
+    else:
+        raise CodrlError("codrl matrix needs --config FILE, or at least one --model and one --eval")
     for name, value in (("--packs", packs), ("--pack-size", pack_size), ("--repeats", repeats)):
         if value is not None and value < 1:
             raise CodrlError(f"{name} must be >= 1, got {value}")
@@ -235,8 +252,30 @@ def matrix_cmd(
                           for m in data.get("models") or []]
     if output_dir is not None:
         data["output_dir"] = str(output_dir)
-    cfg = validate(MatrixConfig, data, source=f"config {config}")
+    cfg = validate(MatrixConfig, data, source=source)
     run_matrix(cfg, progress=progress)
+
+
+def _matrix_models(specs: list[str]) -> list[dict[str, str]]:
+    """``--model`` values as matrix models, named after their folder (``step-000003`` for a checkpoint)."""
+    out: list[dict[str, str]] = []
+    for spec in specs:
+        if spec.startswith(("http://", "https://")):
+            name, entry = spec.split("://", 1)[1].split("/")[0], {"endpoint": spec}
+        else:
+            p = Path(spec)
+            name = p.parent.name if p.name == "model" and p.parent.name else (p.name or spec)
+            entry = {"path": spec}
+        taken = {m["name"] for m in out}
+        unique = name if name not in taken else next(f"{name}-{i}" for i in range(2, 10_000) if f"{name}-{i}" not in taken)
+        out.append({"name": unique, **entry})
+    return out
+
+
+def _matrix_eval(spec: str) -> dict[str, str]:
+    """``ENV`` or ``ENV/VARIANT`` as an evaluation set."""
+    env, _, variant = spec.partition("/")
+    return {"env": env, **({"variant": variant} if variant else {})}
 
 
 def main() -> None:
