@@ -267,7 +267,11 @@ def _matrix_models(specs: list[str]) -> list[dict[str, str]]:
             name = p.parent.name if p.name == "model" and p.parent.name else (p.name or spec)
             entry = {"path": spec}
         taken = {m["name"] for m in out}
-        unique = name if name not in taken else next(f"{name}-{i}" for i in range(2, 10_000) if f"{name}-{i}" not in taken)
+        unique = name
+        for i in range(2, len(out) + 3):
+            if unique not in taken:
+                break
+            unique = f"{name}-{i}"
         out.append({"name": unique, **entry})
     return out
 
