@@ -93,7 +93,10 @@ def test_mixture_metrics_and_evaluation_per_environment(tiny_dir: Path, tmp_path
         assert (tmp_path / "eval" / "step-000001" / name / "results.json").is_file()
         assert set(trainer.evals[name]) == {1}
     assert (tmp_path / "reward_by_position.png").is_file()
-    assert "eval/secret_held_out/pos0" in trainer._logged_keys
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = EventAccumulator(str(tmp_path / "tb")).Reload().Tags()["scalars"]
+    assert "eval/secret_held_out/pos0" in tags and "reward/secret_pairs/pos0" in tags
 
 
 def test_lora_checkpoint_loads_merged_for_evaluation(tiny_dir: Path, tmp_path: Path) -> None:

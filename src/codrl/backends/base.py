@@ -80,3 +80,18 @@ class Backend(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (servers, GPU memory)."""
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> str | None:
+    """``text`` up to and including its first stop string, or None when none occurs.
+
+    For engines that return text: the stop string is kept, as the transformers backend keeps it
+    (parsers expect a closing answer tag). The OpenAI backend cuts here rather than sending the
+    API's ``stop``, since servers drop a matched stop sequence and an end-of-sequence stop could
+    not be told from it.
+    """
+    hits = [(i, s) for s in stop if s and (i := text.find(s)) >= 0]
+    if not hits:
+        return None
+    i, s = min(hits)
+    return text[: i + len(s)]

@@ -22,7 +22,7 @@ import json
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from codrl.backends.base import Backend, GenRequest, GenResult, Message
+from codrl.backends.base import Backend, GenRequest, GenResult, Message, cut_at_stop
 from codrl.envs.base import CoDEnv, Episode, Pack, StepResult, Task
 from codrl.rollout.config import RolloutConfig
 from codrl.rollout.experience import LifecycleResult
@@ -39,9 +39,9 @@ class EndOfInput(Exception):
 
 def apply_stop(text: str, stop: tuple[str, ...]) -> str:
     """``text`` cut right after its first stop string, or with ``stop[0]`` appended if it has none."""
-    ends = [text.find(s) + len(s) for s in stop if s and s in text]
-    if ends:
-        return text[:min(ends)]
+    cut = cut_at_stop(text, stop)
+    if cut is not None:
+        return cut
     return text + stop[0] if stop and stop[0] else text
 
 

@@ -44,7 +44,7 @@ from urllib.parse import urlsplit
 
 import openai
 
-from codrl.backends.base import Backend, GenRequest, GenResult, Message
+from codrl.backends.base import Backend, GenRequest, GenResult, Message, cut_at_stop
 from codrl.errors import CodrlError, bad_choice
 
 __all__ = ["OpenAIBackend", "PREFIX_INSTRUCTION", "PrefillMode"]
@@ -125,20 +125,6 @@ def _one_line(text: str, limit: int = 300) -> str:
     """Collapse whitespace and cut long server messages so CodrlError stays one line."""
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
-def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str | None:
-    """``text`` up to and including its first stop string, or None when none occurs.
-
-    The stop string is kept, as the transformers backend keeps it (parsers expect a closing answer
-    tag). It is cut here rather than sent as the API's ``stop``: servers drop a matched stop
-    sequence from the text, and an end-of-sequence stop could not be told from it.
-    """
-    hits = [(i, s) for s in stop if s and (i := text.find(s)) >= 0]
-    if not hits:
-        return None
-    i, s = min(hits)
-    return text[: i + len(s)]
 
 
 def _strip_prefix(text: str, prefix: str) -> str:
@@ -375,7 +361,7 @@ class OpenAIBackend(Backend):
         content = getattr(lp_obj, "content", None) if lp_obj is not None else None
         if content:
             lps = [float(t.logprob) for t in content if getattr(t, "logprob", None) is not None]
-        cut = _cut_at_stop(text, stop)
+        cut = cut_at_stop(text, stop)
         if cut is not None:
             text, finish, lps = cut, "stop", []  # logprobs of the dropped tail cannot be told apart
         usage = getattr(resp, "usage", None)

@@ -106,11 +106,17 @@ def resolve(name: str, field: str = "env") -> tuple[Callable[..., Any], dict[str
     raise CodrlError(f"{field}: {name!r} is not allowed; allowed values: {_allowed()}")
 
 
-def check_name(name: str, field: str = "env") -> str:
-    """Validate an environment name (importing an import path's module); return it unchanged."""
-    factory, _ = resolve(name, field)
+def _resolve_env(name: str, field: str = "env") -> tuple[Callable[..., Any], dict[str, Any]]:
+    """:func:`resolve`, and a check that the factory is a CoDEnv subclass or a function."""
+    factory, defaults = resolve(name, field)
     if not callable(factory) or (inspect.isclass(factory) and not issubclass(factory, CoDEnv)):
         raise CodrlError(f"{field} {name!r}: {factory!r} is not a CoDEnv subclass or a function returning one")
+    return factory, defaults
+
+
+def check_name(name: str, field: str = "env") -> str:
+    """Validate an environment name (importing an import path's module); return it unchanged."""
+    _resolve_env(name, field)
     return name
 
 
@@ -121,7 +127,7 @@ def make_env(name: str, /, **params: Any) -> CoDEnv:
     environment; ``TypeError``/``ValueError`` from the environment itself for bad parameters
     (callers that face users wrap them, see :func:`codrl.eval.runner.build_env`).
     """
-    factory, defaults = resolve(check_name(name))
+    factory, defaults = _resolve_env(name)
     _check_params(name, factory, params)
     env = factory(**{**defaults, **params})
     if not isinstance(env, CoDEnv):

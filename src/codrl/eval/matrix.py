@@ -23,8 +23,6 @@ import json
 import math
 import re
 import shutil
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -116,14 +114,11 @@ class MatrixConfig(BaseModel):
 def check_model(spec: ModelSpec, timeout: float = 5.0) -> None:
     """Fail with a one-line :class:`CodrlError` if ``spec`` cannot be loaded or reached."""
     if spec.endpoint is not None:
-        url = spec.endpoint.rstrip("/")
-        url = url if url.endswith("/v1") else url + "/v1"
-        try:
-            with urllib.request.urlopen(url + "/models", timeout=timeout):
-                pass
-        except urllib.error.HTTPError:
-            pass  # it answers; /models may be unimplemented (the backend copes)
-        except (OSError, ValueError) as e:
+        from codrl.backends.openai_backend import OpenAIBackend
+
+        try:  # the backend's own fail-fast probe of /models, once, with a short timeout
+            OpenAIBackend(spec.endpoint, model=spec.endpoint_model, timeout=timeout, max_retries=0).close()
+        except CodrlError as e:
             raise CodrlError(f"model {spec.name!r}: endpoint {spec.endpoint} does not answer ({e})") from None
         return
     from codrl.backends.embedded import EMBEDDED_NAMES, gguf_path, is_adapter_dir

@@ -154,6 +154,14 @@ def _collate(seqs: list[TrainSeq], pad_id: int, device: torch.device) -> dict[st
             "old_logprobs": old[:, 1:].to(device), "advantages": adv.to(device)}
 
 
+def _reward_metrics(results: list[LifecycleResult], prefix: str) -> dict[str, float]:
+    """``<prefix>mean`` and ``<prefix>pos<i>``: mean task reward overall and at each pack position."""
+    out = {f"{prefix}mean": float(np.mean([np.mean(r.task_rewards) for r in results]))}
+    for i in range(min(len(r.task_rewards) for r in results)):
+        out[f"{prefix}pos{i}"] = float(np.mean([r.task_rewards[i] for r in results]))
+    return out
+
+
 class Trainer:
     """Runs ``cfg.steps`` RL steps with checkpoints, logs and periodic evaluation.
 
@@ -186,7 +194,6 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.evals: dict[str, dict[int, Summary]] = {}  # env name -> step -> summary
         self._writer: Any = None
-        self._logged_keys: set[str] = set()  # every scalar key sent to the loggers (for inspection)
         self._wandb: Any = None
 
     # -- data ----------------------------------------------------------------------------
@@ -297,13 +304,12 @@ class Trainer:
         adv_metrics = compute_advantages(exps, self.cfg.advantage)
         upd = self.update(exps)
         t2 = time.time()
-        k = self.cfg.rollout.pack_size
-        per_pos = [float(np.mean([r.task_rewards[i] for r in results])) for i in range(k)]
+        by_env = {name: [r for r in results if r.env == name] for name in sorted({r.env for r in results})}
         metrics: dict[str, Any] = {
             "step": self.step_idx + 1,
-            "reward/mean": float(np.mean([np.mean(r.task_rewards) for r in results])),
-            **(self._per_env_rewards(results) if len(self.envs) > 1 else {}),
-            **{f"reward/pos{i}": v for i, v in enumerate(per_pos)},
+            **_reward_metrics(results, "reward/"),
+            **({k: v for name, mine in by_env.items() for k, v in _reward_metrics(mine, f"reward/{name}/").items()}
+               if len(self.envs) > 1 else {}),
             "format_valid": float(np.mean([e.format_valid for r in results for e in r.episodes])),
             "hint_valid": float(np.mean([e.hint_valid for r in results for e in r.episodes if e.hints_out is not None]
                                         or [1.0])),
@@ -314,17 +320,6 @@ class Trainer:
         }
         self.step_idx += 1
         return metrics
-
-    @staticmethod
-    def _per_env_rewards(results: list[LifecycleResult]) -> dict[str, float]:
-        """``reward/<env>/mean`` and ``reward/<env>/pos<i>`` of the environments played this step."""
-        out: dict[str, float] = {}
-        for name in sorted({r.env for r in results}):
-            mine = [r for r in results if r.env == name]
-            out[f"reward/{name}/mean"] = float(np.mean([np.mean(r.task_rewards) for r in mine]))
-            for i in range(min(len(r.task_rewards) for r in mine)):
-                out[f"reward/{name}/pos{i}"] = float(np.mean([r.task_rewards[i] for r in mine]))
-        return out
 
     # -- evaluation ----------------------------------------------------------------------
     def evaluate(self, tag: str) -> dict[str, Summary]:
@@ -367,7 +362,6 @@ class Trainer:
 
     def _log(self, metrics: dict[str, Any], step: int) -> None:
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
-        self._logged_keys.update(scalars)
         if self._writer is not None:
             for k, v in scalars.items():
                 self._writer.add_scalar(k, v, step)
