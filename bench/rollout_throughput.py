@@ -1,36 +1,41 @@
-"""Rollout throughput: codrl's batched lifecycle runner vs a naive one-request-at-a-time loop.
+"""Rollout throughput: codrl's batched lifecycle runner, with and without KV-cache reuse, vs a batch-1 loop.
 
-Both sides play FrozenLake-Obscure packs through the *same* lifecycle generator
+All sides play FrozenLake-Obscure packs through the *same* lifecycle generator
 (:func:`codrl.rollout.lifecycle.play_lifecycle`) with the same model (the embedded
 SmolLM2-135M-Instruct, CPU fp32), the same :class:`RolloutConfig` and the same prompts
 (``HFBackend.encode_prompt``); they differ only in how model calls are served:
 
-* codrl: :class:`LifecycleRunner` plays ``--concurrent`` lifecycles at once and sends every
-  pending request of a round to ``HFBackend.generate`` as one batched call.
+* cached: :class:`LifecycleRunner` plays ``--concurrent`` lifecycles at once and sends every
+  pending request of a round to ``HFBackend.generate`` as one batched call; the backend reuses the
+  key/value states of prefixes it has computed before (the lifecycle's previous call, the system
+  prompt, a pack's shared first prompt) and prefills only the rest.
+* runner: the same, with reuse off (``kv_cache_mb=0``): every prompt is prefilled in full.
 * naive: one lifecycle at a time, and every request is a literal batch-1 ``model.generate`` call
   (sampling, stop strings and logprobs computed the same way).
 
-Throughput is generated (completion) tokens per wall-clock second. On a 2-core CPU the naive loop
-is slow, so by default it plays only ``--naive-lifecycles`` of the jobs (spread over the packs)
-and its tok/s is computed on that subset; pass ``--naive-lifecycles`` equal to packs x repeats x
-(K for ``--ralph expand``) for the full set. The ratio compares rates, so the subset only adds
-sampling noise. The last output line is ``RESULT speedup=<ratio> codrl_tok_s=<x> naive_tok_s=<y>``.
+Throughput is generated (completion) tokens per wall-clock second. The naive loop is slow, so by
+default it plays only ``--naive-lifecycles`` of the jobs (spread over the packs) and its tok/s is
+computed on that subset; the ratio compares rates, so the subset only adds sampling noise.
+``--no-cache`` skips the cached side (the runner alone vs the loop).
 
-A forward-pass profile of the codrl side (prefill vs decode time, padding, batch sizes, wasted
-decode rows, and an upper bound on prompt tokens a prefix/KV cache could have served) is printed
-to show where the time goes. Other processes on the machine skew wall-clock numbers: the load
-average and the process CPU time are printed next to the results.
+For each runner side a forward-pass profile (prefill vs decode time, padding, batch sizes, decode
+rows spent on finished sequences) shows where the time goes, and the prompt tokens actually
+prefilled per generated token are printed. Other processes on the machine skew wall-clock numbers:
+the load average and the process CPU time are printed next to the results.
 
 Threads: the default is one torch thread. On a 2-core machine that other processes also use, two
 torch threads spin-wait on each other and run several times slower than one (measured 9x on a
 374-token prefill); ``--threads 2`` is the better choice only on an otherwise idle machine.
 
-Run time: prompt prefill dominates (prompts are 370-1000 tokens, replies a few to 64 tokens). With
-the defaults (32 lifecycles, K=2) the codrl side prefills about 145k prompt tokens; on 2 CPU cores
-at about 250-350 tokens/s that is 8-17 minutes depending on load, plus 1-2 minutes for the naive
-subset. ``--packs 4 --repeats 2`` gives a quicker, smaller-batch run.
+Run time (defaults: 32 lifecycles, K=2, 2 CPU cores): the runner without reuse prefills about
+145k prompt tokens (8-15 minutes), the cached runner a fraction of that, the naive subset 1-2
+minutes. ``--packs 4 --repeats 2`` gives a quicker, smaller-batch run.
 
 Usage: ``python bench/rollout_throughput.py [--packs 8 --repeats 4 --pack-size 2 --concurrent 32]``
+
+The last output line is ``RESULT speedup=<cached runner / batch-1 loop> cache_speedup=<cached runner /
+runner without reuse> prefill_per_gen_before=<prompt tokens prefilled per generated token, no reuse>
+prefill_per_gen_after=<the same with reuse>`` plus the raw rates.
 """
 
 from __future__ import annotations
@@ -182,6 +187,80 @@ def spread(jobs: list[Job], n: int) -> list[Job]:
     return [jobs[int(i * step)] for i in range(n)]
 
 
+@dataclass
+class Side:
+    """One runner configuration's measurements."""
+
+    name: str
+    results: list[LifecycleResult]
+    wall_s: float
+    cpu_s: float
+    stats: dict[str, int]
+    prof: ForwardProfile
+    rounds: int
+    call_sizes: list[int]
+
+    @property
+    def gen_tokens(self) -> int:
+        return completion_tokens(self.results)
+
+    @property
+    def tok_s(self) -> float:
+        return self.gen_tokens / self.wall_s
+
+    @property
+    def prefill_per_gen(self) -> float:
+        return self.stats["prefill_tokens"] / max(self.gen_tokens, 1)
+
+
+def run_side(name: str, backend: HFBackend, jobs: list[Job], cfg: RolloutConfig, seed: int) -> Side:
+    """Play every job through the lifecycle runner on ``backend``, profiling its forward passes."""
+    torch.manual_seed(seed)
+    prof = ForwardProfile()
+    hooks = prof.attach(backend.model)
+    call_sizes: list[int] = []
+    inner = backend.generate
+
+    def counting_generate(reqs: list[GenRequest]) -> list[GenResult]:
+        call_sizes.append(len(reqs))
+        return inner(reqs)
+
+    backend.generate = counting_generate  # type: ignore[method-assign]
+    stats0 = dict(vars(backend.stats))
+    runner = LifecycleRunner(backend, cfg)
+    c0, w0 = time.process_time(), time.perf_counter()
+    try:
+        results = runner.run(jobs)
+    finally:
+        del backend.generate
+        for h in hooks:
+            h.remove()
+    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    stats = {k: v - stats0[k] for k, v in vars(backend.stats).items()}
+    return Side(name, results, wall, cpu, stats, prof, runner.rounds, call_sizes)
+
+
+def print_profile(side: Side) -> None:
+    prof, stats = side.prof, side.stats
+    print(f"{side.name} profile:")
+    print(f"  runner rounds {side.rounds}; requests per round mean {statistics.mean(side.call_sizes):.1f} "
+          f"(min {min(side.call_sizes)}, max {max(side.call_sizes)}); engine batches {stats['generate_calls']}")
+    fwd = prof.prefill_s + prof.decode_s
+    print(f"  forward time {fwd:.1f}s of {side.wall_s:.1f}s wall ({side.wall_s - fwd:.1f}s outside the model: "
+          f"sampling, cache copies, tokenizer, environments): prefill {prof.prefill_s:.1f}s ({prof.prefill_calls} "
+          f"calls), decode {prof.decode_s:.1f}s ({prof.decode_calls} steps)")
+    pad = 1 - stats["prefill_tokens"] / max(stats["prefill_slots"], 1)
+    print(f"  prompt tokens {stats['prompt_tokens']}: {stats['cached_tokens']} served from the KV cache, "
+          f"{stats['prefill_tokens']} prefilled ({side.prefill_per_gen:.1f} per generated token) in "
+          f"{stats['prefill_slots']} padded slots ({pad:.0%} padding), "
+          f"{stats['prefill_slots'] / max(prof.prefill_s, 1e-9):.0f} slots/s")
+    generated = side.gen_tokens - sum(len(r.experiences) for r in side.results)  # first tokens come from prefill
+    print(f"  decode: {stats['decode_rows']} row-steps for {generated} tokens sampled in decode steps "
+          f"({1 - generated / max(stats['decode_rows'], 1):.0%} of rows spent on finished sequences); "
+          f"{1000 * prof.decode_s / max(prof.decode_calls, 1):.0f} ms/step at "
+          f"{stats['decode_rows'] / max(prof.decode_calls, 1):.1f} rows/step")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--packs", type=int, default=8)
@@ -190,13 +269,16 @@ def main() -> None:
     ap.add_argument("--concurrent", type=int, default=32, help="lifecycles played at once (and engine batch cap)")
     ap.add_argument("--naive-lifecycles", type=int, default=4,
                     help="how many of the jobs the naive loop plays (tok/s is computed on that subset)")
+    ap.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run the runner with KV-cache reuse (default on)")
+    ap.add_argument("--kv-cache-mb", type=float, default=2048, help="prefix store budget of the cached side")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--env", default="frozenlake")
     ap.add_argument("--split", default="test")
     ap.add_argument("--max-new-tokens-solve", type=int, default=RolloutConfig().max_new_tokens_solve)
     ap.add_argument("--max-new-tokens-update", type=int, default=RolloutConfig().max_new_tokens_update)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default); see the module doc")
-    ap.add_argument("--skip-naive", action="store_true", help="profile the codrl side only")
+    ap.add_argument("--skip-naive", action="store_true", help="profile the runner sides only")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -208,90 +290,57 @@ def main() -> None:
     packs = [(env, env.sample_pack(args.split, args.seed, i, args.pack_size)) for i in range(args.packs)]
     jobs = make_jobs(packs, cfg)
     t0 = time.perf_counter()
-    backend = HFBackend.from_pretrained(None, max_batch_size=args.concurrent)
+    base = HFBackend.from_pretrained(None, max_batch_size=args.concurrent, kv_cache_mb=0)
     print(f"model loaded in {time.perf_counter() - t0:.1f}s; torch threads {torch.get_num_threads()}; "
           f"{len(jobs)} lifecycles ({args.packs} packs x {args.repeats} repeats, K={args.pack_size}, "
           f"{args.env}/{args.split}), concurrent {args.concurrent}")
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    naive_generate(backend, GenRequest([{"role": "user", "content": "Hi"}]))  # warm-up
+    naive_generate(base, GenRequest([{"role": "user", "content": "Hi"}]))  # warm-up
 
-    # -- codrl ---------------------------------------------------------------------------------
-    torch.manual_seed(args.seed)
-    prof = ForwardProfile()
-    hooks = prof.attach(backend.model)
-    call_sizes: list[int] = []
-    call_groups: list[int] = []
-    inner = backend.generate
+    sides = [run_side("runner", base, jobs, cfg, args.seed)]
+    if args.cache:
+        cached = HFBackend(base.model, base.tokenizer, max_batch_size=args.concurrent, kv_cache_mb=args.kv_cache_mb)
+        sides.append(run_side("cached", cached, jobs, cfg, args.seed))
+        print(f"cached side: store peak {cached.store.stats.peak_bytes / 2**20:.0f} MiB, "
+              f"{cached.store.stats.evictions} evictions, {len(cached.store)} entries left")
 
-    def counting_generate(reqs: list[GenRequest]) -> list[GenResult]:
-        call_sizes.append(len(reqs))
-        call_groups.append(len({r.sampling for r in reqs}))
-        return inner(reqs)
-
-    backend.generate = counting_generate  # type: ignore[method-assign]
-    stats0 = dict(vars(backend.stats))
-    runner = LifecycleRunner(backend, cfg)
-    c0, w0 = time.process_time(), time.perf_counter()
-    res_codrl = runner.run(jobs)
-    codrl_s, codrl_cpu = time.perf_counter() - w0, time.process_time() - c0
-    del backend.generate
-    for h in hooks:
-        h.remove()
-    stats = {k: v - stats0[k] for k, v in vars(backend.stats).items()}
-    codrl_tok = completion_tokens(res_codrl)
-    codrl_tps = codrl_tok / codrl_s
-
-    # -- naive ---------------------------------------------------------------------------------
     naive_jobs = spread(jobs, args.naive_lifecycles)
     naive_tok, naive_s, naive_cpu, n_naive_req = 0, float("nan"), float("nan"), 0
     if not args.skip_naive and naive_jobs:
         torch.manual_seed(args.seed)
         c0, w0 = time.process_time(), time.perf_counter()
-        res_naive = run_naive(backend, naive_jobs, cfg)
+        res_naive = run_naive(base, naive_jobs, cfg)
         naive_s, naive_cpu = time.perf_counter() - w0, time.process_time() - c0
         naive_tok = completion_tokens(res_naive)
         n_naive_req = sum(len(r.experiences) for r in res_naive)
     naive_tps = naive_tok / naive_s if naive_tok else float("nan")
-    speedup = codrl_tps / naive_tps if naive_tok else float("nan")
 
     # -- report --------------------------------------------------------------------------------
-    n_req = sum(len(r.experiences) for r in res_codrl)
     print()
-    print(f"{'side':<8}{'lifecycles':>11}{'requests':>10}{'gen tok':>9}{'wall s':>9}{'cpu s':>9}{'tok/s':>9}")
-    print(f"{'codrl':<8}{len(jobs):>11}{n_req:>10}{codrl_tok:>9}{codrl_s:>9.1f}{codrl_cpu:>9.1f}{codrl_tps:>9.2f}")
-    print(f"{'naive':<8}{len(naive_jobs):>11}{n_naive_req:>10}{naive_tok:>9}{naive_s:>9.1f}{naive_cpu:>9.1f}"
+    print(f"{'side':<8}{'lifecycles':>11}{'requests':>10}{'gen tok':>9}{'prefilled':>11}{'wall s':>9}{'cpu s':>9}"
+          f"{'tok/s':>9}")
+    for side in sides:
+        n_req = sum(len(r.experiences) for r in side.results)
+        print(f"{side.name:<8}{len(jobs):>11}{n_req:>10}{side.gen_tokens:>9}{side.stats['prefill_tokens']:>11}"
+              f"{side.wall_s:>9.1f}{side.cpu_s:>9.1f}{side.tok_s:>9.2f}")
+    print(f"{'naive':<8}{len(naive_jobs):>11}{n_naive_req:>10}{naive_tok:>9}{'':>11}{naive_s:>9.1f}{naive_cpu:>9.1f}"
           f"{naive_tps:>9.2f}")
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print()
-    print("codrl profile:")
-    print(f"  runner rounds {runner.rounds}; engine calls {stats['generate_calls']}; requests per round "
-          f"mean {statistics.mean(call_sizes):.1f} (min {min(call_sizes)}, max {max(call_sizes)}); "
-          f"sampling groups per round mean {statistics.mean(call_groups):.2f}")
-    fwd = prof.prefill_s + prof.decode_s
-    print(f"  forward time {fwd:.1f}s of {codrl_s:.1f}s wall: prefill {prof.prefill_s:.1f}s "
-          f"({prof.prefill_calls} calls), decode {prof.decode_s:.1f}s ({prof.decode_calls} steps)")
-    pad = 1 - prof.prefill_real / prof.prefill_slots if prof.prefill_slots else 0.0
-    print(f"  prefill: {prof.prefill_real} prompt tokens, {prof.prefill_slots} padded slots "
-          f"({pad:.0%} padding), {prof.prefill_slots / max(prof.prefill_s, 1e-9):.0f} slots/s")
-    useful = codrl_tok
-    rows = prof.decode_rows + prof.prefill_rows
-    print(f"  decode: {prof.decode_rows} row-steps (+{prof.prefill_rows} first tokens from prefill) for {useful} "
-          f"generated tokens ({1 - useful / max(rows, 1):.0%} of rows wasted on finished sequences); "
-          f"{1000 * prof.decode_s / max(prof.decode_calls, 1):.0f} ms/step at {prof.decode_rows / max(prof.decode_calls, 1):.1f}"
-          " rows/step")
-    print(f"  batch sizes of engine batches: {dict(sorted(prof.batch_sizes.items()))}")
-    print(f"  backend stats: prompt tokens {stats['prompt_tokens']}, completion tokens {stats['completion_tokens']}")
-    reuse = reusable_prefill(res_codrl)
-    total_prompt = sum(len(e.prompt_ids) for r in res_codrl for e in r.experiences)
-    frac = reuse["total"] / max(total_prompt, 1)
-    print(f"  prefix reuse bound: of {total_prompt} prompt tokens, {reuse['shared']} are a prefix shared by every "
+    for side in sides:
+        print_profile(side)
+    reuse = reusable_prefill(sides[0].results)
+    total_prompt = sum(len(e.prompt_ids) for r in sides[0].results for e in r.experiences)
+    print(f"prefix reuse bound: of {total_prompt} prompt tokens, {reuse['shared']} are a prefix shared by every "
           f"prompt of the same kind (system prompt) and {reuse['history']} more repeat the same lifecycle's previous "
-          f"call (multi-turn history): {frac:.0%} could come from a KV cache")
-    if prof.prefill_s > 0:
-        est = prof.prefill_s * (1 - frac) * (prof.prefill_real / max(prof.prefill_slots, 1)) + prof.decode_s
-        print(f"  => with prefix caching and no padding, forward time would be about {est:.0f}s instead of {fwd:.0f}s "
-              f"(x{fwd / max(est, 1e-9):.1f})")
-    print(f"RESULT speedup={speedup:.2f} codrl_tok_s={codrl_tps:.2f} naive_tok_s={naive_tps:.2f}")
+          f"call: {reuse['total'] / max(total_prompt, 1):.0%} could come from a KV cache")
+    runner, best = sides[0], sides[-1]
+    speedup = best.tok_s / naive_tps if naive_tok else float("nan")
+    cache_speedup = best.tok_s / runner.tok_s if len(sides) > 1 else float("nan")
+    print(f"RESULT speedup={speedup:.2f} cache_speedup={cache_speedup:.2f} "
+          f"prefill_per_gen_before={runner.prefill_per_gen:.1f} prefill_per_gen_after={best.prefill_per_gen:.1f} "
+          f"runner_speedup={runner.tok_s / naive_tps if naive_tok else float('nan'):.2f} "
+          f"cached_tok_s={best.tok_s:.2f} runner_tok_s={runner.tok_s:.2f} naive_tok_s={naive_tps:.2f}")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,11 @@ class GenRequest:
     messages: list[Message]
     sampling: SamplingParams = field(default_factory=SamplingParams)
     reply_prefix: str = ""
+    #: The conversation this request continues (one live lifecycle). Engines that reuse KV caches
+    #: keep the session's latest sequence until :meth:`Backend.release`; others ignore it.
+    session: str | None = None
+    #: Seed of this request's random stream; None draws one from the global torch RNG.
+    seed: int | None = None
 
 
 @dataclass
@@ -62,6 +67,10 @@ class BackendStats:
     requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    prefill_tokens: int = 0  # prompt tokens actually computed (not served from a KV cache)
+    cached_tokens: int = 0  # prompt tokens served from a KV cache
+    prefill_slots: int = 0  # padded positions of prefill passes (prefill_tokens + padding)
+    decode_rows: int = 0  # rows computed over all decode steps (finished-but-not-dropped rows included)
 
 
 class Backend(ABC):
@@ -77,6 +86,9 @@ class Backend(ABC):
     @abstractmethod
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         """Sample one reply per request, in order."""
+
+    def release(self, session: str) -> None:  # noqa: B027 - optional hook
+        """Forget what is cached for ``session`` (its lifecycle is over)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (servers, GPU memory)."""

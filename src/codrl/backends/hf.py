@@ -1,64 +1,95 @@
-"""Local transformers backend: batched sampling with exact token ids and logprobs.
+"""Local transformers backend: batched sampling with exact token ids and logprobs, and KV-cache reuse.
 
-Requests are grouped by sampling settings, sorted by prompt length (less padding), left-padded and
-sampled with ``model.generate``. A logits processor records the log-probability of every sampled
-token under the sampling distribution (temperature applied; top-p truncation is not renormalised,
-matching how the trainer scores tokens).
+The engine is a plain decode loop over a transformers causal LM (``model(...)`` forward passes, no
+``model.generate``), built for lifecycle rollouts, where most prompt tokens were seen before:
+
+1. **Prefix reuse.** Each prompt starts from the longest prefix whose key/value states are cached
+   (:class:`~codrl.backends.kv_cache.PrefixStore`): the same lifecycle's previous call (prompt and
+   reply), or a prefix that several requests share (the system prompt; a pack's repeats share their
+   whole first prompt), computed once per batch. Only the rest is prefilled.
+2. **Length-grouped prefill.** Uncached parts are prefilled in chunks of similar length, so little
+   compute goes to padding.
+3. **Compacted decoding.** All rows decode together in one preallocated cache; finished rows are
+   dropped from the batch as they accumulate instead of being computed until the longest ends.
+
+Sampling is reproducible per request (:mod:`codrl.backends.sampling`): a request's tokens do not
+depend on its batch or on the cache, and the logprob of every sampled token is recorded under the
+sampling distribution (temperature applied; top-p not renormalised, matching the trainer).
+
+Cached states are only valid for the weights that computed them: the store is cleared whenever a
+parameter of the model changes (detected from torch's in-place version counters), so in-place
+training updates never serve stale states.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from codrl.backends.base import Backend, GenRequest, GenResult, SamplingParams
+from codrl.backends.kv_cache import BatchKV, PrefixStore, model_kv_shape, shared_prefixes
+from codrl.backends.sampling import request_generator, sample_next
 from codrl.errors import CodrlError
 
+#: A shared prefix is cached for a batch only when it saves at least this many tokens.
+MIN_SHARED_TOKENS = 16
+#: Drop finished rows from the decode batch once this fraction of its rows has finished.
+COMPACT_FRACTION = 0.25
+#: A prefill chunk only takes rows whose uncached part is at least this fraction of its longest.
+PREFILL_FILL = 0.75
 
-class _LogprobRecorder:
-    """Logits processor that records log p(sampled token) at every decoding step.
 
-    transformers runs user processors before its temperature/top-p warpers, so the scores seen
-    here are raw; the temperature is applied here to score under the sampling distribution.
-    """
+def _cache_argument(model: Any) -> str:
+    """Name of the forward argument taking a KV cache (``cache`` in recent transformers, else
+    ``past_key_values``), looked up on the model under any peft wrapper."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(type(base).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
-    def __init__(self, temperature: float) -> None:
-        self.temperature = temperature if temperature > 0 else 1.0
-        self.prev: torch.Tensor | None = None
-        self.steps: list[torch.Tensor] = []
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self.prev is not None:
-            self.steps.append(self.prev.gather(1, input_ids[:, -1:]).squeeze(1))
-        self.prev = torch.log_softmax(scores.float() / self.temperature, dim=-1)
-        return scores
+@dataclass
+class _Row:
+    """One request in the engine: its prompt, cached prefix and sampled completion."""
 
-    def finish(self, sequences: torch.Tensor) -> torch.Tensor:
-        """Return [batch, steps] logprobs once generation is over."""
-        if self.prev is not None:
-            self.steps.append(self.prev.gather(1, sequences[:, -1:]).squeeze(1))
-            self.prev = None
-        if not self.steps:
-            return torch.zeros(sequences.shape[0], 0, device=sequences.device)
-        return torch.stack(self.steps, dim=1)
+    index: int  # position in the caller's request list
+    prompt: np.ndarray
+    generator: torch.Generator
+    session: str | None = None
+    cached: int = 0  # prompt tokens served from the store
+    cached_kv: torch.Tensor | None = None  # [layers, 2, kv_heads, cached, head_dim]
+    new_kv: torch.Tensor | None = None  # states of the prefilled rest of the prompt
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finish: str = ""
+    offset: int = 0  # first buffer column of this row in the decode batch
 
 
 class HFBackend(Backend):
     """A transformers causal LM (optionally wrapped by peft) used in-process.
 
     The trainer updates ``self.model`` in place, so the next rollout samples from the new weights
-    with no copy or sync step.
+    with no copy or sync step (cached key/value states of the old weights are dropped).
+
+    ``kv_cache_mb`` bounds the memory kept for prefix reuse (0 turns reuse off: every prompt is
+    prefilled in full); ``prefill_tokens`` bounds the padded tokens of one prefill forward pass.
     """
 
     token_exact = True
 
-    def __init__(self, model: Any, tokenizer: Any, max_batch_size: int = 32) -> None:
+    def __init__(self, model: Any, tokenizer: Any, max_batch_size: int = 32, kv_cache_mb: float = 1024,
+                 prefill_tokens: int = 4096) -> None:
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
+        self.prefill_tokens = prefill_tokens
+        self.store = PrefixStore(int(kv_cache_mb * 2**20))
+        self._weights_key: int | None = None
         eos: set[int] = set()
         if tokenizer.eos_token_id is not None:
             eos.add(int(tokenizer.eos_token_id))
@@ -71,10 +102,16 @@ class HFBackend(Backend):
             raise ValueError("tokenizer has no end-of-sequence token")
         self.eos_ids = sorted(eos)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        if "sliding_attention" in (getattr(cfg, "layer_types", None) or []):
+            raise CodrlError(f"{type(model).__name__} uses sliding-window attention, which the transformers "
+                             "backend does not support; serve it through an OpenAI-compatible server (--endpoint)")
+        self.kv_shape = model_kv_shape(model)
+        self._cache_kwarg = _cache_argument(model)
 
     @classmethod
     def from_pretrained(cls, model: str | None = None, *, device: str = "cpu", dtype: str = "float32",
-                        max_batch_size: int = 32) -> HFBackend:
+                        max_batch_size: int = 32, kv_cache_mb: float = 1024) -> HFBackend:
         """Load a model folder (or the embedded default when ``model`` is None).
 
         A LoRA checkpoint's ``model/`` folder (a peft adapter: ``adapter_config.json``, no
@@ -102,11 +139,15 @@ class HFBackend(Backend):
             raise CodrlError(f"cannot load model {model!r}: {str(e).splitlines()[0]}") from None
         lm.to(device)
         lm.eval()
-        return cls(lm, tok, max_batch_size=max_batch_size)
+        return cls(lm, tok, max_batch_size=max_batch_size, kv_cache_mb=kv_cache_mb)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
 
     # -- prompts ---------------------------------------------------------------------------
     def encode_prompt(self, request: GenRequest) -> list[int]:
@@ -115,87 +156,209 @@ class HFBackend(Backend):
         text += request.reply_prefix
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    # -- cache management ------------------------------------------------------------------
+    def release(self, session: str) -> None:
+        """Free the cached states of ``session`` (a finished lifecycle)."""
+        self.store.release(session)
+
+    def _check_weights(self) -> None:
+        """Clear the prefix store if any parameter changed since it was filled."""
+        key = hash(tuple((id(p), p._version) for p in self.model.parameters()))
+        if key != self._weights_key:
+            self.store.clear()
+            self._weights_key = key
+
     # -- generation ------------------------------------------------------------------------
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+        self._check_weights()
+        # One seed per request from the global RNG, in request order: samples do not depend on batching.
+        seeds = torch.randint(0, 2**62, (len(requests),)).tolist()
         results: list[GenResult | None] = [None] * len(requests)
-        groups: dict[SamplingParams, list[tuple[int, list[int]]]] = defaultdict(list)
-        for i, req in enumerate(requests):
-            groups[req.sampling].append((i, self.encode_prompt(req)))
-        for params, items in groups.items():
-            items.sort(key=lambda it: len(it[1]))
-            for start in range(0, len(items), self.max_batch_size):
-                chunk = items[start:start + self.max_batch_size]
-                outs = self._generate_batch([ids for _, ids in chunk], params)
-                for (i, _), out in zip(chunk, outs):
-                    results[i] = out
+        groups: dict[SamplingParams, list[_Row]] = defaultdict(list)
+        for i, (req, seed) in enumerate(zip(requests, seeds, strict=True)):
+            row = _Row(i, np.asarray(self.encode_prompt(req), dtype=np.int64),
+                       request_generator(seed if req.seed is None else req.seed), req.session)
+            groups[req.sampling].append(row)
+        for params, rows in groups.items():
+            rows.sort(key=lambda r: len(r.prompt))
+            for start in range(0, len(rows), self.max_batch_size):
+                chunk = rows[start:start + self.max_batch_size]
+                for row in self._generate_batch(chunk, params):
+                    results[row.index] = self._result(row)
         self.stats.requests += len(requests)
         return [r for r in results if r is not None]
 
-    def _cut(self, toks: list[int], stop: tuple[str, ...]) -> tuple[list[int], str]:
-        """Cut a padded row after its end-of-sequence token or the token completing a stop string."""
-        for t, tok in enumerate(toks):
-            if tok in self.eos_ids:
-                toks = toks[: t + 1]
-                break
-        else:
-            if not stop:
-                return toks, "length"
-        if stop:
-            text = ""
-            for t, tok in enumerate(toks):
-                text += self.tokenizer.decode([tok])
-                if any(s in text for s in stop):
-                    # confirm on a proper decode (multi-token characters), then cut here
-                    if any(s in self.tokenizer.decode(toks[: t + 1]) for s in stop):
-                        return toks[: t + 1], "stop"
-        if toks and toks[-1] in self.eos_ids:
-            return toks, "stop"
-        return toks, "length"
+    def _result(self, row: _Row) -> GenResult:
+        self.stats.prompt_tokens += len(row.prompt)
+        self.stats.completion_tokens += len(row.tokens)
+        text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
+        return GenResult(text=text, prompt_ids=row.prompt.tolist(), completion_ids=list(row.tokens),
+                         logprobs=list(row.logprobs), finish_reason=row.finish)
 
     @torch.inference_mode()
-    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[GenResult]:
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for r, p in enumerate(prompts):
-            ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[r, width - len(p):] = 1
-        recorder = _LogprobRecorder(params.temperature)
-        sample = params.temperature > 0
+    def _generate_batch(self, rows: list[_Row], params: SamplingParams) -> list[_Row]:
         was_training = self.model.training
         self.model.eval()
         try:
-            out = self.model.generate(
-                input_ids=ids.to(self.device),
-                attention_mask=mask.to(self.device),
-                do_sample=sample,
-                temperature=params.temperature if sample else None,
-                top_p=params.top_p if sample else None,
-                top_k=0 if sample else None,
-                max_new_tokens=params.max_new_tokens,
-                logits_processor=[recorder],
-                stop_strings=list(params.stop) or None,
-                tokenizer=self.tokenizer if params.stop else None,
-                eos_token_id=self.eos_ids,
-                pad_token_id=self.pad_id,
-                return_dict_in_generate=True,
-            )
+            if self.store.enabled:
+                self._cache_shared([r.prompt for r in rows])
+                for r in rows:
+                    r.cached, r.cached_kv = self.store.lookup(r.prompt, len(r.prompt) - 1)
+            last_logits = self._prefill(rows)
+            self._decode(rows, params, last_logits)
         finally:
             if was_training:
                 self.model.train()
-        logprobs = recorder.finish(out.sequences).cpu()  # on the model's device, then moved
-        seqs = out.sequences.cpu()
-        new = seqs[:, width:]
         self.stats.generate_calls += 1
-        self.stats.forward_calls += new.shape[1]
-        results = []
-        for r, p in enumerate(prompts):
-            toks = new[r].tolist()
-            toks, finish = self._cut(toks, params.stop)
-            lps = logprobs[r, : len(toks)].tolist()
-            text = self.tokenizer.decode(toks, skip_special_tokens=True)
-            self.stats.prompt_tokens += len(p)
-            self.stats.completion_tokens += len(toks)
-            results.append(GenResult(text=text, prompt_ids=list(p), completion_ids=toks, logprobs=lps,
-                                     finish_reason=finish))
-        return results
+        return rows
+
+    def _cache_shared(self, prompts: list[np.ndarray], depth: int = 0) -> None:
+        """Compute and store prefixes shared by several prompts (shortest first, recursively)."""
+        shared = shared_prefixes(prompts, self.store, MIN_SHARED_TOKENS, keep_last=depth == 0)
+        if not shared or depth > 8:
+            return
+        self._cache_shared(shared, depth + 1)
+        rows = [_Row(-1, p, torch.Generator()) for p in shared]
+        for r in rows:
+            r.cached, r.cached_kv = self.store.lookup(r.prompt, len(r.prompt))
+        rows = [r for r in rows if r.cached < len(r.prompt)]
+        if rows:
+            self._prefill(rows)
+        for r in rows:
+            self.store.put(r.prompt, self._row_kv(r))
+
+    @staticmethod
+    def _row_kv(row: _Row) -> torch.Tensor:
+        parts = [kv for kv in (row.cached_kv, row.new_kv) if kv is not None]
+        return torch.cat(parts, dim=3) if len(parts) > 1 else parts[0].clone()
+
+    # -- prefill ---------------------------------------------------------------------------
+    def _prefill_chunks(self, rows: list[_Row]) -> list[list[_Row]]:
+        """Rows grouped by uncached length (little padding), each chunk within the token budget."""
+        order = sorted(rows, key=lambda r: len(r.prompt) - r.cached, reverse=True)
+        chunks: list[list[_Row]] = []
+        for r in order:
+            n = len(r.prompt) - r.cached
+            if chunks:
+                head = chunks[-1][0]
+                width = len(head.prompt) - head.cached
+                if n >= PREFILL_FILL * width and (len(chunks[-1]) + 1) * width <= max(self.prefill_tokens, width):
+                    chunks[-1].append(r)
+                    continue
+            chunks.append([r])
+        return chunks
+
+    def _prefill(self, rows: list[_Row]) -> torch.Tensor:
+        """Prefill the uncached part of every row; set ``row.new_kv``; return last-token logits [rows, vocab]."""
+        logits: list[torch.Tensor | None] = [None] * len(rows)
+        pos_of = {id(r): i for i, r in enumerate(rows)}
+        for chunk in self._prefill_chunks(rows):
+            out = self._prefill_chunk(chunk)
+            for r, lg in zip(chunk, out, strict=True):
+                logits[pos_of[id(r)]] = lg
+        return torch.stack([lg for lg in logits if lg is not None])
+
+    def _prefill_chunk(self, rows: list[_Row]) -> torch.Tensor:
+        """One forward pass: cached prefixes left-padded to width C, then new tokens left-padded to N."""
+        layers, kv_heads, head_dim = self.kv_shape
+        c = max(r.cached for r in rows)
+        n = max(len(r.prompt) - r.cached for r in rows)
+        kv = BatchKV.allocate(layers, len(rows), kv_heads, c + n, head_dim, self.dtype, self.device)
+        ids = torch.full((len(rows), n), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), c + n), dtype=torch.long)
+        pos = torch.zeros((len(rows), n), dtype=torch.long)
+        for b, r in enumerate(rows):
+            new = len(r.prompt) - r.cached
+            if r.cached_kv is not None:
+                kv.buf[:, :, b, :, c - r.cached: c] = r.cached_kv
+            mask[b, c - r.cached: c] = 1
+            mask[b, c + n - new:] = 1
+            ids[b, n - new:] = torch.from_numpy(r.prompt[r.cached:])
+            pos[b, n - new:] = torch.arange(r.cached, len(r.prompt))
+        kv.length = c
+        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                         position_ids=pos.to(self.device), use_cache=True, logits_to_keep=1,
+                         **{self._cache_kwarg: kv.cache()})
+        for b, r in enumerate(rows):
+            r.new_kv = kv.buf[:, :, b, :, c + n - (len(r.prompt) - r.cached):]
+        self.stats.forward_calls += 1
+        self.stats.prefill_tokens += int(sum(len(r.prompt) - r.cached for r in rows))
+        self.stats.prefill_slots += len(rows) * n
+        self.stats.cached_tokens += int(sum(r.cached for r in rows))
+        return out.logits[:, -1]
+
+    # -- decode ----------------------------------------------------------------------------
+    def _decode(self, rows: list[_Row], params: SamplingParams, logits: torch.Tensor) -> None:
+        """Sample every row to its end in one batch cache, dropping finished rows as they accumulate."""
+        layers, kv_heads, head_dim = self.kv_shape
+        lengths = [len(r.prompt) for r in rows]
+        width = max(lengths)
+        kv = BatchKV.allocate(layers, len(rows), kv_heads, width + params.max_new_tokens, head_dim,
+                              self.dtype, self.device)
+        mask = torch.zeros((len(rows), width + params.max_new_tokens), dtype=torch.long)
+        for b, r in enumerate(rows):
+            r.offset = width - len(r.prompt)
+            if r.cached_kv is not None:
+                kv.buf[:, :, b, :, r.offset: r.offset + r.cached] = r.cached_kv
+            kv.buf[:, :, b, :, r.offset + r.cached: width] = r.new_kv
+            mask[b, r.offset: width] = 1
+            r.cached_kv = r.new_kv = None  # the batch buffer holds them now
+        kv.length = width
+        cache = kv.cache()
+        pos = torch.tensor(lengths, dtype=torch.long)
+        active = list(rows)
+        stop_window = max((len(s) for s in params.stop), default=0) + 4
+        eos = set(self.eos_ids)
+        while True:
+            tokens, lps = sample_next(logits, params.temperature, params.top_p, [r.generator for r in active])
+            finished = 0
+            for r, t, lp in zip(active, tokens.tolist(), lps.tolist(), strict=True):
+                if r.finish:
+                    finished += 1
+                    continue
+                r.tokens.append(t)
+                r.logprobs.append(lp)
+                if t in eos or (params.stop and self._hit_stop(r.tokens, params.stop, stop_window)):
+                    r.finish = "stop"
+                elif len(r.tokens) >= params.max_new_tokens:
+                    r.finish = "length"
+                if r.finish:
+                    finished += 1
+                    self._keep(r, kv, active.index(r))
+            if finished == len(active):
+                break
+            if finished >= max(1, COMPACT_FRACTION * len(active)):
+                keep = [b for b, r in enumerate(active) if not r.finish]
+                start = min(active[b].offset for b in keep)
+                kv.select_rows(keep, start)
+                for b in keep:
+                    active[b].offset -= start
+                mask, pos, tokens = mask[keep, start:], pos[keep], tokens[keep]
+                active = [active[b] for b in keep]
+            step_ids = torch.tensor([[r.tokens[-1] if not r.finish else self.pad_id] for r in active])
+            mask[:, kv.length] = torch.tensor([0 if r.finish else 1 for r in active])
+            out = self.model(input_ids=step_ids.to(self.device), attention_mask=mask[:, : kv.length + 1].to(self.device),
+                             position_ids=pos[:, None].to(self.device), use_cache=True, logits_to_keep=1,
+                             **{self._cache_kwarg: cache})
+            kv.sync_length()
+            pos += 1
+            logits = out.logits[:, -1]
+            self.stats.forward_calls += 1
+            self.stats.decode_rows += len(active)
+
+    def _hit_stop(self, tokens: list[int], stop: tuple[str, ...], window: int) -> bool:
+        """Whether the newest token completes a stop string (checked on the tail, confirmed in full)."""
+        tail = self.tokenizer.decode(tokens[-window:])
+        if not any(s in tail for s in stop):
+            return False
+        text = self.tokenizer.decode(tokens)
+        prev = self.tokenizer.decode(tokens[:-1])
+        return any(s in text and s not in prev for s in stop)
+
+    def _keep(self, row: _Row, kv: BatchKV, b: int) -> None:
+        """Store a finished row's states (prompt + completion but its last token) for reuse."""
+        if not self.store.enabled:
+            return
+        states = kv.buf[:, :, b, :, row.offset: kv.length].clone()
+        seq = np.concatenate([row.prompt, np.asarray(row.tokens[:-1], dtype=np.int64)])
+        self.store.put(seq, states, row.session)

@@ -9,6 +9,8 @@ finish its task, and the model sees large batches.
 
 from __future__ import annotations
 
+import uuid
+
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 
@@ -50,12 +52,16 @@ def hint_reward(hints: str | None, n_tokens: int, cfg: RolloutConfig) -> tuple[f
     return reward, valid
 
 
-def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mode: str = "cod") -> LifecycleGen:
+def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mode: str = "cod",
+                   session: str | None = None) -> LifecycleGen:
     """Play one pass through ``pack``: solve task 0 -> update hints -> solve task 1 -> ...
 
     Yields generation requests and returns the finished :class:`LifecycleResult`. In ``nohint``
-    mode the update-context step is skipped and every task is solved with no hints.
+    mode the update-context step is skipped and every task is solved with no hints. Every request
+    carries ``session`` (default: a fresh id), so an engine can keep this lifecycle's KV cache
+    between its calls; whoever drives the generator releases it at the end.
     """
+    session = session or f"{pack.pack_id}/{repeat}/{uuid.uuid4().hex[:12]}"
     prefix = env.reply_prefix if cfg.use_reply_prefix else ""
     solve_params = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens_solve, tuple(env.stop_strings))
     update_params = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens_update)
@@ -74,7 +80,7 @@ def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mod
         solve_exps: list[Experience] = []
         env_reward, feedback, all_valid, longest, total = 0.0, "", True, 0, 0
         for turn in range(cfg.max_turns_cap):
-            res = yield GenRequest(messages, solve_params, prefix)
+            res = yield GenRequest(messages, solve_params, prefix, session=session)
             reply = prefix + res.text
             step = episode.step(reply)
             exp = _experience(pack, repeat, "solve", k, turn, res)
@@ -101,7 +107,7 @@ def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mod
         episodes.append(record)
         if mode == "cod" and k < last:
             msgs = update_messages(env.system_prompt, hints, first_obs, turns, env_reward, feedback)
-            res = yield GenRequest(msgs, update_params, cfg.update_reply_prefix)
+            res = yield GenRequest(msgs, update_params, cfg.update_reply_prefix, session=session)
             parsed = parse_hints(cfg.update_reply_prefix + res.text)
             n_tok = len(res.completion_ids) if res.token_exact else len(res.text.split())
             own, valid = hint_reward(parsed, n_tok, cfg)
@@ -165,19 +171,20 @@ class LifecycleRunner:
                 raise RuntimeError(f"backend returned {len(outs)} results for {len(ids)} requests")
             self.rounds += 1
             for i, out in zip(ids, outs):
-                gen = active.pop(i)[0]
-                self._advance(i, gen, out, active, results, on_done, mode)
+                gen, req = active.pop(i)
+                self._advance(i, gen, out, active, results, on_done, mode, req.session)
             admit()
         return [r for r in results if r is not None]
 
-    @staticmethod
-    def _advance(i: int, gen: LifecycleGen, out: GenResult | None, active: dict[int, tuple[LifecycleGen, GenRequest]],
-                 results: list[LifecycleResult | None], on_done: Callable[[LifecycleResult], None] | None,
-                 mode: str) -> None:
+    def _advance(self, i: int, gen: LifecycleGen, out: GenResult | None,
+                 active: dict[int, tuple[LifecycleGen, GenRequest]], results: list[LifecycleResult | None],
+                 on_done: Callable[[LifecycleResult], None] | None, mode: str, session: str | None = None) -> None:
         try:
             req = next(gen) if out is None else gen.send(out)
             active[i] = (gen, req)
         except StopIteration as stop:
+            if session is not None:
+                self.backend.release(session)  # the lifecycle is over: free its KV cache at once
             result: LifecycleResult = stop.value
             result.mode = mode
             results[i] = result
