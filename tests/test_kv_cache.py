@@ -113,7 +113,7 @@ def test_cached_equals_uncached_and_teacher_forcing(tiny, temperature):
     outs = {name: _run(b, first) for name, b in (("cached", cached), ("plain", plain))}
     # Second turn: prompts extend the first turn, so the cached engine reuses it.
     second = [GenRequest(r.messages + [{"role": "assistant", "content": o.text}, {"role": "user", "content": "b=2"}],
-                         params, session=r.session) for r, o in zip(first, outs["cached"])]
+                         params, session=r.session) for r, o in zip(first, outs["cached"], strict=True)]
     outs2 = {name: _run(b, second, seed=1) for name, b in (("cached", cached), ("plain", plain))}
     assert cached.stats.cached_tokens > 0.5 * cached.stats.prompt_tokens
     assert plain.stats.cached_tokens == 0
@@ -129,9 +129,11 @@ def test_cached_equals_uncached_and_teacher_forcing(tiny, temperature):
 
 
 def test_samples_do_not_depend_on_batch_composition(tiny):
+    """Mixed sampling settings in one batch give what each request gets on its own."""
     model, tok = tiny
-    params = SamplingParams(temperature=1.0, max_new_tokens=10)
-    reqs = [GenRequest(m, params, seed=100 + i) for i, m in enumerate(_chats(5))]
+    settings = [SamplingParams(temperature=1.0, max_new_tokens=10), SamplingParams(temperature=0.0, max_new_tokens=5),
+                SamplingParams(temperature=0.7, top_p=0.8, max_new_tokens=12, stop=("=",))]
+    reqs = [GenRequest(m, settings[i % 3], seed=100 + i) for i, m in enumerate(_chats(7))]
     together = HFBackend(model, tok).generate(reqs)
     alone = [HFBackend(model, tok, kv_cache_mb=0).generate([r])[0] for r in reversed(reqs)][::-1]
     assert [o.completion_ids for o in together] == [o.completion_ids for o in alone]

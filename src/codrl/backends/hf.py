@@ -24,7 +24,6 @@ training updates never serve stale states.
 from __future__ import annotations
 
 import inspect
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +58,7 @@ class _Row:
     index: int  # position in the caller's request list
     prompt: np.ndarray
     generator: torch.Generator
+    params: SamplingParams = field(default_factory=SamplingParams)
     session: str | None = None
     cached: int = 0  # prompt tokens served from the store
     cached_kv: torch.Tensor | None = None  # [layers, 2, kv_heads, cached, head_dim]
@@ -174,17 +174,15 @@ class HFBackend(Backend):
         # One seed per request from the global RNG, in request order: samples do not depend on batching.
         seeds = torch.randint(0, 2**62, (len(requests),)).tolist()
         results: list[GenResult | None] = [None] * len(requests)
-        groups: dict[SamplingParams, list[_Row]] = defaultdict(list)
-        for i, (req, seed) in enumerate(zip(requests, seeds, strict=True)):
-            row = _Row(i, np.asarray(self.encode_prompt(req), dtype=np.int64),
-                       request_generator(seed if req.seed is None else req.seed), req.session)
-            groups[req.sampling].append(row)
-        for params, rows in groups.items():
-            rows.sort(key=lambda r: len(r.prompt))
-            for start in range(0, len(rows), self.max_batch_size):
-                chunk = rows[start:start + self.max_batch_size]
-                for row in self._generate_batch(chunk, params):
-                    results[row.index] = self._result(row)
+        rows = [_Row(i, np.asarray(self.encode_prompt(req), dtype=np.int64),
+                     request_generator(seed if req.seed is None else req.seed), req.sampling, req.session)
+                for i, (req, seed) in enumerate(zip(requests, seeds, strict=True))]
+        # Requests with different sampling settings share a batch: decoding runs to the longest
+        # reply of the batch once, instead of once per settings group.
+        rows.sort(key=lambda r: len(r.prompt))
+        for start in range(0, len(rows), self.max_batch_size):
+            for row in self._generate_batch(rows[start:start + self.max_batch_size]):
+                results[row.index] = self._result(row)
         self.stats.requests += len(requests)
         return [r for r in results if r is not None]
 
@@ -196,7 +194,7 @@ class HFBackend(Backend):
                          logprobs=list(row.logprobs), finish_reason=row.finish)
 
     @torch.inference_mode()
-    def _generate_batch(self, rows: list[_Row], params: SamplingParams) -> list[_Row]:
+    def _generate_batch(self, rows: list[_Row]) -> list[_Row]:
         was_training = self.model.training
         self.model.eval()
         try:
@@ -205,7 +203,7 @@ class HFBackend(Backend):
                 for r in rows:
                     r.cached, r.cached_kv = self.store.lookup(r.prompt, len(r.prompt) - 1)
             last_logits = self._prefill(rows)
-            self._decode(rows, params, last_logits)
+            self._decode(rows, last_logits)
         finally:
             if was_training:
                 self.model.train()
@@ -288,14 +286,14 @@ class HFBackend(Backend):
         return out.logits[:, -1]
 
     # -- decode ----------------------------------------------------------------------------
-    def _decode(self, rows: list[_Row], params: SamplingParams, logits: torch.Tensor) -> None:
+    def _decode(self, rows: list[_Row], logits: torch.Tensor) -> None:
         """Sample every row to its end in one batch cache, dropping finished rows as they accumulate."""
         layers, kv_heads, head_dim = self.kv_shape
         lengths = [len(r.prompt) for r in rows]
         width = max(lengths)
-        kv = BatchKV.allocate(layers, len(rows), kv_heads, width + params.max_new_tokens, head_dim,
-                              self.dtype, self.device)
-        mask = torch.zeros((len(rows), width + params.max_new_tokens), dtype=torch.long)
+        budget = max(r.params.max_new_tokens for r in rows)
+        kv = BatchKV.allocate(layers, len(rows), kv_heads, width + budget, head_dim, self.dtype, self.device)
+        mask = torch.zeros((len(rows), width + budget), dtype=torch.long)
         for b, r in enumerate(rows):
             r.offset = width - len(r.prompt)
             if r.cached_kv is not None:
@@ -307,10 +305,10 @@ class HFBackend(Backend):
         cache = kv.cache()
         pos = torch.tensor(lengths, dtype=torch.long)
         active = list(rows)
-        stop_window = max((len(s) for s in params.stop), default=0) + 4
         eos = set(self.eos_ids)
         while True:
-            tokens, lps = sample_next(logits, params.temperature, params.top_p, [r.generator for r in active])
+            tokens, lps = sample_next(logits, [r.params.temperature for r in active], [r.params.top_p for r in active],
+                                      [r.generator for r in active])
             finished = 0
             for r, t, lp in zip(active, tokens.tolist(), lps.tolist(), strict=True):
                 if r.finish:
@@ -318,9 +316,9 @@ class HFBackend(Backend):
                     continue
                 r.tokens.append(t)
                 r.logprobs.append(lp)
-                if t in eos or (params.stop and self._hit_stop(r.tokens, params.stop, stop_window)):
+                if t in eos or (r.params.stop and self._hit_stop(r.tokens, r.params.stop)):
                     r.finish = "stop"
-                elif len(r.tokens) >= params.max_new_tokens:
+                elif len(r.tokens) >= r.params.max_new_tokens:
                     r.finish = "length"
                 if r.finish:
                     finished += 1
@@ -346,8 +344,9 @@ class HFBackend(Backend):
             self.stats.forward_calls += 1
             self.stats.decode_rows += len(active)
 
-    def _hit_stop(self, tokens: list[int], stop: tuple[str, ...], window: int) -> bool:
+    def _hit_stop(self, tokens: list[int], stop: tuple[str, ...]) -> bool:
         """Whether the newest token completes a stop string (checked on the tail, confirmed in full)."""
+        window = max(len(s) for s in stop) + 4  # every token decodes to at least one character
         tail = self.tokenizer.decode(tokens[-window:])
         if not any(s in tail for s in stop):
             return False
