@@ -5,10 +5,11 @@ All sides play FrozenLake-Obscure packs through the *same* lifecycle generator
 SmolLM2-135M-Instruct, CPU fp32), the same :class:`RolloutConfig` and the same prompts
 (``HFBackend.encode_prompt``); they differ only in how model calls are served:
 
-* cached: :class:`LifecycleRunner` plays ``--concurrent`` lifecycles at once and sends every
-  pending request of a round to ``HFBackend.generate`` as one batched call; the backend reuses the
-  key/value states of prefixes it has computed before (the lifecycle's previous call, the system
-  prompt, a pack's shared first prompt) and prefills only the rest.
+* cached: :class:`LifecycleRunner` plays ``--concurrent`` lifecycles at once through
+  ``HFBackend.serve``: continuous batching (a lifecycle's next request joins the decode batch while
+  others are still decoding) with KV-cache reuse (the key/value states of prefixes computed before
+  -- the lifecycle's previous call, the system prompt, a pack's shared first prompt -- are reused
+  and only the rest is prefilled).
 * runner: the same, with reuse off (``kv_cache_mb=0``): every prompt is prefilled in full.
 * naive: one lifecycle at a time, and every request is a literal batch-1 ``model.generate`` call
   (sampling, stop strings and logprobs computed the same way).
@@ -42,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -197,8 +197,6 @@ class Side:
     cpu_s: float
     stats: dict[str, int]
     prof: ForwardProfile
-    rounds: int
-    call_sizes: list[int]
 
     @property
     def gen_tokens(self) -> int:
@@ -218,33 +216,24 @@ def run_side(name: str, backend: HFBackend, jobs: list[Job], cfg: RolloutConfig,
     torch.manual_seed(seed)
     prof = ForwardProfile()
     hooks = prof.attach(backend.model)
-    call_sizes: list[int] = []
-    inner = backend.generate
-
-    def counting_generate(reqs: list[GenRequest]) -> list[GenResult]:
-        call_sizes.append(len(reqs))
-        return inner(reqs)
-
-    backend.generate = counting_generate  # type: ignore[method-assign]
     stats0 = dict(vars(backend.stats))
     runner = LifecycleRunner(backend, cfg)
     c0, w0 = time.process_time(), time.perf_counter()
     try:
         results = runner.run(jobs)
     finally:
-        del backend.generate
         for h in hooks:
             h.remove()
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0
     stats = {k: v - stats0[k] for k, v in vars(backend.stats).items()}
-    return Side(name, results, wall, cpu, stats, prof, runner.rounds, call_sizes)
+    return Side(name, results, wall, cpu, stats, prof)
 
 
 def print_profile(side: Side) -> None:
     prof, stats = side.prof, side.stats
     print(f"{side.name} profile:")
-    print(f"  runner rounds {side.rounds}; requests per round mean {statistics.mean(side.call_sizes):.1f} "
-          f"(min {min(side.call_sizes)}, max {max(side.call_sizes)}); engine batches {stats['generate_calls']}")
+    print(f"  {stats['requests']} requests; prefill passes {prof.prefill_calls} (batch sizes "
+          f"{dict(sorted(prof.batch_sizes.items()))}), decode steps {prof.decode_calls}")
     fwd = prof.prefill_s + prof.decode_s
     print(f"  forward time {fwd:.1f}s of {side.wall_s:.1f}s wall ({side.wall_s - fwd:.1f}s outside the model: "
           f"sampling, cache copies, tokenizer, environments): prefill {prof.prefill_s:.1f}s ({prof.prefill_calls} "

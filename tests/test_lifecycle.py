@@ -369,9 +369,10 @@ def test_concurrent_lifecycles_batch_calls_and_match_sequential():
     n_requests = sum(len(r.experiences) for r in seq)
     # sequential: one request per engine call
     assert seq_be.stats.generate_calls == n_requests and all(len(c) == 1 for c in seq_be.calls)
-    # concurrent: every round serves every active lifecycle, so the number of engine calls is the
-    # length (in model calls) of the longest lifecycle
-    assert par_be.stats.generate_calls == par_runner.rounds == max(len(r.experiences) for r in par)
+    # concurrent: a text engine serves rounds of every active lifecycle, so the number of engine
+    # calls is the length (in model calls) of the longest lifecycle
+    assert par_be.stats.generate_calls == max(len(r.experiences) for r in par)
+    assert par_runner.served == seq_runner.served == n_requests
     assert par_be.stats.generate_calls * 3 <= seq_be.stats.generate_calls
     assert len(par_be.calls[0]) == 8
     assert par_be.stats.requests == seq_be.stats.requests == n_requests

@@ -9,6 +9,7 @@ engine exposes them.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
@@ -86,6 +87,25 @@ class Backend(ABC):
     @abstractmethod
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         """Sample one reply per request, in order."""
+
+    def serve(self, pending: dict[Hashable, GenRequest],
+              on_result: Callable[[Hashable, GenResult], dict[Hashable, GenRequest]]) -> None:
+        """Serve ``pending`` requests and their follow-ups until none is left.
+
+        ``on_result(key, result)`` is called as each request finishes and returns the requests it
+        triggers (the same lifecycle's next call, newly admitted lifecycles), keyed like
+        ``pending``. This default plays rounds: all pending requests in one :meth:`generate` call,
+        then their follow-ups. Engines that batch continuously (the transformers backend) override
+        it to start follow-ups while other requests are still decoding.
+        """
+        while pending:
+            keys = list(pending)
+            outs = self.generate([pending[k] for k in keys])
+            if len(outs) != len(keys):
+                raise RuntimeError(f"backend returned {len(outs)} results for {len(keys)} requests")
+            pending = {}
+            for k, out in zip(keys, outs, strict=True):
+                pending.update(on_result(k, out))
 
     def release(self, session: str) -> None:  # noqa: B027 - optional hook
         """Forget what is cached for ``session`` (its lifecycle is over)."""

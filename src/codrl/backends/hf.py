@@ -24,6 +24,8 @@ training updates never serve stale states.
 from __future__ import annotations
 
 import inspect
+from collections import deque
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +41,8 @@ from codrl.errors import CodrlError
 MIN_SHARED_TOKENS = 16
 #: Drop finished rows from the decode batch once this fraction of its rows has finished.
 COMPACT_FRACTION = 0.25
+#: Waiting requests join the decode batch once they number this fraction of its running rows.
+ADMIT_FRACTION = 0.25
 #: A prefill chunk only takes rows whose uncached part is at least this fraction of its longest.
 PREFILL_FILL = 0.75
 
@@ -55,7 +59,7 @@ def _cache_argument(model: Any) -> str:
 class _Row:
     """One request in the engine: its prompt, cached prefix and sampled completion."""
 
-    index: int  # position in the caller's request list
+    key: Hashable  # the caller's key of this request
     prompt: np.ndarray
     generator: torch.Generator
     params: SamplingParams = field(default_factory=SamplingParams)
@@ -67,6 +71,17 @@ class _Row:
     logprobs: list[float] = field(default_factory=list)
     finish: str = ""
     offset: int = 0  # first buffer column of this row in the decode batch
+
+
+@dataclass
+class _Batch:
+    """The running decode batch: its rows, their cache, attention mask and next positions."""
+
+    rows: list[_Row]
+    kv: BatchKV
+    cache: Any
+    mask: torch.Tensor
+    pos: torch.Tensor
 
 
 class HFBackend(Backend):
@@ -170,21 +185,61 @@ class HFBackend(Backend):
 
     # -- generation ------------------------------------------------------------------------
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+        results: dict[Hashable, GenResult] = {}
+
+        def collect(key: Hashable, result: GenResult) -> dict[Hashable, GenRequest]:
+            results[key] = result
+            return {}
+
+        self.serve(dict(enumerate(requests)), collect)
+        return [results[i] for i in range(len(requests))]
+
+    def serve(self, pending: dict[Hashable, GenRequest],
+              on_result: Callable[[Hashable, GenResult], dict[Hashable, GenRequest]]) -> None:
+        """Continuous batching: requests join the decode batch as others finish.
+
+        A finished request's follow-ups (``on_result``) wait until enough rows have finished
+        (a quarter of the batch) and then join together: their prompts are prefilled (mostly from
+        the cache: a follow-up extends the sequence just finished) and the batch cache is rebuilt
+        once with the unfinished rows and the new ones.
+        """
         self._check_weights()
-        # One seed per request from the global RNG, in request order: samples do not depend on batching.
+        was_training = self.model.training
+        self.model.eval()
+        self.stats.generate_calls += 1
+        waiting: deque[_Row] = deque()
+        self._enqueue(pending, waiting)
+        batch: _Batch | None = None
+        try:
+            with torch.inference_mode():
+                while True:
+                    alive = [r for r in batch.rows if not r.finish] if batch else []
+                    room = self.max_batch_size - len(alive)
+                    if waiting and room > 0 and len(waiting) >= max(1, ADMIT_FRACTION * len(alive)):
+                        new = [waiting.popleft() for _ in range(min(room, len(waiting)))]
+                        self._start(new, on_result, waiting)
+                        alive += [r for r in new if not r.finish]
+                        batch = self._rebuild(alive, batch) if alive else None
+                    elif batch and (not alive or len(batch.rows) - len(alive) >= COMPACT_FRACTION * len(batch.rows)):
+                        batch = self._rebuild(alive, batch) if alive else None
+                    if batch is None:
+                        if waiting:
+                            continue
+                        break
+                    self._step(batch, on_result, waiting)
+        finally:
+            if was_training:
+                self.model.train()
+
+    def _enqueue(self, requests: dict[Hashable, GenRequest], waiting: deque[_Row]) -> None:
+        """Encode requests and queue them; one seed per request from the global RNG, in order."""
+        if not requests:
+            return
         seeds = torch.randint(0, 2**62, (len(requests),)).tolist()
-        results: list[GenResult | None] = [None] * len(requests)
-        rows = [_Row(i, np.asarray(self.encode_prompt(req), dtype=np.int64),
-                     request_generator(seed if req.seed is None else req.seed), req.sampling, req.session)
-                for i, (req, seed) in enumerate(zip(requests, seeds, strict=True))]
-        # Requests with different sampling settings share a batch: decoding runs to the longest
-        # reply of the batch once, instead of once per settings group.
-        rows.sort(key=lambda r: len(r.prompt))
-        for start in range(0, len(rows), self.max_batch_size):
-            for row in self._generate_batch(rows[start:start + self.max_batch_size]):
-                results[row.index] = self._result(row)
+        for (key, req), seed in zip(requests.items(), seeds, strict=True):
+            waiting.append(_Row(key, np.asarray(self.encode_prompt(req), dtype=np.int64),
+                                request_generator(seed if req.seed is None else req.seed), req.sampling, req.session))
         self.stats.requests += len(requests)
-        return [r for r in results if r is not None]
 
     def _result(self, row: _Row) -> GenResult:
         self.stats.prompt_tokens += len(row.prompt)
@@ -193,22 +248,35 @@ class HFBackend(Backend):
         return GenResult(text=text, prompt_ids=row.prompt.tolist(), completion_ids=list(row.tokens),
                          logprobs=list(row.logprobs), finish_reason=row.finish)
 
-    @torch.inference_mode()
-    def _generate_batch(self, rows: list[_Row]) -> list[_Row]:
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            if self.store.enabled:
-                self._cache_shared([r.prompt for r in rows])
-                for r in rows:
-                    r.cached, r.cached_kv = self.store.lookup(r.prompt, len(r.prompt) - 1)
-            last_logits = self._prefill(rows)
-            self._decode(rows, last_logits)
-        finally:
-            if was_training:
-                self.model.train()
-        self.stats.generate_calls += 1
-        return rows
+    def _start(self, rows: list[_Row], on_result: Callable[[Hashable, GenResult], dict[Hashable, GenRequest]],
+               waiting: deque[_Row]) -> None:
+        """Prefill new rows (cached prefixes first) and sample their first token."""
+        if self.store.enabled:
+            self._cache_shared([r.prompt for r in rows])
+            for r in rows:
+                r.cached, r.cached_kv = self.store.lookup(r.prompt, len(r.prompt) - 1)
+        logits = self._prefill(rows)
+        self._sample(rows, logits, on_result, waiting, batch=None)
+
+    def _sample(self, rows: list[_Row], logits: torch.Tensor,
+                on_result: Callable[[Hashable, GenResult], dict[Hashable, GenRequest]], waiting: deque[_Row],
+                batch: _Batch | None) -> None:
+        """Sample the next token of every unfinished row; finish rows that end, queue their follow-ups."""
+        tokens, lps = sample_next(logits, [r.params.temperature for r in rows], [r.params.top_p for r in rows],
+                                  [r.generator for r in rows])
+        eos = set(self.eos_ids)
+        for b, (r, t, lp) in enumerate(zip(rows, tokens.tolist(), lps.tolist(), strict=True)):
+            if r.finish:
+                continue
+            r.tokens.append(t)
+            r.logprobs.append(lp)
+            if t in eos or (r.params.stop and self._hit_stop(r.tokens, r.params.stop)):
+                r.finish = "stop"
+            elif len(r.tokens) >= r.params.max_new_tokens:
+                r.finish = "length"
+            if r.finish:
+                self._keep(r, batch, b)
+                self._enqueue(on_result(r.key, self._result(r)), waiting)
 
     def _cache_shared(self, prompts: list[np.ndarray], depth: int = 0) -> None:
         """Compute and store prefixes shared by several prompts (shortest first, recursively)."""
@@ -286,63 +354,48 @@ class HFBackend(Backend):
         return out.logits[:, -1]
 
     # -- decode ----------------------------------------------------------------------------
-    def _decode(self, rows: list[_Row], logits: torch.Tensor) -> None:
-        """Sample every row to its end in one batch cache, dropping finished rows as they accumulate."""
+    def _rebuild(self, rows: list[_Row], old: _Batch | None) -> _Batch:
+        """A fresh batch cache holding ``rows`` (left-padded), sized for their remaining budgets.
+
+        Rows already decoding are copied from ``old``; new rows from their cached and prefilled
+        states. Finished rows of ``old`` are dropped.
+        """
         layers, kv_heads, head_dim = self.kv_shape
-        lengths = [len(r.prompt) for r in rows]
-        width = max(lengths)
-        budget = max(r.params.max_new_tokens for r in rows)
+        fed = [len(r.prompt) + len(r.tokens) - 1 for r in rows]  # the last sampled token is fed next step
+        width = max(fed)
+        budget = max(r.params.max_new_tokens - len(r.tokens) for r in rows) + 1
         kv = BatchKV.allocate(layers, len(rows), kv_heads, width + budget, head_dim, self.dtype, self.device)
         mask = torch.zeros((len(rows), width + budget), dtype=torch.long)
-        for b, r in enumerate(rows):
-            r.offset = width - len(r.prompt)
-            if r.cached_kv is not None:
-                kv.buf[:, :, b, :, r.offset: r.offset + r.cached] = r.cached_kv
-            kv.buf[:, :, b, :, r.offset + r.cached: width] = r.new_kv
-            mask[b, r.offset: width] = 1
-            r.cached_kv = r.new_kv = None  # the batch buffer holds them now
+        old_index = {id(r): b for b, r in enumerate(old.rows)} if old else {}
+        for b, (r, n) in enumerate(zip(rows, fed, strict=True)):
+            off = width - n
+            if id(r) in old_index:
+                assert old is not None
+                kv.buf[:, :, b, :, off:width] = old.kv.buf[:, :, old_index[id(r)], :, r.offset: old.kv.length]
+            else:
+                if r.cached_kv is not None:
+                    kv.buf[:, :, b, :, off: off + r.cached] = r.cached_kv
+                kv.buf[:, :, b, :, off + r.cached: width] = r.new_kv
+                r.cached_kv = r.new_kv = None  # the batch buffer holds them now
+            mask[b, off:width] = 1
+            r.offset = off
         kv.length = width
-        cache = kv.cache()
-        pos = torch.tensor(lengths, dtype=torch.long)
-        active = list(rows)
-        eos = set(self.eos_ids)
-        while True:
-            tokens, lps = sample_next(logits, [r.params.temperature for r in active], [r.params.top_p for r in active],
-                                      [r.generator for r in active])
-            finished = 0
-            for r, t, lp in zip(active, tokens.tolist(), lps.tolist(), strict=True):
-                if r.finish:
-                    finished += 1
-                    continue
-                r.tokens.append(t)
-                r.logprobs.append(lp)
-                if t in eos or (r.params.stop and self._hit_stop(r.tokens, r.params.stop)):
-                    r.finish = "stop"
-                elif len(r.tokens) >= r.params.max_new_tokens:
-                    r.finish = "length"
-                if r.finish:
-                    finished += 1
-                    self._keep(r, kv, active.index(r))
-            if finished == len(active):
-                break
-            if finished >= max(1, COMPACT_FRACTION * len(active)):
-                keep = [b for b, r in enumerate(active) if not r.finish]
-                start = min(active[b].offset for b in keep)
-                kv.select_rows(keep, start)
-                for b in keep:
-                    active[b].offset -= start
-                mask, pos, tokens = mask[keep, start:], pos[keep], tokens[keep]
-                active = [active[b] for b in keep]
-            step_ids = torch.tensor([[r.tokens[-1] if not r.finish else self.pad_id] for r in active])
-            mask[:, kv.length] = torch.tensor([0 if r.finish else 1 for r in active])
-            out = self.model(input_ids=step_ids.to(self.device), attention_mask=mask[:, : kv.length + 1].to(self.device),
-                             position_ids=pos[:, None].to(self.device), use_cache=True, logits_to_keep=1,
-                             **{self._cache_kwarg: cache})
-            kv.sync_length()
-            pos += 1
-            logits = out.logits[:, -1]
-            self.stats.forward_calls += 1
-            self.stats.decode_rows += len(active)
+        return _Batch(rows, kv, kv.cache(), mask, torch.tensor(fed, dtype=torch.long))
+
+    def _step(self, batch: _Batch, on_result: Callable[[Hashable, GenResult], dict[Hashable, GenRequest]],
+              waiting: deque[_Row]) -> None:
+        """One decode step: feed every row its last token (finished rows a masked pad), sample the next."""
+        kv = batch.kv
+        ids = torch.tensor([[r.tokens[-1] if not r.finish else self.pad_id] for r in batch.rows])
+        batch.mask[:, kv.length] = torch.tensor([0 if r.finish else 1 for r in batch.rows])
+        out = self.model(input_ids=ids.to(self.device), attention_mask=batch.mask[:, : kv.length + 1].to(self.device),
+                         position_ids=batch.pos[:, None].to(self.device), use_cache=True, logits_to_keep=1,
+                         **{self._cache_kwarg: batch.cache})
+        kv.sync_length()
+        batch.pos += 1
+        self.stats.forward_calls += 1
+        self.stats.decode_rows += len(batch.rows)
+        self._sample(batch.rows, out.logits[:, -1], on_result, waiting, batch)
 
     def _hit_stop(self, tokens: list[int], stop: tuple[str, ...]) -> bool:
         """Whether the newest token completes a stop string (checked on the tail, confirmed in full)."""
@@ -354,10 +407,13 @@ class HFBackend(Backend):
         prev = self.tokenizer.decode(tokens[:-1])
         return any(s in text and s not in prev for s in stop)
 
-    def _keep(self, row: _Row, kv: BatchKV, b: int) -> None:
+    def _keep(self, row: _Row, batch: _Batch | None, b: int) -> None:
         """Store a finished row's states (prompt + completion but its last token) for reuse."""
         if not self.store.enabled:
             return
-        states = kv.buf[:, :, b, :, row.offset: kv.length].clone()
+        if batch is None:  # finished on its first token: the states are those of the prompt
+            states = self._row_kv(row)
+        else:
+            states = batch.kv.buf[:, :, b, :, row.offset: batch.kv.length].clone()
         seq = np.concatenate([row.prompt, np.asarray(row.tokens[:-1], dtype=np.int64)])
         self.store.put(seq, states, row.session)

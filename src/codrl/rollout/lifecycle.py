@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Hashable, Sequence
 from dataclasses import dataclass
 
 from codrl.backends.base import Backend, GenRequest, GenResult, SamplingParams
@@ -140,49 +140,28 @@ def make_jobs(envs_and_packs: Sequence[tuple[CoDEnv, Pack]], cfg: RolloutConfig)
 class LifecycleRunner:
     """Plays many lifecycles concurrently, batching their model calls.
 
-    ``on_done`` is called with each finished lifecycle (e.g. to advance a progress bar).
+    Up to ``cfg.max_concurrent`` lifecycles are live at once; their requests go to
+    :meth:`Backend.serve`, which returns each result as soon as it is ready, so a lifecycle's next
+    request can start while others are still decoding (continuous batching in the transformers
+    backend; rounds of batched calls elsewhere). A finished lifecycle's KV cache is released at
+    once and the next job is admitted. ``on_done`` is called with each finished lifecycle (e.g. to
+    advance a progress bar).
     """
 
     def __init__(self, backend: Backend, cfg: RolloutConfig) -> None:
         self.backend = backend
         self.cfg = cfg
-        self.rounds = 0
+        self.served = 0  # model calls answered
 
     def run(self, jobs: Sequence[Job], on_done: Callable[[LifecycleResult], None] | None = None) -> list[LifecycleResult]:
         """Play every job; results come back in job order."""
         mode = "ralph" if self.cfg.ralph != "none" else self.cfg.mode
         results: list[LifecycleResult | None] = [None] * len(jobs)
-        active: dict[int, tuple[LifecycleGen, GenRequest]] = {}
+        live: dict[int, tuple[LifecycleGen, str | None]] = {}
         queue = list(range(len(jobs)))[::-1]
 
-        def admit() -> None:
-            while queue and len(active) < self.cfg.max_concurrent:
-                i = queue.pop()
-                job = jobs[i]
-                gen = play_lifecycle(job.env, job.pack, job.repeat, self.cfg,
-                                     mode="cod" if mode == "ralph" else mode)
-                self._advance(i, gen, None, active, results, on_done, mode)
-
-        admit()
-        while active:
-            ids = list(active)
-            outs = self.backend.generate([active[i][1] for i in ids])
-            if len(outs) != len(ids):
-                raise RuntimeError(f"backend returned {len(outs)} results for {len(ids)} requests")
-            self.rounds += 1
-            for i, out in zip(ids, outs):
-                gen, req = active.pop(i)
-                self._advance(i, gen, out, active, results, on_done, mode, req.session)
-            admit()
-        return [r for r in results if r is not None]
-
-    def _advance(self, i: int, gen: LifecycleGen, out: GenResult | None,
-                 active: dict[int, tuple[LifecycleGen, GenRequest]], results: list[LifecycleResult | None],
-                 on_done: Callable[[LifecycleResult], None] | None, mode: str, session: str | None = None) -> None:
-        try:
-            req = next(gen) if out is None else gen.send(out)
-            active[i] = (gen, req)
-        except StopIteration as stop:
+        def finish(i: int, stop: StopIteration) -> None:
+            session = live.pop(i)[1]
             if session is not None:
                 self.backend.release(session)  # the lifecycle is over: free its KV cache at once
             result: LifecycleResult = stop.value
@@ -190,3 +169,34 @@ class LifecycleRunner:
             results[i] = result
             if on_done is not None:
                 on_done(result)
+
+        def admit() -> dict[Hashable, GenRequest]:
+            started: dict[Hashable, GenRequest] = {}
+            while queue and len(live) < self.cfg.max_concurrent:
+                i = queue.pop()
+                job = jobs[i]
+                gen = play_lifecycle(job.env, job.pack, job.repeat, self.cfg, mode="cod" if mode == "ralph" else mode)
+                live[i] = (gen, None)
+                try:
+                    req = next(gen)
+                except StopIteration as stop:
+                    finish(i, stop)
+                    continue
+                live[i] = (gen, req.session)
+                started[i] = req
+            return started
+
+        def on_result(i: Hashable, out: GenResult) -> dict[Hashable, GenRequest]:
+            assert isinstance(i, int)
+            self.served += 1
+            gen = live[i][0]
+            try:
+                req = gen.send(out)
+            except StopIteration as stop:
+                finish(i, stop)
+                return admit()
+            live[i] = (gen, req.session)
+            return {i: req}
+
+        self.backend.serve(admit(), on_result)
+        return [r for r in results if r is not None]
