@@ -49,7 +49,7 @@ def _default_out(kind: str) -> Path:
 
 
 def make_backend(model: Optional[str], endpoint: Optional[str], endpoint_model: Optional[str] = None,
-                 batch_size: int = 32, device: str = "cpu") -> Any:
+                 batch_size: int = 32, device: str = "cpu", kv_cache_mb: float = 1024) -> Any:
     """Build the generation backend the CLI options ask for."""
     if endpoint:
         from codrl.backends.openai_backend import OpenAIBackend
@@ -57,7 +57,7 @@ def make_backend(model: Optional[str], endpoint: Optional[str], endpoint_model: 
         return OpenAIBackend(endpoint, model=endpoint_model)
     from codrl.backends.hf import HFBackend
 
-    return HFBackend.from_pretrained(model, device=device, max_batch_size=batch_size)
+    return HFBackend.from_pretrained(model, device=device, max_batch_size=batch_size, kv_cache_mb=kv_cache_mb)
 
 
 @app.command("eval")
@@ -80,6 +80,8 @@ def eval_cmd(
     seed: int = typer.Option(0, help="Seed of the packs and of sampling."),
     batch_size: int = typer.Option(32, help="Max requests per batched model call."),
     device: str = typer.Option("cpu", help="Torch device of a local model."),
+    kv_cache_mb: float = typer.Option(1024, "--kv-cache-mb", help="Memory (MiB) a local model keeps for reusing the "
+                                      "KV cache of prompt prefixes it has seen; 0 prefills every prompt in full."),
     config: Optional[Path] = typer.Option(None, help="YAML EvalConfig; command-line options given explicitly "
                                           "are ignored in favour of the file."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default runs/eval-<time>)."),
@@ -108,7 +110,9 @@ def eval_cmd(
     from codrl.eval.runner import build_env
 
     build_env(cfg.env, cfg.env_params)  # bad environment parameters fail before any model loads
-    backend = make_backend(model, endpoint, endpoint_model, batch_size, device)
+    if kv_cache_mb < 0:
+        raise CodrlError(f"--kv-cache-mb must be >= 0, got {kv_cache_mb}")
+    backend = make_backend(model, endpoint, endpoint_model, batch_size, device, kv_cache_mb)
     out_dir = out or _default_out("eval")
     evaluate(backend, cfg, out_dir, meta={"model": endpoint or model or "embedded"})
 

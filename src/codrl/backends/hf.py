@@ -391,7 +391,7 @@ class HFBackend(Backend):
         out = self.model(input_ids=ids.to(self.device), attention_mask=batch.mask[:, : kv.length + 1].to(self.device),
                          position_ids=batch.pos[:, None].to(self.device), use_cache=True, logits_to_keep=1,
                          **{self._cache_kwarg: batch.cache})
-        kv.sync_length()
+        kv.sync_length(batch.cache)
         batch.pos += 1
         self.stats.forward_calls += 1
         self.stats.decode_rows += len(batch.rows)

@@ -22,7 +22,7 @@ in place (transformers' default cache concatenates, copying the whole cache ever
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -190,21 +190,19 @@ class _BufferLayer(DynamicLayer):
     def get_seq_length(self) -> int:
         return self.length
 
-    def batch_select_indices(self, indices: torch.Tensor) -> None:  # the owner reindexes its buffer
-        self._views()
-
 
 @dataclass
 class BatchKV:
     """Preallocated key/value states of a batch: ``buf`` is [layers, 2, batch, kv_heads, capacity, head_dim].
 
     Columns ``[0, length)`` are filled; each row's own tokens are a contiguous or masked subset of
-    them (rows are left-padded). :meth:`cache` wraps the buffer for a transformers forward pass.
+    them (rows are left-padded). :meth:`cache` wraps the buffer for transformers forward passes.
+    The layers point to this object and not the other way round: no reference cycle keeps a
+    finished batch's buffer alive until the garbage collector runs.
     """
 
     buf: torch.Tensor
     length: int = 0
-    layers: list[_BufferLayer] = field(default_factory=list)
 
     @classmethod
     def allocate(cls, n_layers: int, batch: int, kv_heads: int, capacity: int, head_dim: int,
@@ -213,26 +211,15 @@ class BatchKV:
         return cls(buf)
 
     def cache(self) -> DynamicCache:
-        """A transformers cache whose layers write into this buffer (set ``length`` first)."""
+        """A transformers cache whose layers write into this buffer from column ``length`` on."""
         cache = DynamicCache()
-        self.layers = [_BufferLayer(self, i) for i in range(self.buf.shape[0])]
-        cache.layers = list(self.layers)
+        cache.layers = [_BufferLayer(self, i) for i in range(self.buf.shape[0])]
         cache.layer_class_to_replicate = None
         return cache
 
-    def sync_length(self) -> None:
-        """Take the filled length from the layers after a forward pass."""
-        if self.layers:
-            self.length = self.layers[0].length
-
-    def select_rows(self, keep: list[int], start: int = 0) -> None:
-        """Keep only rows ``keep`` and columns from ``start`` on (drops finished sequences and the
-        padding no remaining row needs)."""
-        self.buf = self.buf[:, :, keep, :, start:].contiguous()
-        self.length -= start
-        for layer in self.layers:
-            layer.length = self.length
-            layer._views()
+    def sync_length(self, cache: DynamicCache) -> None:
+        """Take the filled length from ``cache``'s layers after a forward pass."""
+        self.length = cache.layers[0].length
 
 
 def model_kv_shape(model: Any) -> tuple[int, int, int]:
