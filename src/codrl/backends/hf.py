@@ -255,6 +255,7 @@ class HFBackend(Backend):
             self._cache_shared([r.prompt for r in rows])
             for r in rows:
                 r.cached, r.cached_kv = self.store.lookup(r.prompt, len(r.prompt) - 1)
+            self.stats.cached_tokens += sum(r.cached for r in rows)
         logits = self._prefill(rows)
         self._sample(rows, logits, on_result, waiting, batch=None)
 
@@ -350,7 +351,6 @@ class HFBackend(Backend):
         self.stats.forward_calls += 1
         self.stats.prefill_tokens += int(sum(len(r.prompt) - r.cached for r in rows))
         self.stats.prefill_slots += len(rows) * n
-        self.stats.cached_tokens += int(sum(r.cached for r in rows))
         return out.logits[:, -1]
 
     # -- decode ----------------------------------------------------------------------------

@@ -10,9 +10,10 @@ finish its task, and the model sees large batches.
 from __future__ import annotations
 
 import uuid
-
 from collections.abc import Callable, Generator, Hashable, Sequence
 from dataclasses import dataclass
+
+import torch
 
 from codrl.backends.base import Backend, GenRequest, GenResult, SamplingParams
 from codrl.envs.base import CoDEnv, Pack, expand_ralph, ralph_pack
@@ -53,14 +54,24 @@ def hint_reward(hints: str | None, n_tokens: int, cfg: RolloutConfig) -> tuple[f
 
 
 def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mode: str = "cod",
-                   session: str | None = None) -> LifecycleGen:
+                   session: str | None = None, seed: int | None = None) -> LifecycleGen:
     """Play one pass through ``pack``: solve task 0 -> update hints -> solve task 1 -> ...
 
     Yields generation requests and returns the finished :class:`LifecycleResult`. In ``nohint``
     mode the update-context step is skipped and every task is solved with no hints. Every request
     carries ``session`` (default: a fresh id), so an engine can keep this lifecycle's KV cache
-    between its calls; whoever drives the generator releases it at the end.
+    between its calls; whoever drives the generator releases it at the end. With ``seed``, the
+    lifecycle's n-th request samples from stream ``seed + n * 7919``: what a lifecycle samples then
+    depends on nothing but its seed (not on batching, concurrency or the order results come back).
     """
+    calls = 0
+
+    def request(messages: list[dict[str, str]], params: SamplingParams, prefix: str) -> GenRequest:
+        nonlocal calls
+        calls += 1
+        req_seed = None if seed is None else (seed + (calls - 1) * 7919) % 2**62
+        return GenRequest(messages, params, prefix, session=session, seed=req_seed)
+
     session = session or f"{pack.pack_id}/{repeat}/{uuid.uuid4().hex[:12]}"
     prefix = env.reply_prefix if cfg.use_reply_prefix else ""
     solve_params = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens_solve, tuple(env.stop_strings))
@@ -80,7 +91,7 @@ def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mod
         solve_exps: list[Experience] = []
         env_reward, feedback, all_valid, longest, total = 0.0, "", True, 0, 0
         for turn in range(cfg.max_turns_cap):
-            res = yield GenRequest(messages, solve_params, prefix, session=session)
+            res = yield request(messages, solve_params, prefix)
             reply = prefix + res.text
             step = episode.step(reply)
             exp = _experience(pack, repeat, "solve", k, turn, res)
@@ -107,7 +118,7 @@ def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mod
         episodes.append(record)
         if mode == "cod" and k < last:
             msgs = update_messages(env.system_prompt, hints, first_obs, turns, env_reward, feedback)
-            res = yield GenRequest(msgs, update_params, cfg.update_reply_prefix, session=session)
+            res = yield request(msgs, update_params, cfg.update_reply_prefix)
             parsed = parse_hints(cfg.update_reply_prefix + res.text)
             n_tok = len(res.completion_ids) if res.token_exact else len(res.text.split())
             own, valid = hint_reward(parsed, n_tok, cfg)
@@ -159,6 +170,7 @@ class LifecycleRunner:
         results: list[LifecycleResult | None] = [None] * len(jobs)
         live: dict[int, tuple[LifecycleGen, str | None]] = {}
         queue = list(range(len(jobs)))[::-1]
+        seeds = torch.randint(0, 2**62, (len(jobs),)).tolist()  # one per job, in job order
 
         def finish(i: int, stop: StopIteration) -> None:
             session = live.pop(i)[1]
@@ -175,7 +187,8 @@ class LifecycleRunner:
             while queue and len(live) < self.cfg.max_concurrent:
                 i = queue.pop()
                 job = jobs[i]
-                gen = play_lifecycle(job.env, job.pack, job.repeat, self.cfg, mode="cod" if mode == "ralph" else mode)
+                gen = play_lifecycle(job.env, job.pack, job.repeat, self.cfg, mode="cod" if mode == "ralph" else mode,
+                                     seed=seeds[i])
                 live[i] = (gen, None)
                 try:
                     req = next(gen)
