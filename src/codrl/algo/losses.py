@@ -46,13 +46,39 @@ class PolicyLossConfig(BaseModel):
     kl_estimator: KLEstimator = "k3"
 
 
+def selective_log_softmax(logits: Tensor, targets: Tensor, temperature: float = 1.0) -> Tensor:
+    """``log_softmax(logits / temperature)[target]`` without a full log-softmax tensor.
+
+    ``logits`` is ``[..., V]``, ``targets`` ``[...]`` (token ids); the result has the shape of
+    ``targets``, float32, differentiable w.r.t. ``logits``. Computed as
+    ``logit[target] / temperature - logsumexp(logits / temperature)``: the only vocabulary-sized
+    temporaries are the float32 (scaled) logits, which the caller keeps small by passing a
+    chunk of positions at a time.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    scaled = logits.float()
+    if temperature != 1.0:
+        scaled = scaled / temperature
+    picked = scaled.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(scaled, dim=-1)
+
+
+@torch.no_grad()
+def token_entropy(logits: Tensor) -> Tensor:
+    """Entropy ``-sum_v p(v) log p(v)`` of each ``[..., V]`` row of logits, float32, no gradient."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
 def token_logprobs(logits: Tensor, input_ids: Tensor, temperature: float = 1.0) -> Tensor:
     """Log-probability of every next token: ``out[b, t] = log p(input_ids[b, t+1] | ids[b, :t+1])``.
 
     ``logits`` is ``[B, T, V]`` (or ``[T, V]``), ``input_ids`` ``[B, T]`` (or ``[T]``); the result
-    is ``[B, T-1]`` (or ``[T-1]``), float32, differentiable w.r.t. ``logits``. Computed as
-    ``logit[target] / temperature - logsumexp(logits / temperature)`` one sequence at a time, so
-    the only vocabulary-sized temporaries are one sequence's float32 copy of the logits.
+    is ``[B, T-1]`` (or ``[T-1]``), float32, differentiable w.r.t. ``logits``. Computed with
+    :func:`selective_log_softmax` one sequence at a time, so the only vocabulary-sized
+    temporaries are one sequence's float32 copy of the logits. The trainer does not call this on
+    full logits: :func:`codrl.train.scoring.score_tokens` scores from hidden states, chunk by chunk.
     To mask it, drop the first column of a ``[B, T]`` loss mask (``loss_mask[:, 1:]``).
     """
     if temperature <= 0:
@@ -61,13 +87,8 @@ def token_logprobs(logits: Tensor, input_ids: Tensor, temperature: float = 1.0) 
         return token_logprobs(logits.unsqueeze(0), input_ids.unsqueeze(0), temperature)[0]
     if logits.shape[:2] != input_ids.shape:
         raise ValueError(f"logits {tuple(logits.shape)} do not match ids {tuple(input_ids.shape)}")
-    rows = []
-    for row_logits, row_ids in zip(logits[:, :-1], input_ids[:, 1:], strict=True):
-        scaled = row_logits.float()
-        if temperature != 1.0:
-            scaled = scaled / temperature
-        picked = scaled.gather(-1, row_ids.unsqueeze(-1)).squeeze(-1)
-        rows.append(picked - torch.logsumexp(scaled, dim=-1))
+    rows = [selective_log_softmax(row_logits, row_ids, temperature)
+            for row_logits, row_ids in zip(logits[:, :-1], input_ids[:, 1:], strict=True)]
     if not rows:
         return logits.new_zeros((0, max(logits.shape[1] - 1, 0)), dtype=torch.float32)
     return torch.stack(rows)
@@ -187,10 +208,9 @@ def entropy_from_logits(logits: Tensor, mask: Tensor) -> Tensor:
     total = torch.zeros((), dtype=torch.float32, device=logits.device)
     count = 0
     for row_logits, row_mask in zip(logits, mask.bool(), strict=True):
-        selected = row_logits[row_mask].float()
+        selected = row_logits[row_mask]
         if selected.numel() == 0:
             continue
-        logp = torch.log_softmax(selected, dim=-1)
-        total += -(logp.exp() * logp).sum()
+        total += token_entropy(selected).sum()
         count += selected.shape[0]
     return total / max(count, 1)

@@ -47,6 +47,8 @@ class ModelConfig(BaseModel):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = "cpu"
     gradient_checkpointing: bool = False
+    kv_cache_mb: float = Field(1024, ge=0, description="memory (MiB) the rollout engine keeps to reuse the KV cache "
+                               "of prompt prefixes it has seen; 0 prefills every prompt in full")
 
 
 class OptimConfig(BaseModel):

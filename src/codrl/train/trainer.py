@@ -7,7 +7,9 @@ One step, top to bottom (:meth:`Trainer.step`):
 2. compute every episode's advantage (reward-to-go against the group baseline, method.md);
 3. split the experiences into ``updates_per_step`` mini-batches; each is cut into micro-batches
    by a token budget and its gradients are accumulated, normalised by the mini-batch's total
-   number of trained tokens (token-mean), then clipped and applied with AdamW.
+   number of trained tokens (token-mean), then clipped and applied with AdamW. Sampled tokens are
+   scored from the model's hidden states chunk by chunk (:mod:`codrl.train.scoring`), so no
+   full-vocabulary logits of a micro-batch are kept for backward.
 
 The rollout backend holds the very model being trained, so the next step samples from the new
 weights with no copy. Old logprobs come from the rollout when that is the trained policy.
@@ -29,7 +31,7 @@ import torch
 from rich.console import Console
 
 from codrl.algo.advantages import compute_advantages
-from codrl.algo.losses import entropy_from_logits, policy_loss, token_logprobs
+from codrl.algo.losses import masked_mean, policy_loss
 from codrl.backends.hf import HFBackend
 from codrl.config import dump_yaml
 from codrl.envs import CoDEnv
@@ -40,6 +42,8 @@ from codrl.rollout.experience import Experience, LifecycleResult
 from codrl.rollout.lifecycle import LifecycleRunner, make_jobs
 from codrl.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from codrl.train.config import TrainConfig
+from codrl.train.memory import large_frees_to_os
+from codrl.train.scoring import TokenScores, score_tokens
 
 
 def _seed_all(seed: int) -> None:
@@ -52,7 +56,7 @@ def build_policy(cfg: TrainConfig) -> HFBackend:
     """Load the model of ``cfg.model`` (with LoRA adapters when configured) as a backend."""
     backend = HFBackend.from_pretrained(None if cfg.model.path == "embedded" else cfg.model.path,
                                         device=cfg.model.device, dtype=cfg.model.dtype,
-                                        max_batch_size=cfg.generation_batch_size)
+                                        max_batch_size=cfg.generation_batch_size, kv_cache_mb=cfg.model.kv_cache_mb)
     model = backend.model
     if cfg.model.lora is not None:
         from peft import LoraConfig, get_peft_model
@@ -223,17 +227,26 @@ class Trainer:
             return mode == "rollout"
         return self.backend.token_exact and self.backend.model is self.model
 
-    def _forward(self, batch: dict[str, torch.Tensor], ref: bool = False) -> torch.Tensor:
-        """Logits of the policy, or of the reference (base model, adapters off, no grad)."""
+    def _score(self, batch: dict[str, torch.Tensor], temperature: float, ref: bool = False,
+               with_entropy: bool = False) -> TokenScores:
+        """Logprobs of the batch's trained tokens under the policy, or under the reference (base
+        model, adapters off, no grad). Scored from hidden states chunk by chunk (no [B, T, V]
+        logits kept); positions outside ``batch["mask"]`` get 0."""
         ctx = contextlib.ExitStack()
         if ref:
             ctx.enter_context(torch.no_grad())
             ctx.enter_context(self.model.disable_adapter())
         with ctx:
-            return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            return score_tokens(self.model, batch["input_ids"], batch["attention_mask"], batch["mask"],
+                                temperature, with_entropy=with_entropy)
 
     def update(self, exps: list[Experience]) -> dict[str, float]:
         """Policy-gradient update on advantage-scored experiences; returns averaged metrics."""
+        with large_frees_to_os():  # else freed activations stay resident (codrl.train.memory)
+            return self._update(exps)
+
+    def _update(self, exps: list[Experience]) -> dict[str, float]:
+        """The update proper: mini-batches of micro-batches, token-mean loss, clip, AdamW step."""
         cfg = self.cfg
         exps = [e for e in exps if e.completion_ids and e.token_exact]
         if not exps:
@@ -261,21 +274,19 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             for mb in micro_batches(mini, cfg.micro_batch_tokens):
                 batch = _collate(mb, pad, device)
-                logits = self._forward(batch)
-                lp = token_logprobs(logits, batch["input_ids"], temperature=temp)
-                ref_lp = None
-                if use_kl:
-                    ref_lp = token_logprobs(self._forward(batch, ref=True), batch["input_ids"], temperature=temp)
-                loss, m = policy_loss(lp, batch["old_logprobs"], batch["advantages"], batch["mask"], cfg.loss,
-                                      num_tokens=n_tokens, ref_logprobs=ref_lp)
+                ref_lp = self._score(batch, temp, ref=True).logprobs if use_kl else None
+                scores = self._score(batch, temp, with_entropy=True)
+                loss, m = policy_loss(scores.logprobs, batch["old_logprobs"], batch["advantages"], batch["mask"],
+                                      cfg.loss, num_tokens=n_tokens, ref_logprobs=ref_lp)
                 loss.backward()
-                m["entropy"] = float(entropy_from_logits(logits[:, :-1].detach(), batch["mask"]))
+                if scores.entropy is not None:
+                    m["entropy"] = float(masked_mean(scores.entropy, batch["mask"]))
                 w = float(batch["mask"].sum()) / n_tokens
                 for k, v in m.items():
                     if k != "num_tokens":
                         sums[k] = sums.get(k, 0.0) + w * float(v)
                 sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
-                del logits, lp, loss
+                del scores, ref_lp, loss
             gn = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.optim.grad_clip)
             for g in self.optimizer.param_groups:
                 g["lr"] = self._lr_at(self.step_idx)
@@ -291,7 +302,7 @@ class Trainer:
         self.model.eval()
         for mb in micro_batches(seqs, self.cfg.micro_batch_tokens):
             batch = _collate(mb, pad, device)
-            lp = token_logprobs(self._forward(batch), batch["input_ids"], temperature=temp).cpu()
+            lp = self._score(batch, temp).logprobs.cpu()  # 0 at untrained positions, which are never used
             for r, e in enumerate(mb):
                 e.old_logprobs = [0.0] + lp[r, : e.num_tokens - 1].tolist()
 
