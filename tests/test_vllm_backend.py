@@ -60,6 +60,19 @@ def test_missing_vllm_fails_before_loading_a_model(monkeypatch: pytest.MonkeyPat
     _assert_one_line(err, "vLLM backend needs the `vllm` package: pip install 'codrl[vllm]'")
 
 
+def test_training_config_selects_vllm_and_fails_clearly_without_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from codrl.train.config import TrainConfig
+    from codrl.train.trainer import build_vllm
+
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    cfg = TrainConfig.model_validate({"envs": [{"name": "frozenlake"}], "model": {"engine": "vllm",
+                                                                                   "path": "some/model"}})
+    assert cfg.model.engine == "vllm"
+    with pytest.raises(CodrlError) as err:
+        build_vllm(cfg, tokenizer=object())
+    _assert_one_line(err, "vLLM backend needs the `vllm` package: pip install 'codrl[vllm]'")
+
+
 def test_broken_vllm_install_names_the_cause(monkeypatch: pytest.MonkeyPatch) -> None:
     def failing_import(name: str) -> object:
         raise ImportError("libcudart.so.12: cannot open shared object file\nmore detail", name="vllm._C")

@@ -47,6 +47,11 @@ class ModelConfig(BaseModel):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = "cpu"
     gradient_checkpointing: bool = False
+    engine: Literal["hf", "vllm"] = Field("hf", description="rollout engine: 'hf' (the trained model itself, "
+                                          "in-process) or 'vllm' (a vLLM copy refreshed after every update; GPU, "
+                                          "pip install 'codrl[vllm]')")
+    vllm: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments of the vLLM engine "
+                                 "(e.g. gpu_memory_utilization, max_model_len); see docs/vllm.md")
     kv_cache_mb: float = Field(1024, ge=0, description="memory (MiB) the rollout engine keeps to reuse the KV cache "
                                "of prompt prefixes it has seen; 0 prefills every prompt in full")
 

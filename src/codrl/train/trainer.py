@@ -32,6 +32,7 @@ from rich.console import Console
 
 from codrl.algo.advantages import compute_advantages
 from codrl.algo.losses import masked_mean, policy_loss
+from codrl.backends.base import Backend
 from codrl.backends.hf import HFBackend
 from codrl.config import dump_yaml
 from codrl.envs import CoDEnv
@@ -50,6 +51,20 @@ def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def build_vllm(cfg: TrainConfig, tokenizer: Any) -> Backend:
+    """The vLLM rollout engine of ``cfg`` (``model.engine: vllm``), serving the base weights and,
+    with LoRA, the adapter sent by each sync."""
+    from codrl.backends.embedded import resolve_model_path
+    from codrl.backends.vllm_backend import VLLMBackend
+
+    lora = cfg.model.lora
+    kwargs: dict[str, Any] = {"dtype": cfg.model.dtype, "seed": cfg.seed, "enable_lora": lora is not None}
+    if lora is not None:
+        kwargs["max_lora_rank"] = max(lora.r, 8)
+    return VLLMBackend(resolve_model_path(None if cfg.model.path == "embedded" else cfg.model.path), tokenizer,
+                       **{**kwargs, **cfg.model.vllm})
 
 
 def build_policy(cfg: TrainConfig) -> HFBackend:
@@ -193,7 +208,9 @@ class Trainer:
             raise ValueError("the model has no trainable parameters")
         self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.optim.lr, betas=cfg.optim.betas,
                                            weight_decay=cfg.optim.weight_decay)
-        self.runner = LifecycleRunner(self.backend, cfg.rollout)
+        #: Plays rollouts and evaluations: the trained model itself, or a vLLM copy synced after updates.
+        self.rollout_backend: Backend = self.backend if cfg.model.engine == "hf" else build_vllm(cfg, self.tokenizer)
+        self.runner = LifecycleRunner(self.rollout_backend, cfg.rollout)
         self.step_idx = 0
         self.history: list[dict[str, Any]] = []
         self.evals: dict[str, dict[int, Summary]] = {}  # env name -> step -> summary
@@ -217,6 +234,11 @@ class Trainer:
         torch.manual_seed(self.cfg.seed * 1_000_003 + step)
         return self.runner.run(make_jobs(self.packs_for_step(step), self.cfg.rollout))
 
+    def _sync_rollout_engine(self) -> None:
+        """Send the current weights to a separate rollout engine (vLLM); the in-process one shares them."""
+        if self.rollout_backend is not self.backend:
+            self.rollout_backend.sync_weights(self.model)  # type: ignore[attr-defined]
+
     def _lr_at(self, step: int) -> float:
         w = self.cfg.optim.warmup_steps
         return self.cfg.optim.lr * (min(1.0, (step + 1) / w) if w else 1.0)
@@ -225,7 +247,7 @@ class Trainer:
         mode = self.cfg.old_logprobs
         if mode != "auto":
             return mode == "rollout"
-        return self.backend.token_exact and self.backend.model is self.model
+        return self.rollout_backend is self.backend and self.backend.token_exact
 
     def _score(self, batch: dict[str, torch.Tensor], temperature: float, ref: bool = False,
                with_entropy: bool = False) -> TokenScores:
@@ -314,6 +336,7 @@ class Trainer:
         exps = [e for r in results for e in r.experiences]
         adv_metrics = compute_advantages(exps, self.cfg.advantage)
         upd = self.update(exps)
+        self._sync_rollout_engine()
         t2 = time.time()
         by_env = {name: [r for r in results if r.env == name] for name in sorted({r.env for r in results})}
         metrics: dict[str, Any] = {
@@ -346,7 +369,7 @@ class Trainer:
         single = len(self.eval_envs) == 1
         for env in self.eval_envs:
             torch.manual_seed(self.cfg.seed + 17)
-            results = play(self.backend, env, ev.split, ev.packs, self.cfg.seed + 1, rcfg, f"eval {env.name} {tag}",
+            results = play(self.rollout_backend, env, ev.split, ev.packs, self.cfg.seed + 1, rcfg, f"eval {env.name} {tag}",
                            self.console, self.cfg.log.progress)
             folder = self.out / "eval" / tag if single else self.out / "eval" / tag / env.name
             summary = write_report(results, folder, title=f"{env.name} / {ev.split} at {tag}",
@@ -405,6 +428,7 @@ class Trainer:
         state = load_checkpoint(path, self.model, self.optimizer)
         self.step_idx = int(state["step"])
         self.history = list(state.get("history", []))
+        self._sync_rollout_engine()
         self.console.print(f"resumed from {path} (step {self.step_idx})")
         return True
 
