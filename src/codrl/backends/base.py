@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from typing import Any
 
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
 
@@ -112,6 +113,20 @@ class Backend(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (servers, GPU memory)."""
+
+
+def end_of_sequence_ids(tokenizer: Any, generation_eos: int | list[int] | None) -> list[int]:
+    """End-of-sequence ids of a model: the tokenizer's and its generation config's (either may be unset)."""
+    eos: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        eos.add(int(tokenizer.eos_token_id))
+    if isinstance(generation_eos, int):
+        eos.add(generation_eos)
+    elif generation_eos:
+        eos.update(int(e) for e in generation_eos)
+    if not eos:
+        raise ValueError("tokenizer has no end-of-sequence token")
+    return sorted(eos)
 
 
 def cut_at_stop(text: str, stop: tuple[str, ...]) -> str | None:

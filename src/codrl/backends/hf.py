@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from codrl.backends.base import Backend, GenRequest, GenResult, SamplingParams
+from codrl.backends.base import Backend, GenRequest, GenResult, SamplingParams, end_of_sequence_ids
 from codrl.backends.kv_cache import BatchKV, PrefixStore, model_kv_shape, shared_prefixes
 from codrl.backends.sampling import request_generator, sample_next
 from codrl.errors import CodrlError
@@ -105,17 +105,8 @@ class HFBackend(Backend):
         self.prefill_tokens = prefill_tokens
         self.store = PrefixStore(int(kv_cache_mb * 2**20))
         self._weights_key: int | None = None
-        eos: set[int] = set()
-        if tokenizer.eos_token_id is not None:
-            eos.add(int(tokenizer.eos_token_id))
-        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        if isinstance(gen_eos, int):
-            eos.add(gen_eos)
-        elif gen_eos:
-            eos.update(int(e) for e in gen_eos)
-        if not eos:
-            raise ValueError("tokenizer has no end-of-sequence token")
-        self.eos_ids = sorted(eos)
+        self.eos_ids = end_of_sequence_ids(
+            tokenizer, getattr(getattr(model, "generation_config", None), "eos_token_id", None))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
         cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         if "sliding_attention" in (getattr(cfg, "layer_types", None) or []):

@@ -59,7 +59,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from codrl.backends.base import Backend, GenRequest, GenResult, SamplingParams
+from codrl.backends.base import Backend, GenRequest, GenResult, SamplingParams, end_of_sequence_ids
 from codrl.errors import CodrlError
 
 __all__ = [
@@ -393,22 +393,13 @@ class VLLMBackend(Backend):
     @staticmethod
     def _eos_ids(tokenizer: Any, model_path: str) -> list[int]:
         """End-of-sequence ids, as the transformers backend collects them (tokenizer + generation config)."""
-        eos: set[int] = set()
-        if tokenizer.eos_token_id is not None:
-            eos.add(int(tokenizer.eos_token_id))
         try:
             from transformers import GenerationConfig
 
             gen_eos = GenerationConfig.from_pretrained(model_path).eos_token_id
         except (OSError, ValueError):
             gen_eos = None
-        if isinstance(gen_eos, int):
-            eos.add(gen_eos)
-        elif gen_eos:
-            eos.update(int(e) for e in gen_eos)
-        if not eos:
-            raise ValueError("tokenizer has no end-of-sequence token")
-        return sorted(eos)
+        return end_of_sequence_ids(tokenizer, gen_eos)
 
     # -- prompts ---------------------------------------------------------------------------
     def encode_prompt(self, request: GenRequest) -> list[int]:
