@@ -202,9 +202,24 @@ def test_lifecycle_samples_do_not_depend_on_concurrency(tiny):
 
 
 # -- the embedded model on real lifecycles (slow) ------------------------------------------------
+def _teacher_forced(model, exp, temperature: float) -> np.ndarray:
+    ids = torch.tensor([exp.prompt_ids + exp.completion_ids])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, len(exp.prompt_ids) - 1: -1].float()
+    scale = temperature if temperature > 0 else 1.0
+    return torch.log_softmax(logits / scale, -1).gather(1, torch.tensor(exp.completion_ids)[:, None]).squeeze(1).numpy()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_embedded_frozenlake_lifecycles_are_exact(embedded_backend, temperature):
+    """Reuse on vs off on real lifecycles; every sampled token's logprob vs a teacher-forced pass.
+
+    fp32 logits of differently shaped batches differ at the 1e-6 level, so a sampled token can
+    flip where its uniform draw lies within about 1e-5 of a CDF boundary (a few per 100,000
+    tokens); from there that lifecycle legitimately diverges. Greedy runs must match exactly;
+    sampled runs must match up to such a flip (in at most one of the four lifecycles).
+    """
     env = make_env("frozenlake", min_size=4, max_size=4, max_env_steps=3, max_agent_steps=3)
     cfg = RolloutConfig(pack_size=2, repeats=2, temperature=temperature, max_new_tokens_solve=16,
                         max_new_tokens_update=32)
@@ -217,34 +232,18 @@ def test_embedded_frozenlake_lifecycles_are_exact(embedded_backend, temperature)
         runs[name] = (backend, LifecycleRunner(backend, cfg).run(jobs))
     cached, plain = runs["cached"], runs["plain"]
     assert cached[0].stats.prefill_tokens < 0.5 * plain[0].stats.prefill_tokens
+    diverged = 0
     for ra, rb in zip(cached[1], plain[1], strict=True):
-        for a, b in zip(ra.experiences, rb.experiences, strict=True):
-            assert a.prompt_ids == b.prompt_ids and a.completion_ids == b.completion_ids and a.text == b.text
-            np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-4)
-        assert [e.reward for e in ra.episodes] == [e.reward for e in rb.episodes]
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cuda_cached_equals_uncached(tiny, dtype):
-    """The same engine on a GPU: reuse changes nothing (bf16 compared at bf16 precision)."""
-    import copy
-
-    model, tok = tiny
-    model = copy.deepcopy(model).to("cuda", dtype)
-    params = SamplingParams(temperature=1.0, max_new_tokens=12)
-    first = [GenRequest(m, params, session=f"s{i}", seed=i) for i, m in enumerate(_chats(6))]
-    cached, plain = HFBackend(model, tok), HFBackend(model, tok, kv_cache_mb=0)
-    a1, b1 = cached.generate(first), plain.generate(first)
-    second = [GenRequest(r.messages + [{"role": "assistant", "content": o.text}, {"role": "user", "content": "b=2"}],
-                         params, session=r.session, seed=10 + i) for i, (r, o) in enumerate(zip(first, a1, strict=True))]
-    a2, b2 = cached.generate(second), plain.generate(second)
-    assert cached.stats.cached_tokens > 0
-    tol = 1e-4 if dtype == torch.float32 else 5e-2
-    same = 0
-    for a, b in zip(a1 + a2, b1 + b2, strict=True):
-        if a.completion_ids == b.completion_ids:
-            same += 1
-            np.testing.assert_allclose(a.logprobs, b.logprobs, atol=tol)
-    assert same == len(a1 + a2) if dtype == torch.float32 else same >= len(a1 + a2) // 2
+        for a in ra.experiences:  # token-exact: logprobs are those of a plain forward pass
+            np.testing.assert_allclose(a.logprobs, _teacher_forced(model, a, temperature), atol=1e-4)
+        for a, b in zip(ra.experiences, rb.experiences, strict=False):
+            assert a.prompt_ids == b.prompt_ids
+            n = common_prefix(np.array(a.completion_ids), np.array(b.completion_ids))
+            np.testing.assert_allclose(a.logprobs[:n], b.logprobs[:n], atol=1e-4)
+            if n < max(len(a.completion_ids), len(b.completion_ids)):
+                diverged += 1
+                break
+        else:
+            assert len(ra.experiences) == len(rb.experiences)
+            assert [e.reward for e in ra.episodes] == [e.reward for e in rb.episodes]
+    assert diverged == 0 if temperature == 0 else diverged <= 1
