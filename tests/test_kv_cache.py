@@ -247,3 +247,29 @@ def test_embedded_frozenlake_lifecycles_are_exact(embedded_backend, temperature)
             assert len(ra.experiences) == len(rb.experiences)
             assert [e.reward for e in ra.episodes] == [e.reward for e in rb.episodes]
     assert diverged == 0 if temperature == 0 else diverged <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_cached_equals_uncached(tiny, dtype):
+    """The same engine on a GPU: reuse changes nothing (bf16 compared at bf16 precision)."""
+    import copy
+
+    model, tok = tiny
+    model = copy.deepcopy(model).to("cuda", dtype)
+    params = SamplingParams(temperature=1.0, max_new_tokens=12)
+    first = [GenRequest(m, params, session=f"s{i}", seed=i) for i, m in enumerate(_chats(6))]
+    cached, plain = HFBackend(model, tok), HFBackend(model, tok, kv_cache_mb=0)
+    a1, b1 = cached.generate(first), plain.generate(first)
+    second = [GenRequest(r.messages + [{"role": "assistant", "content": o.text}, {"role": "user", "content": "b=2"}],
+                         params, session=r.session, seed=10 + i) for i, (r, o) in enumerate(zip(first, a1, strict=True))]
+    a2, b2 = cached.generate(second), plain.generate(second)
+    assert cached.stats.cached_tokens > 0
+    tol = 1e-4 if dtype == torch.float32 else 5e-2
+    same = 0
+    for a, b in zip(a1 + a2, b1 + b2, strict=True):
+        if a.completion_ids == b.completion_ids:
+            same += 1
+            np.testing.assert_allclose(a.logprobs, b.logprobs, atol=tol)
+    assert same == len(a1 + a2) if dtype == torch.float32 else same >= len(a1 + a2) // 2
