@@ -48,10 +48,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from codrl.backends.base import GenRequest, GenResult
 from codrl.backends.hf import HFBackend
+from codrl.backends.kv_cache import common_prefix
 from codrl.envs import make_env
 from codrl.rollout.config import RolloutConfig
 from codrl.rollout.experience import LifecycleResult
@@ -101,17 +103,16 @@ def run_naive(backend: HFBackend, jobs: list[Job], cfg: RolloutConfig) -> list[L
 # -- profiling of the codrl side -------------------------------------------------------------------
 @dataclass
 class ForwardProfile:
-    """Forward passes of the model, split into prefill (seq len > 1) and decode (seq len 1) steps."""
+    """Wall time of the model's forward passes, split into prefill (seq len > 1) and decode (seq len 1).
+
+    Token and row counts come from the backend's own stats (``HFBackend.stats``).
+    """
 
     prefill_s: float = 0.0
     decode_s: float = 0.0
     prefill_calls: int = 0
     decode_calls: int = 0
-    prefill_slots: int = 0  # batch x padded width
-    prefill_real: int = 0  # non-pad prompt tokens
-    prefill_rows: int = 0  # sequences prefilled (each yields its first generated token)
-    decode_rows: int = 0  # batch rows computed over all decode steps
-    batch_sizes: Counter = field(default_factory=Counter)
+    batch_sizes: Counter = field(default_factory=Counter)  # rows per prefill pass
     _t: float = 0.0
 
     def attach(self, model: Any) -> list[Any]:
@@ -125,28 +126,15 @@ class ForwardProfile:
                 return
             b, n = ids.shape
             if n > 1:
-                mask = kwargs.get("attention_mask")
                 self.prefill_s += dt
                 self.prefill_calls += 1
-                self.prefill_slots += b * n
-                self.prefill_rows += b
-                self.prefill_real += int(mask.sum()) if mask is not None else b * n
                 self.batch_sizes[b] += 1
             else:
                 self.decode_s += dt
                 self.decode_calls += 1
-                self.decode_rows += b
 
         return [model.register_forward_pre_hook(pre, with_kwargs=True),
                 model.register_forward_hook(post, with_kwargs=True)]
-
-
-def _lcp(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 def reusable_prefill(results: list[LifecycleResult]) -> dict[str, int]:
@@ -156,6 +144,9 @@ def reusable_prefill(results: list[LifecycleResult]) -> dict[str, int]:
     chat header); ``history``: beyond that, the prefix a prompt shares with the same lifecycle's
     earlier calls (prompt + completion), i.e. the multi-turn history of a solve episode.
     """
+    def _lcp(a: list[int], b: list[int]) -> int:
+        return common_prefix(np.asarray(a), np.asarray(b))
+
     exps = [e for r in results for e in r.experiences]
     shared: dict[str, int] = {}
     for kind in ("solve", "update"):

@@ -9,8 +9,9 @@ The engine is a plain decode loop over a transformers causal LM (``model(...)`` 
    whole first prompt), computed once per batch. Only the rest is prefilled.
 2. **Length-grouped prefill.** Uncached parts are prefilled in chunks of similar length, so little
    compute goes to padding.
-3. **Compacted decoding.** All rows decode together in one preallocated cache; finished rows are
-   dropped from the batch as they accumulate instead of being computed until the longest ends.
+3. **Continuous batching.** All rows decode together in one preallocated cache; a finished
+   request's follow-ups (``serve``) join the running batch, and finished rows are dropped, instead
+   of every row waiting for, or being computed until, the longest reply of a round.
 
 Sampling is reproducible per request (:mod:`codrl.backends.sampling`): a request's tokens do not
 depend on its batch or on the cache, and the logprob of every sampled token is recorded under the
@@ -107,6 +108,7 @@ class HFBackend(Backend):
         self._weights_key: int | None = None
         self.eos_ids = end_of_sequence_ids(
             tokenizer, getattr(getattr(model, "generation_config", None), "eos_token_id", None))
+        self._eos = frozenset(self.eos_ids)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
         cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         if "sliding_attention" in (getattr(cfg, "layer_types", None) or []):
@@ -256,13 +258,12 @@ class HFBackend(Backend):
         """Sample the next token of every unfinished row; finish rows that end, queue their follow-ups."""
         tokens, lps = sample_next(logits, [r.params.temperature for r in rows], [r.params.top_p for r in rows],
                                   [r.generator for r in rows])
-        eos = set(self.eos_ids)
         for b, (r, t, lp) in enumerate(zip(rows, tokens.tolist(), lps.tolist(), strict=True)):
             if r.finish:
                 continue
             r.tokens.append(t)
             r.logprobs.append(lp)
-            if t in eos or (r.params.stop and self._hit_stop(r.tokens, r.params.stop)):
+            if t in self._eos or (r.params.stop and self._hit_stop(r.tokens, r.params.stop)):
                 r.finish = "stop"
             elif len(r.tokens) >= r.params.max_new_tokens:
                 r.finish = "length"

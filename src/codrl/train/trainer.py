@@ -57,12 +57,12 @@ def build_vllm(cfg: TrainConfig, tokenizer: Any) -> Backend:
     """The vLLM rollout engine of ``cfg`` (``model.engine: vllm``), serving the base weights and,
     with LoRA, the adapter sent by each sync."""
     from codrl.backends.embedded import resolve_model_path
-    from codrl.backends.vllm_backend import VLLMBackend
+    from codrl.backends.vllm_backend import VLLMBackend, lora_rank_slot
 
     lora = cfg.model.lora
     kwargs: dict[str, Any] = {"dtype": cfg.model.dtype, "seed": cfg.seed, "enable_lora": lora is not None}
     if lora is not None:
-        kwargs["max_lora_rank"] = max(lora.r, 8)
+        kwargs["max_lora_rank"] = lora_rank_slot(lora.r)
     return VLLMBackend(resolve_model_path(None if cfg.model.path == "embedded" else cfg.model.path), tokenizer,
                        **{**kwargs, **cfg.model.vllm})
 
