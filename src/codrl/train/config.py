@@ -96,6 +96,42 @@ class LogConfig(BaseModel):
     progress: bool = True
 
 
+class DistributedConfig(BaseModel):
+    """Scale-out on existing engines (docs/distributed.md). The defaults run everything in one process.
+
+    * Ray rollout workers: ``rollout_workers`` actors, each with its own copy of the policy, play
+      the lifecycles; new weights reach them through Ray's object store after every update.
+    * torch.distributed training: launched with ``torchrun``, each process trains on its share of
+      the rows; ``strategy`` picks DDP (replicated model) or FSDP2 (sharded model).
+    * Asynchronous steps: the next step's rollouts are generated while this step trains.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    rollout_workers: int = Field(0, ge=0, description="Ray actors that play the lifecycles (pip install "
+                                 "'codrl[ray]'); 0: this process plays them")
+    ray_address: str | None = Field(None, description="Ray cluster to join ('auto', 'host:6379' or "
+                                    "'ray://host:10001'); None starts a local Ray instance")
+    worker_cpus: float = Field(1.0, gt=0, description="CPUs Ray reserves for each rollout worker")
+    worker_gpus: float = Field(0.0, ge=0, description="GPUs Ray reserves for each rollout worker (fractions share one)")
+    worker_threads: int = Field(1, ge=1, description="torch threads of each rollout worker")
+    connect_timeout_s: float = Field(30.0, gt=0, description="fail when ray_address does not answer within this time")
+    strategy: Literal["auto", "ddp", "fsdp"] = Field("auto", description="under torchrun: 'ddp' replicates the "
+                                                     "model, 'fsdp' shards it (FSDP2); auto: ddp with LoRA, fsdp "
+                                                     "for full fine-tuning")
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="torch.distributed backend; auto: nccl "
+                                                     "on CUDA, gloo on CPU")
+    async_rollouts: bool = Field(False, description="generate the next steps' rollouts while this step trains "
+                                 "(off: every step samples from the weights it trains)")
+    lookahead: int = Field(1, ge=1, description="with async_rollouts: how many steps rollouts may run ahead "
+                           "of training")
+    max_staleness: int = Field(1, ge=0, description="experiences sampled by a policy more than this many "
+                               "updates older than the one they train are stale")
+    stale: Literal["drop", "correct"] = Field("drop", description="stale experiences are dropped (counted in "
+                                              "the step's metrics) or kept and importance-corrected (the loss's "
+                                              "ratio is taken against the sampling policy's logprobs)")
+
+
 class TrainConfig(BaseModel):
     """Everything a training run needs."""
 
@@ -109,6 +145,7 @@ class TrainConfig(BaseModel):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     eval: EvalSchedule = Field(default_factory=EvalSchedule)
     log: LogConfig = Field(default_factory=LogConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     steps: int = Field(4, ge=1, description="RL steps (one rollout batch each)")
     packs_per_step: int = Field(2, ge=1, description="packs per step; each is played rollout.repeats times")
     updates_per_step: int = Field(1, ge=1, description="optimizer steps per rollout batch (mini-batches)")

@@ -5,11 +5,8 @@ One step, top to bottom (:meth:`Trainer.step`):
 1. draw ``packs_per_step`` training packs (environment mixture by weight; deterministic in
    (seed, step), so a resumed run sees the same data) and play each ``rollout.repeats`` times;
 2. compute every episode's advantage (reward-to-go against the group baseline, method.md);
-3. split the experiences into ``updates_per_step`` mini-batches; each is cut into micro-batches
-   by a token budget and its gradients are accumulated, normalised by the mini-batch's total
-   number of trained tokens (token-mean), then clipped and applied with AdamW. Sampled tokens are
-   scored from the model's hidden states chunk by chunk (:mod:`codrl.train.scoring`), so no
-   full-vocabulary logits of a micro-batch are kept for backward.
+3. update the policy (:mod:`codrl.train.update`): ``updates_per_step`` mini-batches of
+   token-budgeted micro-batches (:mod:`codrl.train.batching`), token-mean loss, clip, AdamW.
 
 The rollout backend holds the very model being trained, so the next step samples from the new
 weights with no copy. Old logprobs come from the rollout when that is the trained policy.
@@ -17,12 +14,10 @@ weights with no copy. Old logprobs come from the rollout when that is the traine
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +26,6 @@ import torch
 from rich.console import Console
 
 from codrl.algo.advantages import compute_advantages
-from codrl.algo.losses import masked_mean, policy_loss
 from codrl.backends.base import Backend
 from codrl.backends.hf import HFBackend
 from codrl.config import dump_yaml
@@ -40,11 +34,10 @@ from codrl.eval.metrics import Summary
 from codrl.eval.report import plot_panels, print_summary, write_report
 from codrl.eval.runner import reward_bounds, build_env, play
 from codrl.rollout.experience import Experience, LifecycleResult
-from codrl.rollout.lifecycle import LifecycleRunner, make_jobs
+from codrl.rollout.lifecycle import LifecycleRunner, job_seeds, make_jobs
 from codrl.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from codrl.train.config import TrainConfig
-from codrl.train.memory import large_frees_to_os
-from codrl.train.scoring import TokenScores, score_tokens
+from codrl.train.update import PolicyUpdate
 
 
 def _seed_all(seed: int) -> None:
@@ -85,94 +78,6 @@ def build_policy(cfg: TrainConfig) -> HFBackend:
     return backend
 
 
-@dataclass
-class TrainSeq:
-    """One training row: token ids, which positions are the model's sampled tokens, their rollout
-    logprobs and the episode's advantage. Built from experiences without re-tokenizing anything."""
-
-    input_ids: list[int]
-    mask: list[int]
-    old_logprobs: list[float]
-    advantage: float
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.input_ids)
-
-    @property
-    def num_trained(self) -> int:
-        return sum(self.mask)
-
-
-def _seq(e: Experience) -> TrainSeq:
-    p = len(e.prompt_ids)
-    return TrainSeq(e.input_ids, [0] * p + [1] * len(e.completion_ids), [0.0] * p + list(e.logprobs), e.advantage)
-
-
-def to_sequences(exps: list[Experience], merge_turns: bool = True) -> list[TrainSeq]:
-    """Training rows from experiences.
-
-    With ``merge_turns``, consecutive turns of one multi-turn episode whose token ids extend each
-    other exactly (turn t+1's prompt starts with turn t's prompt + sampled completion) become one
-    row with several trained spans, so a K-turn episode costs one forward pass instead of K
-    quadratically growing ones. The check is on token ids, so nothing is re-tokenized; turns that
-    do not extend each other stay separate rows.
-    """
-    if not merge_turns:
-        return [_seq(e) for e in exps]
-    episodes: dict[tuple[str, str, int], list[Experience]] = {}
-    for e in exps:
-        episodes.setdefault((e.lifecycle_id, e.episode_type, e.position), []).append(e)
-    out: list[TrainSeq] = []
-    for turns in episodes.values():
-        turns.sort(key=lambda e: e.turn)
-        cur = _seq(turns[0])
-        for e in turns[1:]:
-            n = cur.num_tokens
-            if e.advantage == cur.advantage and e.prompt_ids[:n] == cur.input_ids and len(e.prompt_ids) >= n:
-                extra = len(e.prompt_ids) - n
-                cur = TrainSeq(e.input_ids, cur.mask + [0] * extra + [1] * len(e.completion_ids),
-                               cur.old_logprobs + [0.0] * extra + list(e.logprobs), cur.advantage)
-            else:
-                out.append(cur)
-                cur = _seq(e)
-        out.append(cur)
-    return out
-
-
-def micro_batches(seqs: list[TrainSeq], token_budget: int) -> list[list[TrainSeq]]:
-    """Group rows (sorted by length) so that rows x longest row <= ``token_budget``."""
-    order = sorted(seqs, key=lambda e: e.num_tokens)
-    batches: list[list[TrainSeq]] = []
-    cur: list[TrainSeq] = []
-    for e in order:
-        if cur and (len(cur) + 1) * max(e.num_tokens, cur[-1].num_tokens) > token_budget:
-            batches.append(cur)
-            cur = []
-        cur.append(e)
-    if cur:
-        batches.append(cur)
-    return batches
-
-
-def _collate(seqs: list[TrainSeq], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Right-pad rows into tensors aligned with next-token logprobs ([B, T-1])."""
-    width = max(e.num_tokens for e in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.float32)
-    old = torch.zeros((len(seqs), width), dtype=torch.float32)
-    for r, e in enumerate(seqs):
-        n = e.num_tokens
-        ids[r, :n] = torch.tensor(e.input_ids)
-        attn[r, :n] = 1
-        mask[r, :n] = torch.tensor(e.mask, dtype=torch.float32)
-        old[r, :n] = torch.tensor(e.old_logprobs, dtype=torch.float32)
-    adv = torch.tensor([e.advantage for e in seqs], dtype=torch.float32)
-    return {"input_ids": ids.to(device), "attention_mask": attn.to(device), "mask": mask[:, 1:].to(device),
-            "old_logprobs": old[:, 1:].to(device), "advantages": adv.to(device)}
-
-
 def _reward_metrics(results: list[LifecycleResult], prefix: str) -> dict[str, float]:
     """``<prefix>mean`` and ``<prefix>pos<i>``: mean task reward overall and at each pack position."""
     out = {f"{prefix}mean": float(np.mean([np.mean(r.task_rewards) for r in results]))}
@@ -208,6 +113,7 @@ class Trainer:
             raise ValueError("the model has no trainable parameters")
         self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.optim.lr, betas=cfg.optim.betas,
                                            weight_decay=cfg.optim.weight_decay)
+        self.policy_update = PolicyUpdate(cfg, self.model, self.optimizer, self.backend.pad_id)
         #: Plays rollouts and evaluations: the trained model itself, or a vLLM copy synced after updates.
         self.rollout_backend: Backend = self.backend if cfg.model.engine == "hf" else build_vllm(cfg, self.tokenizer)
         self.runner = LifecycleRunner(self.rollout_backend, cfg.rollout)
@@ -231,102 +137,24 @@ class Trainer:
     # -- one RL step ---------------------------------------------------------------------
     def rollout(self, step: int) -> list[LifecycleResult]:
         """Play the step's packs; sampling is seeded by (seed, step) so resumes are exact."""
-        torch.manual_seed(self.cfg.seed * 1_000_003 + step)
-        return self.runner.run(make_jobs(self.packs_for_step(step), self.cfg.rollout))
+        jobs = make_jobs(self.packs_for_step(step), self.cfg.rollout)
+        self.runner.policy_version = self.step_idx
+        return self.runner.run(jobs, seeds=job_seeds(len(jobs), self.cfg.seed * 1_000_003 + step))
 
     def _sync_rollout_engine(self) -> None:
         """Send the current weights to a separate rollout engine (vLLM); the in-process one shares them."""
         if self.rollout_backend is not self.backend:
             self.rollout_backend.sync_weights(self.model)  # type: ignore[attr-defined]
 
-    def _lr_at(self, step: int) -> float:
-        w = self.cfg.optim.warmup_steps
-        return self.cfg.optim.lr * (min(1.0, (step + 1) / w) if w else 1.0)
+    def update(self, exps: list[Experience]) -> dict[str, float]:
+        """Policy-gradient update of the current step on advantage-scored experiences; returns its metrics."""
+        return self.policy_update(exps, self.step_idx, self._use_rollout_logprobs())
 
     def _use_rollout_logprobs(self) -> bool:
         mode = self.cfg.old_logprobs
         if mode != "auto":
             return mode == "rollout"
         return self.rollout_backend is self.backend and self.backend.token_exact
-
-    def _score(self, batch: dict[str, torch.Tensor], temperature: float, ref: bool = False,
-               with_entropy: bool = False) -> TokenScores:
-        """Logprobs of the batch's trained tokens under the policy, or under the reference (base
-        model, adapters off, no grad). Scored from hidden states chunk by chunk (no [B, T, V]
-        logits kept); positions outside ``batch["mask"]`` get 0."""
-        ctx = contextlib.ExitStack()
-        if ref:
-            ctx.enter_context(torch.no_grad())
-            ctx.enter_context(self.model.disable_adapter())
-        with ctx:
-            return score_tokens(self.model, batch["input_ids"], batch["attention_mask"], batch["mask"],
-                                temperature, with_entropy=with_entropy)
-
-    def update(self, exps: list[Experience]) -> dict[str, float]:
-        """Policy-gradient update on advantage-scored experiences; returns averaged metrics."""
-        with large_frees_to_os():  # else freed activations stay resident (codrl.train.memory)
-            return self._update(exps)
-
-    def _update(self, exps: list[Experience]) -> dict[str, float]:
-        """The update proper: mini-batches of micro-batches, token-mean loss, clip, AdamW step."""
-        cfg = self.cfg
-        exps = [e for e in exps if e.completion_ids and e.token_exact]
-        if not exps:
-            return {}
-        device = next(self.model.parameters()).device
-        pad = self.backend.pad_id
-        temp = cfg.rollout.temperature if cfg.rollout.temperature > 0 else 1.0
-        use_kl = cfg.loss.kl_coef > 0
-        if use_kl and not hasattr(self.model, "disable_adapter"):
-            raise ValueError("loss.kl_coef > 0 needs LoRA (the reference is the base model with adapters disabled)")
-        seqs = to_sequences(exps, merge_turns=cfg.merge_turns)
-        if not self._use_rollout_logprobs():
-            self._recompute_old_logprobs(seqs, pad, device, temp)
-        rng = random.Random(cfg.seed * 7919 + self.step_idx)
-        order = seqs[:]
-        rng.shuffle(order)
-        minis = [order[i::cfg.updates_per_step] for i in range(cfg.updates_per_step)]
-        sums: dict[str, float] = {}
-        count = 0
-        self.model.train()
-        for mini in minis:
-            if not mini:
-                continue
-            n_tokens = sum(e.num_trained for e in mini)
-            self.optimizer.zero_grad(set_to_none=True)
-            for mb in micro_batches(mini, cfg.micro_batch_tokens):
-                batch = _collate(mb, pad, device)
-                ref_lp = self._score(batch, temp, ref=True).logprobs if use_kl else None
-                scores = self._score(batch, temp, with_entropy=True)
-                loss, m = policy_loss(scores.logprobs, batch["old_logprobs"], batch["advantages"], batch["mask"],
-                                      cfg.loss, num_tokens=n_tokens, ref_logprobs=ref_lp)
-                loss.backward()
-                if scores.entropy is not None:
-                    m["entropy"] = float(masked_mean(scores.entropy, batch["mask"]))
-                w = float(batch["mask"].sum()) / n_tokens
-                for k, v in m.items():
-                    if k != "num_tokens":
-                        sums[k] = sums.get(k, 0.0) + w * float(v)
-                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
-                del scores, ref_lp, loss
-            gn = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.optim.grad_clip)
-            for g in self.optimizer.param_groups:
-                g["lr"] = self._lr_at(self.step_idx)
-            self.optimizer.step()
-            sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(gn)
-            count += 1
-        self.model.eval()
-        return {k: v / max(1, count) for k, v in sums.items()}
-
-    @torch.no_grad()
-    def _recompute_old_logprobs(self, seqs: list[TrainSeq], pad: int, device: torch.device, temp: float) -> None:
-        """Score the sampled tokens under the trained model (when the rollout engine differs)."""
-        self.model.eval()
-        for mb in micro_batches(seqs, self.cfg.micro_batch_tokens):
-            batch = _collate(mb, pad, device)
-            lp = self._score(batch, temp).logprobs.cpu()  # 0 at untrained positions, which are never used
-            for r, e in enumerate(mb):
-                e.old_logprobs = [0.0] + lp[r, : e.num_tokens - 1].tolist()
 
     def step(self) -> dict[str, Any]:
         """One RL step: rollout, advantages, update. Returns its metrics."""

@@ -1,0 +1,103 @@
+"""Training rows from experiences, and how they are cut into micro-batches.
+
+Every row is built from token ids exactly as they were sampled (nothing is re-tokenized): the prompt
+ids, the sampled completion ids with their rollout logprobs, a mask on the sampled tokens, and the
+episode's advantage. :func:`micro_batches` groups rows under a token budget and :func:`collate`
+pads them into the tensors the loss reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from codrl.rollout.experience import Experience
+
+
+@dataclass
+class TrainSeq:
+    """One training row: token ids, which positions are the model's sampled tokens, their rollout
+    logprobs and the episode's advantage. Built from experiences without re-tokenizing anything."""
+
+    input_ids: list[int]
+    mask: list[int]
+    old_logprobs: list[float]
+    advantage: float
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def num_trained(self) -> int:
+        return sum(self.mask)
+
+
+def _seq(e: Experience) -> TrainSeq:
+    p = len(e.prompt_ids)
+    return TrainSeq(e.input_ids, [0] * p + [1] * len(e.completion_ids), [0.0] * p + list(e.logprobs), e.advantage)
+
+
+def to_sequences(exps: list[Experience], merge_turns: bool = True) -> list[TrainSeq]:
+    """Training rows from experiences.
+
+    With ``merge_turns``, consecutive turns of one multi-turn episode whose token ids extend each
+    other exactly (turn t+1's prompt starts with turn t's prompt + sampled completion) become one
+    row with several trained spans, so a K-turn episode costs one forward pass instead of K
+    quadratically growing ones. The check is on token ids, so nothing is re-tokenized; turns that
+    do not extend each other stay separate rows.
+    """
+    if not merge_turns:
+        return [_seq(e) for e in exps]
+    episodes: dict[tuple[str, str, int], list[Experience]] = {}
+    for e in exps:
+        episodes.setdefault((e.lifecycle_id, e.episode_type, e.position), []).append(e)
+    out: list[TrainSeq] = []
+    for turns in episodes.values():
+        turns.sort(key=lambda e: e.turn)
+        cur = _seq(turns[0])
+        for e in turns[1:]:
+            n = cur.num_tokens
+            if e.advantage == cur.advantage and e.prompt_ids[:n] == cur.input_ids and len(e.prompt_ids) >= n:
+                extra = len(e.prompt_ids) - n
+                cur = TrainSeq(e.input_ids, cur.mask + [0] * extra + [1] * len(e.completion_ids),
+                               cur.old_logprobs + [0.0] * extra + list(e.logprobs), cur.advantage)
+            else:
+                out.append(cur)
+                cur = _seq(e)
+        out.append(cur)
+    return out
+
+
+def micro_batches(seqs: list[TrainSeq], token_budget: int) -> list[list[TrainSeq]]:
+    """Group rows (sorted by length) so that rows x longest row <= ``token_budget``."""
+    order = sorted(seqs, key=lambda e: e.num_tokens)
+    batches: list[list[TrainSeq]] = []
+    cur: list[TrainSeq] = []
+    for e in order:
+        if cur and (len(cur) + 1) * max(e.num_tokens, cur[-1].num_tokens) > token_budget:
+            batches.append(cur)
+            cur = []
+        cur.append(e)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def collate(seqs: list[TrainSeq], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Right-pad rows into tensors aligned with next-token logprobs ([B, T-1])."""
+    width = max(e.num_tokens for e in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.float32)
+    old = torch.zeros((len(seqs), width), dtype=torch.float32)
+    for r, e in enumerate(seqs):
+        n = e.num_tokens
+        ids[r, :n] = torch.tensor(e.input_ids)
+        attn[r, :n] = 1
+        mask[r, :n] = torch.tensor(e.mask, dtype=torch.float32)
+        old[r, :n] = torch.tensor(e.old_logprobs, dtype=torch.float32)
+    adv = torch.tensor([e.advantage for e in seqs], dtype=torch.float32)
+    return {"input_ids": ids.to(device), "attention_mask": attn.to(device), "mask": mask[:, 1:].to(device),
+            "old_logprobs": old[:, 1:].to(device), "advantages": adv.to(device)}
