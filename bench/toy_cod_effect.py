@@ -16,8 +16,10 @@ on the test split before and after training (mean and 95% interval over seeds).
 
     python bench/toy_cod_effect.py                 # 3 seeds, default budget
     python bench/toy_cod_effect.py --seeds 1 --steps 40   # quick look
+    python bench/toy_cod_effect.py --estimators cod --async-lookahead 1   # asynchronous steps
 
-Last line: ``RESULT cod_first=... cod_late=... grpo_late=... chance=... minutes=...``
+Last line: ``RESULT cod_first=... cod_late=... grpo_late=... chance=... minutes=...`` (the keys of
+the estimators run; with ``--async-lookahead``, ``staleness_max``: the largest staleness logged).
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ def toy_config(model_dir: Path, out: Path, estimator: str, args: argparse.Namesp
         "generation_batch_size": 4096, "save_every": 0,
         "eval": {"packs": args.eval_packs, "repeats": 1, "at_start": True, "at_end": True},
         "log": {"tensorboard": False, "progress": False},
+        "distributed": {"async_rollouts": args.async_lookahead > 0, "lookahead": max(1, args.async_lookahead),
+                        "max_staleness": max(1, args.async_lookahead)},
         "output_dir": str(out), "seed": seed,
     })
 
@@ -72,6 +76,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     env = SecretTable(keys_per_pack=args.keys_per_pack)
     curves: dict[tuple[str, str], list[list[float]]] = {}
     minutes: dict[str, float] = {"cod": 0.0, "grpo": 0.0}
+    staleness = 0
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):
             model, tok = build_tiny_policy(env, hidden=args.hidden, layers=args.layers, seed=seed)
@@ -80,20 +85,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"seed {seed}: reading warm-up {time.time() - t0:.0f}s, "
                   f"loss {warm['loss_first']:.2f} -> {warm['loss_final']:.2f}", flush=True)
             model_dir = save_policy(model, tok, Path(tmp) / f"warm-{seed}")
-            for estimator in ("cod", "grpo"):
+            for estimator in args.estimators:
                 t0 = time.time()
                 cfg = toy_config(model_dir, Path(tmp) / f"run-{seed}-{estimator}", estimator, args, seed)
                 trainer = Trainer(cfg)
                 trainer.console.quiet = True
                 trainer.train()
                 minutes[estimator] += (time.time() - t0) / 60
+                staleness = max([staleness] + [h.get("async/staleness_max", 0) for h in trainer.history])
                 start, end = curve(trainer, "start"), curve(trainer, "end")
                 curves.setdefault((estimator, "start"), []).append(start)
                 curves.setdefault((estimator, "end"), []).append(end)
                 fmt = " ".join(f"{v:.2f}" for v in end)
                 print(f"seed {seed} {estimator:4s}: start [{' '.join(f'{v:.2f}' for v in start)}] "
                       f"end [{fmt}]  {time.time() - t0:.0f}s", flush=True)
-    return {"curves": curves, "minutes": minutes, "chance": env.chance_reward}
+    return {"curves": curves, "minutes": minutes, "chance": env.chance_reward, "staleness_max": staleness}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -111,6 +117,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup-steps", type=int, default=800)
     p.add_argument("--eval-packs", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--estimators", nargs="+", choices=("cod", "grpo"), default=["cod", "grpo"],
+                   help="credit estimators to train (the comparison needs both)")
+    p.add_argument("--async-lookahead", type=int, default=0,
+                   help="play each step's rollouts while the previous steps train, with weights this many "
+                        "updates old (0: synchronous)")
     args = p.parse_args(argv)
 
     out = run(args)
@@ -118,22 +129,26 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(f"{'run':18s} " + " ".join(f"{'pos ' + str(i):>18s}" for i in range(k)))
     summary: dict[str, list[tuple[float, float, float]]] = {}
-    for estimator in ("cod", "grpo"):
+    for estimator in args.estimators:
         for when in ("start", "end"):
             rows = curves[(estimator, when)]
             stats = [mean_ci([r[i] for r in rows]) for i in range(k)]
             summary[f"{estimator}_{when}"] = stats
             cells = " ".join(f"{m:5.2f} [{lo:4.2f},{hi:4.2f}]" for m, lo, hi in stats)
             print(f"{estimator + ' ' + when:18s} {cells}")
-    print(f"wall time: CoD {out['minutes']['cod']:.1f} min, per-task GRPO {out['minutes']['grpo']:.1f} min "
-          f"({args.seeds} seeds)")
-    cod_first = summary["cod_end"][0][0]
-    cod_late = summary["cod_end"][k - 1][0]
-    grpo_late = summary["grpo_end"][k - 1][0]
-    minutes = out["minutes"]["cod"] / args.seeds
-    print(f"RESULT cod_first={cod_first:.3f} cod_late={cod_late:.3f} grpo_late={grpo_late:.3f} "
-          f"chance={out['chance']:.3f} minutes={minutes:.2f}")
-
+    print("wall time: " + ", ".join(f"{e} {out['minutes'][e]:.1f} min" for e in args.estimators)
+          + f" ({args.seeds} seeds)")
+    fields = {}
+    if "cod" in args.estimators:
+        fields |= {"cod_first": summary["cod_end"][0][0], "cod_late": summary["cod_end"][k - 1][0]}
+    if "grpo" in args.estimators:
+        fields["grpo_late"] = summary["grpo_end"][k - 1][0]
+    fields["chance"] = out["chance"]
+    fields["minutes"] = out["minutes"][args.estimators[0]] / args.seeds
+    if args.async_lookahead:
+        fields["staleness_max"] = out["staleness_max"]
+    print("RESULT " + " ".join(f"{key}={v:.3f}" if isinstance(v, float) else f"{key}={v}"
+                               for key, v in fields.items()))
 
 if __name__ == "__main__":
     sys.exit(main())

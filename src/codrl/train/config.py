@@ -101,8 +101,9 @@ class DistributedConfig(BaseModel):
 
     * Ray rollout workers: ``rollout_workers`` actors, each with its own copy of the policy, play
       the lifecycles; new weights reach them through Ray's object store after every update.
-    * torch.distributed training: launched with ``torchrun``, each process trains on its share of
-      the rows; ``strategy`` picks DDP (replicated model) or FSDP2 (sharded model).
+    * torch.distributed training: launched with ``torchrun`` or as ``train_workers`` Ray Train
+      workers, each process trains on its share of the rows; ``strategy`` picks DDP (replicated
+      model) or FSDP2 (sharded model).
     * Asynchronous steps: the next step's rollouts are generated while this step trains.
     """
 
@@ -116,6 +117,8 @@ class DistributedConfig(BaseModel):
     worker_gpus: float = Field(0.0, ge=0, description="GPUs Ray reserves for each rollout worker (fractions share one)")
     worker_threads: int = Field(1, ge=1, description="torch threads of each rollout worker")
     connect_timeout_s: float = Field(30.0, gt=0, description="fail when ray_address does not answer within this time")
+    train_workers: int = Field(0, ge=0, description="training processes started as Ray Train workers (each "
+                               "with worker_cpus/worker_gpus); 0: this process, or the ones torchrun started")
     strategy: Literal["auto", "ddp", "fsdp"] = Field("auto", description="under torchrun: 'ddp' replicates the "
                                                      "model, 'fsdp' shards it (FSDP2); auto: ddp with LoRA, fsdp "
                                                      "for full fine-tuning")

@@ -1,0 +1,192 @@
+"""Asynchronous steps: the next steps' rollouts are played while the current step trains.
+
+With ``lookahead`` L, step s's lifecycles are sampled by the weights of version ``max(v0, s - L)``
+(version = number of updates applied; v0 the version training started or resumed from), so a
+background thread can play step s while the trainer is still updating steps s - L .. s - 1. The
+choice of version is a function of the step alone, never of thread timing: with per-job seeds a
+run is as reproducible as a synchronous one. Every experience carries the version that sampled it
+(``policy_version``); the trainer measures staleness as ``step - policy_version`` and drops or
+importance-corrects what exceeds ``max_staleness`` (:func:`split_stale`).
+
+The engine that plays may be a private copy of the policy in this process
+(:class:`LocalRolloutEngine`) or a pool of Ray workers
+(:class:`codrl.distributed.ray_rollout.RayRolloutPool`): anything with ``run(jobs, seeds=...)``,
+``set_weights(tensors, version)`` and a ``policy_version``.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from codrl.backends.hf import HFBackend
+from codrl.rollout.config import RolloutConfig
+from codrl.rollout.experience import LifecycleResult
+from codrl.rollout.lifecycle import Job, LifecycleRunner
+
+
+class RolloutEngine(Protocol):
+    """What plays a step's lifecycles with a given version of the weights."""
+
+    policy_version: int
+
+    def run(self, jobs: Sequence[Job], on_done: Callable[[LifecycleResult], None] | None = None,
+            seeds: Sequence[int] | None = None) -> list[LifecycleResult]: ...
+
+    def set_weights(self, tensors: dict[str, torch.Tensor], version: int) -> None: ...
+
+
+def trainable_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Detached CPU copies of the tensors an update changes (LoRA adapters, or all weights)."""
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy ``tensors`` into ``model``'s parameters of the same names (in place)."""
+    params = dict(model.named_parameters())
+    unknown = [n for n in tensors if n not in params]
+    if unknown:
+        raise KeyError(f"weights do not match the model (e.g. {unknown[0]!r})")
+    with torch.no_grad():
+        for name, t in tensors.items():
+            params[name].copy_(t)
+
+
+class LocalRolloutEngine:
+    """A lifecycle runner over a private, frozen copy of the policy, for asynchronous steps in one
+    process: the trainer updates its own model while this copy samples; :meth:`set_weights` then
+    brings the copy up to date (the copy's KV cache clears itself when its weights change)."""
+
+    def __init__(self, backend: HFBackend, cfg: RolloutConfig) -> None:
+        model = copy.deepcopy(backend.model)
+        model.eval()
+        model.requires_grad_(False)
+        self.backend = HFBackend(model, backend.tokenizer, max_batch_size=backend.max_batch_size,
+                                 kv_cache_mb=backend.store.budget_bytes / 2**20, prefill_tokens=backend.prefill_tokens)
+        self.runner = LifecycleRunner(self.backend, cfg)
+        self._names = [n for n, p in backend.model.named_parameters() if p.requires_grad]
+        self.policy_version = 0
+
+    def run(self, jobs: Sequence[Job], on_done: Callable[[LifecycleResult], None] | None = None,
+            seeds: Sequence[int] | None = None) -> list[LifecycleResult]:
+        self.runner.policy_version = self.policy_version
+        return self.runner.run(jobs, on_done=on_done, seeds=seeds)
+
+    def set_weights(self, tensors: dict[str, torch.Tensor], version: int) -> None:
+        missing = [n for n in self._names if n not in tensors]
+        if missing:
+            raise KeyError(f"weights lack trainable tensor {missing[0]!r}")
+        load_tensors(self.backend.model, tensors)
+        self.policy_version = version
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+#: A step's jobs and their sampling seeds.
+StepPlan = Callable[[int], tuple[list[Job], list[int]]]
+
+
+class AsyncRollouts:
+    """Plays steps ``start .. stop-1`` in a background thread, each with the weights of version
+    ``max(start_version, step - lookahead)``; the trainer publishes each new version with
+    :meth:`publish` and takes each step's lifecycles with :meth:`get`."""
+
+    def __init__(self, engine: RolloutEngine, plan: StepPlan, *, start: int, stop: int, lookahead: int,
+                 weights: dict[str, torch.Tensor], version: int) -> None:
+        if lookahead < 1:
+            raise ValueError("lookahead must be >= 1")
+        self.engine = engine
+        self.plan = plan
+        self.start, self.stop, self.lookahead = start, stop, lookahead
+        self.start_version = version
+        self._weights: dict[int, dict[str, torch.Tensor]] = {version: weights}
+        self._results: dict[int, list[LifecycleResult]] = {}
+        self._error: BaseException | None = None
+        self._closed = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._loop, name="codrl-async-rollouts", daemon=True)
+        self._thread.start()
+
+    def version_for(self, step: int) -> int:
+        """The weights version that samples ``step``."""
+        return max(self.start_version, step - self.lookahead)
+
+    def publish(self, version: int, weights: dict[str, torch.Tensor]) -> None:
+        """Make the weights of ``version`` (detached CPU tensors) available to later steps."""
+        with self._cond:
+            self._weights[version] = weights
+            self._cond.notify_all()
+
+    def get(self, step: int) -> list[LifecycleResult]:
+        """Step ``step``'s finished lifecycles (blocks until played; re-raises the thread's error)."""
+        with self._cond:
+            self._cond.wait_for(lambda: step in self._results or self._error is not None or self._closed)
+            if step in self._results:
+                return self._results.pop(step)
+            raise RuntimeError(f"asynchronous rollouts stopped before step {step}") from self._error
+
+    def close(self) -> None:
+        """Stop after the step being played (if any) and wait for the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+
+    def _wait_weights(self, version: int) -> dict[str, torch.Tensor] | None:
+        with self._cond:
+            self._cond.wait_for(lambda: version in self._weights or self._closed)
+            if self._closed:
+                return None
+            for old in [v for v in self._weights if v < version]:
+                del self._weights[old]  # no later step is sampled by an older version
+            return self._weights[version]
+
+    def _loop(self) -> None:
+        try:
+            for step in range(self.start, self.stop):
+                version = self.version_for(step)
+                weights = self._wait_weights(version)
+                if weights is None:
+                    return
+                if self.engine.policy_version != version or step == self.start:
+                    self.engine.set_weights(weights, version)
+                jobs, seeds = self.plan(step)
+                results = self.engine.run(jobs, seeds=seeds)
+                with self._cond:
+                    self._results[step] = results
+                    self._cond.notify_all()
+        except BaseException as e:  # handed to the trainer by get()
+            with self._cond:
+                self._error = e
+                self._cond.notify_all()
+
+
+@dataclass
+class StaleSplit:
+    """A step's lifecycles split by staleness (``step - policy_version`` of their experiences)."""
+
+    fresh: list[LifecycleResult]
+    stale: list[LifecycleResult]
+    max_staleness: int  # the largest staleness among ALL lifecycles of the step
+
+    def metrics(self, kept: bool) -> dict[str, Any]:
+        n = sum(len(r.experiences) for r in self.stale)
+        return {"async/staleness_max": self.max_staleness, "async/stale_lifecycles": len(self.stale),
+                "async/stale_experiences": n, "async/dropped_experiences": 0 if kept else n}
+
+
+def split_stale(results: list[LifecycleResult], step: int, max_staleness: int) -> StaleSplit:
+    """Lifecycles whose experiences were sampled at most ``max_staleness`` versions before ``step``,
+    and the others. A lifecycle is played by one version, so groups stay whole."""
+    fresh, stale, worst = [], [], 0
+    for r in results:
+        age = max((step - e.policy_version for e in r.experiences), default=0)
+        worst = max(worst, age)
+        (fresh if age <= max_staleness else stale).append(r)
+    return StaleSplit(fresh, stale, worst)
