@@ -129,7 +129,8 @@ def train_cmd(
 
     The config is validated before any model loads; a wrong field is named with its allowed values.
     Checkpoints go to <output_dir>/checkpoints every `save_every` steps; `--resume` continues
-    exactly where the last checkpoint stopped.
+    exactly where the last checkpoint stopped. Data-parallel on several processes or GPUs:
+    `torchrun --nproc-per-node N -m codrl.cli train --config FILE.yaml` (see `distributed` in the config).
     """
     from codrl.config import load_yaml
     from codrl.train.config import TrainConfig
@@ -142,7 +143,11 @@ def train_cmd(
     cfg = load_yaml(TrainConfig, config, overrides)
     from codrl.train.trainer import Trainer
 
-    Trainer(cfg).train(resume=resume)
+    trainer = Trainer(cfg)
+    try:
+        trainer.train(resume=resume)
+    finally:
+        trainer.close()
 
 
 PLAY_HELP = (

@@ -4,10 +4,16 @@ Every row is built from token ids exactly as they were sampled (nothing is re-to
 ids, the sampled completion ids with their rollout logprobs, a mask on the sampled tokens, and the
 episode's advantage. :func:`micro_batches` groups rows under a token budget and :func:`collate`
 pads them into the tensors the loss reads.
+
+Under torch.distributed every process holds all rows; :func:`split_rows` deals them out to the
+ranks balanced by token count and :func:`rank_micro_batches` gives every rank the same number of
+micro-batches (padding with empty ones), because a sharded model's forward passes are collectives.
 """
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -83,6 +89,50 @@ def micro_batches(seqs: list[TrainSeq], token_budget: int) -> list[list[TrainSeq
     if cur:
         batches.append(cur)
     return batches
+
+
+def balance_by_tokens(tokens: Sequence[int], parts: int) -> list[list[int]]:
+    """Deal items of the given token counts out to ``parts`` bins of near-equal total tokens.
+
+    Longest-processing-time greedy: items in decreasing size (ties by index) each go to the bin
+    with the fewest tokens so far (ties to the lowest bin), so no bin ends more than one item
+    above the mean, and the largest bin is within 4/3 of the best possible split. Deterministic:
+    every rank computes the same split from the same rows with no communication. Returns each
+    bin's item indices in increasing order (one bin holds every index in order when
+    ``parts == 1``).
+    """
+    if parts < 1:
+        raise ValueError(f"parts must be >= 1, got {parts}")
+    bins: list[list[int]] = [[] for _ in range(parts)]
+    loads = [(0, b) for b in range(parts)]  # a heap of (tokens so far, bin)
+    for i in sorted(range(len(tokens)), key=lambda i: (-tokens[i], i)):
+        load, b = heapq.heappop(loads)
+        bins[b].append(i)
+        heapq.heappush(loads, (load + tokens[i], b))
+    return [sorted(b) for b in bins]
+
+
+def split_rows(seqs: list[TrainSeq], parts: int) -> list[list[TrainSeq]]:
+    """The rows of each of ``parts`` ranks, balanced by token count (:func:`balance_by_tokens`),
+    each rank's in their order in ``seqs``."""
+    return [[seqs[i] for i in idx] for idx in balance_by_tokens([s.num_tokens for s in seqs], parts)]
+
+
+def rank_micro_batches(shares: list[list[TrainSeq]], token_budget: int, rank: int) -> list[list[TrainSeq]]:
+    """Micro-batches of ``shares[rank]``, padded with empty ones up to the most any rank has.
+
+    ``shares`` holds every rank's rows. All ranks then run the same number of forward and backward
+    passes, which a sharded model (FSDP2 all-gathers parameters in every forward) and the last
+    micro-batch's gradient reduction need; an empty micro-batch stands for a zero-weighted pass.
+    """
+    cut = [micro_batches(rows, token_budget) for rows in shares]
+    mine = cut[rank]
+    return mine + [[] for _ in range(max(map(len, cut)) - len(mine))]
+
+
+def filler_row(pad_id: int) -> TrainSeq:
+    """A two-token row with one scored position, for a zero-weighted pass of a rank with no rows left."""
+    return TrainSeq([pad_id, pad_id], [0, 1], [0.0, 0.0], 0.0)
 
 
 def collate(seqs: list[TrainSeq], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:

@@ -10,7 +10,9 @@ Layout under ``<output_dir>/checkpoints/``::
     latest                   # name of the newest complete checkpoint
 
 A checkpoint is written into a temporary folder and renamed into place, then ``latest`` is
-replaced atomically, so a crash at any moment leaves the previous checkpoint usable.
+replaced atomically, so a crash at any moment leaves the previous checkpoint usable. Under
+torch.distributed, rank 0 alone writes it, from the full state the ranks gather
+(:class:`Snapshot`); every rank reads it back, whatever the world size that wrote it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,34 +36,72 @@ def _rng_state() -> dict[str, Any]:
             "numpy": np.random.get_state()[1].tolist()}
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    np_state = np.random.get_state()
-    np.random.set_state((np_state[0], np.array(state["numpy"], dtype=np.uint32), *np_state[2:]))
-
-
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The tensors the optimizer updates (LoRA weights, or every weight when fully fine-tuning)."""
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(root: Path, step: int, model: torch.nn.Module, tokenizer: Any,
-                    optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> Path:
+@dataclass
+class Snapshot:
+    """What a checkpoint holds of the model and the optimizer, as full (unsharded) CPU state.
+
+    One layout whatever wrote it: a single process, DDP ranks or FSDP2 shards (gathered by
+    :mod:`codrl.distributed.torch_dist`), so any world size resumes from any checkpoint.
+    """
+
+    #: The trainable tensors by parameter name (what resume loads).
+    trainable: dict[str, torch.Tensor]
+    #: ``Optimizer.state_dict()`` layout: parameters by their position in the optimizer.
+    optimizer: dict[str, Any]
+    #: The full model state dict ``save_pretrained`` writes; None: the model's own (unsharded) one.
+    weights: dict[str, torch.Tensor] | None = None
+
+
+def local_snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Snapshot:
+    """The snapshot of a model whose parameters are whole in this process (one process, or a DDP replica)."""
+    return Snapshot(trainable_state(model), optimizer.state_dict())
+
+
+def check_names(tensors: dict[str, Any], params: Iterable[str], path: Path) -> None:
+    """Fail when the checkpoint at ``path`` holds a tensor that is not a parameter of the model."""
+    known = set(params)
+    missing = [n for n in tensors if n not in known]
+    if missing:
+        raise RuntimeError(f"checkpoint {path} does not match the model (e.g. {missing[0]})")
+
+
+def restore_local(model: torch.nn.Module, optimizer: torch.optim.Optimizer, snapshot: Snapshot, path: Path) -> None:
+    """Copy a snapshot read from ``path`` into whole (unsharded) parameters and the optimizer."""
+    params = dict(model.named_parameters())
+    check_names(snapshot.trainable, params, path)
+    with torch.no_grad():
+        for n, t in snapshot.trainable.items():
+            params[n].copy_(t.to(params[n].device, params[n].dtype))
+    optimizer.load_state_dict(snapshot.optimizer)
+
+
+def checkpoint_path(root: Path, step: int) -> Path:
+    """Where checkpoint ``step`` of the run in ``root`` lies."""
+    return root / "checkpoints" / f"step-{step:06d}"
+
+
+def save_checkpoint(root: Path, step: int, model: torch.nn.Module, tokenizer: Any, snapshot: Snapshot,
+                    state: dict[str, Any]) -> Path:
     """Write checkpoint ``step`` atomically and point ``latest`` at it."""
-    ckpt_dir = root / "checkpoints"
+    final = checkpoint_path(root, step)
+    ckpt_dir = final.parent
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    name = f"step-{step:06d}"
     tmp = Path(tempfile.mkdtemp(dir=ckpt_dir, prefix=".tmp-"))
     try:
-        model.save_pretrained(tmp / "model")
+        if snapshot.weights is None:
+            model.save_pretrained(tmp / "model")
+        else:
+            model.save_pretrained(tmp / "model", state_dict=snapshot.weights)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp / "model")
-        torch.save(trainable_state(model), tmp / "trainable.pt")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(snapshot.trainable, tmp / "trainable.pt")
+        torch.save(snapshot.optimizer, tmp / "optimizer.pt")
         (tmp / "state.json").write_text(json.dumps({**state, "step": step, "rng": _rng_state()}))
-        final = ckpt_dir / name
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -67,9 +109,9 @@ def save_checkpoint(root: Path, step: int, model: torch.nn.Module, tokenizer: An
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     pointer = ckpt_dir / ".latest.tmp"
-    pointer.write_text(name)
+    pointer.write_text(final.name)
     os.replace(pointer, ckpt_dir / "latest")
-    return ckpt_dir / name
+    return final
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -81,17 +123,18 @@ def latest_checkpoint(root: Path) -> Path | None:
     return path if (path / "state.json").is_file() else None
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore weights, optimizer and RNG states from ``path``; return its state dict."""
-    tensors = torch.load(path / "trainable.pt", map_location="cpu")
-    params = dict(model.named_parameters())
-    missing = [n for n in tensors if n not in params]
-    if missing:
-        raise RuntimeError(f"checkpoint {path} does not match the model (e.g. {missing[0]})")
-    with torch.no_grad():
-        for n, t in tensors.items():
-            params[n].copy_(t.to(params[n].device, params[n].dtype))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu"))
-    state = json.loads((path / "state.json").read_text())
-    _set_rng_state(state["rng"])
-    return state
+def read_checkpoint(path: Path) -> tuple[Snapshot, dict[str, Any]]:
+    """The snapshot and the state (step, data position, metrics, RNG states) of checkpoint ``path``."""
+    snapshot = Snapshot(torch.load(path / "trainable.pt", map_location="cpu"),
+                        torch.load(path / "optimizer.pt", map_location="cpu"))
+    return snapshot, json.loads((path / "state.json").read_text())
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Set the torch, Python and NumPy RNGs to those a checkpoint's state recorded."""
+    rng = state["rng"]
+    torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
+    py = rng["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    np_state = np.random.get_state()
+    np.random.set_state((np_state[0], np.array(rng["numpy"], dtype=np.uint32), *np_state[2:]))

@@ -10,6 +10,10 @@ One step, top to bottom (:meth:`Trainer.step`):
 
 The rollout backend holds the very model being trained, so the next step samples from the new
 weights with no copy. Old logprobs come from the rollout when that is the trained policy.
+
+Under ``torchrun`` (:mod:`codrl.distributed.torch_dist`) each process plays its share of the
+step's lifecycles and gets everyone's; all processes then hold the same experiences, train on
+their share of the rows with DDP or FSDP2, and rank 0 alone writes checkpoints, logs and reports.
 """
 
 from __future__ import annotations
@@ -23,19 +27,22 @@ from typing import Any
 
 import numpy as np
 import torch
+import transformers
 from rich.console import Console
 
 from codrl.algo.advantages import compute_advantages
 from codrl.backends.base import Backend
 from codrl.backends.hf import HFBackend
 from codrl.config import dump_yaml
+from codrl.distributed.torch_dist import init_from_env, wrap_model
 from codrl.envs import CoDEnv
-from codrl.eval.metrics import Summary
+from codrl.errors import CodrlError
+from codrl.eval.metrics import Summary, summarize
 from codrl.eval.report import plot_panels, print_summary, write_report
 from codrl.eval.runner import reward_bounds, build_env, play
 from codrl.rollout.experience import Experience, LifecycleResult
-from codrl.rollout.lifecycle import LifecycleRunner, job_seeds, make_jobs
-from codrl.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from codrl.rollout.lifecycle import Job, LifecycleRunner, job_seeds, make_jobs
+from codrl.train.checkpoint import checkpoint_path, latest_checkpoint, read_checkpoint, restore_rng, save_checkpoint
 from codrl.train.config import TrainConfig
 from codrl.train.update import PolicyUpdate
 
@@ -60,10 +67,11 @@ def build_vllm(cfg: TrainConfig, tokenizer: Any) -> Backend:
                        **{**kwargs, **cfg.model.vllm})
 
 
-def build_policy(cfg: TrainConfig) -> HFBackend:
-    """Load the model of ``cfg.model`` (with LoRA adapters when configured) as a backend."""
+def build_policy(cfg: TrainConfig, device: str | None = None) -> HFBackend:
+    """Load the model of ``cfg.model`` (with LoRA adapters when configured) as a backend, on
+    ``device`` (default ``cfg.model.device``)."""
     backend = HFBackend.from_pretrained(None if cfg.model.path == "embedded" else cfg.model.path,
-                                        device=cfg.model.device, dtype=cfg.model.dtype,
+                                        device=device or cfg.model.device, dtype=cfg.model.dtype,
                                         max_batch_size=cfg.generation_batch_size, kv_cache_mb=cfg.model.kv_cache_mb)
     model = backend.model
     if cfg.model.lora is not None:
@@ -90,12 +98,21 @@ class Trainer:
     """Runs ``cfg.steps`` RL steps with checkpoints, logs and periodic evaluation.
 
     ``backend`` may be given to train a model built in code (e.g. the toy policy); by default
-    the model of ``cfg.model`` is loaded.
+    the model of ``cfg.model`` is loaded. Under torchrun (or in an initialised process group)
+    every rank builds one; a given backend must already be on this rank's device.
     """
 
     def __init__(self, cfg: TrainConfig, backend: HFBackend | None = None, console: Console | None = None) -> None:
         self.cfg = cfg
+        #: This process's place in torch.distributed (a lone process by default).
+        self.dist = init_from_env(cfg.distributed, cfg.model.device)
+        if self.dist.active and cfg.model.engine != "hf":
+            raise CodrlError("torch.distributed training plays rollouts on the trained model itself: "
+                             "model.engine must be 'hf'")
         self.console = console or Console()
+        if not self.dist.is_main:  # rank 0 prints for everyone
+            self.console = Console(quiet=True)
+            transformers.utils.logging.disable_progress_bar()
         self.out = Path(cfg.output_dir)
         _seed_all(cfg.seed)
         self.envs: list[CoDEnv] = [build_env(s.name, s.params) for s in cfg.envs]
@@ -105,15 +122,17 @@ class Trainer:
         self.eval_envs: list[CoDEnv] = self.envs + [e for e in extra if e.name not in names]
         self.weights = np.array([s.weight for s in cfg.envs], dtype=float)
         self.weights /= self.weights.sum()
-        self.backend = backend or build_policy(cfg)
+        self.backend = backend or build_policy(cfg, str(self.dist.device))
         self.model = self.backend.model
         self.tokenizer = self.backend.tokenizer
-        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-        if not self.trainable:
+        if not any(p.requires_grad for p in self.model.parameters()):
             raise ValueError("the model has no trainable parameters")
+        #: The model as it is trained: itself, a DDP replica or FSDP2 shards (then its parameters are shards).
+        self.parallel = wrap_model(self.model, self.dist, cfg.distributed.strategy)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.optim.lr, betas=cfg.optim.betas,
                                            weight_decay=cfg.optim.weight_decay)
-        self.policy_update = PolicyUpdate(cfg, self.model, self.optimizer, self.backend.pad_id)
+        self.policy_update = PolicyUpdate(cfg, self.model, self.optimizer, self.backend.pad_id, self.parallel)
         #: Plays rollouts and evaluations: the trained model itself, or a vLLM copy synced after updates.
         self.rollout_backend: Backend = self.backend if cfg.model.engine == "hf" else build_vllm(cfg, self.tokenizer)
         self.runner = LifecycleRunner(self.rollout_backend, cfg.rollout)
@@ -139,7 +158,24 @@ class Trainer:
         """Play the step's packs; sampling is seeded by (seed, step) so resumes are exact."""
         jobs = make_jobs(self.packs_for_step(step), self.cfg.rollout)
         self.runner.policy_version = self.step_idx
-        return self.runner.run(jobs, seeds=job_seeds(len(jobs), self.cfg.seed * 1_000_003 + step))
+        return self._play(self.runner, jobs, job_seeds(len(jobs), self.cfg.seed * 1_000_003 + step))
+
+    def _play(self, runner: LifecycleRunner, jobs: list[Job], seeds: list[int]) -> list[LifecycleResult]:
+        """Play ``jobs`` (one seed each); results in job order.
+
+        Under torch.distributed rank r plays ``jobs[r::world]`` with those jobs' own seeds, so a
+        lifecycle samples the same whichever rank plays it, and every rank gets all results
+        (advantages need whole groups of repeats).
+        """
+        if not self.dist.active:
+            return runner.run(jobs, seeds=seeds)
+        rank, world = self.dist.rank, self.dist.world_size
+        with self.parallel.generation() as gathered:
+            if gathered:
+                self.backend.store.clear()  # its states were computed by other weights: see generation()
+            mine = runner.run(jobs[rank::world], seeds=seeds[rank::world])
+        shares = self.dist.gather_objects(mine)
+        return [shares[i % world][i // world] for i in range(len(jobs))]
 
     def _sync_rollout_engine(self) -> None:
         """Send the current weights to a separate rollout engine (vLLM); the in-process one shares them."""
@@ -197,13 +233,21 @@ class Trainer:
         single = len(self.eval_envs) == 1
         for env in self.eval_envs:
             torch.manual_seed(self.cfg.seed + 17)
-            results = play(self.rollout_backend, env, ev.split, ev.packs, self.cfg.seed + 1, rcfg, f"eval {env.name} {tag}",
-                           self.console, self.cfg.log.progress)
+            if self.dist.active:  # the same lifecycles as play's, shared out like the rollouts
+                packs = [(env, env.sample_pack(ev.split, self.cfg.seed + 1, i, rcfg.pack_size)) for i in range(ev.packs)]
+                jobs = make_jobs(packs, rcfg)
+                results = self._play(LifecycleRunner(self.rollout_backend, rcfg), jobs, job_seeds(len(jobs)))
+            else:
+                results = play(self.rollout_backend, env, ev.split, ev.packs, self.cfg.seed + 1, rcfg,
+                               f"eval {env.name} {tag}", self.console, self.cfg.log.progress)
             folder = self.out / "eval" / tag if single else self.out / "eval" / tag / env.name
-            summary = write_report(results, folder, title=f"{env.name} / {ev.split} at {tag}",
-                                   meta={"step": self.step_idx, "env": env.name, "chance_reward": env.chance_reward},
-                                   reward_range=reward_bounds(env, rcfg))
-            print_summary(summary, self.console)
+            if self.dist.is_main:
+                summary = write_report(results, folder, title=f"{env.name} / {ev.split} at {tag}",
+                                       meta={"step": self.step_idx, "env": env.name, "chance_reward": env.chance_reward},
+                                       reward_range=reward_bounds(env, rcfg))
+                print_summary(summary, self.console)
+            else:
+                summary = summarize(results, reward_range=reward_bounds(env, rcfg))
             self.evals.setdefault(env.name, {})[self.step_idx] = summary
             prefix = "eval" if single else f"eval/{env.name}"
             self._log({f"{prefix}/pos{p.position}": p.mean_reward for p in summary.positions.get("cod", [])},
@@ -213,6 +257,8 @@ class Trainer:
 
     # -- logging -------------------------------------------------------------------------
     def _open_logs(self) -> None:
+        if not self.dist.is_main:
+            return
         if self.cfg.log.tensorboard and self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -245,15 +291,26 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------
     def save(self) -> Path:
-        state = {"data_position": self.step_idx * self.cfg.packs_per_step, "history": self.history}
-        return save_checkpoint(self.out, self.step_idx, self.model, self.tokenizer, self.optimizer, state)
+        """Checkpoint the current step: every rank takes part, rank 0 writes, the others wait for it."""
+        snapshot = self.parallel.snapshot(self.optimizer)
+        path = checkpoint_path(self.out, self.step_idx)
+        if snapshot is not None:
+            state = {"data_position": self.step_idx * self.cfg.packs_per_step, "history": self.history}
+            path = save_checkpoint(self.out, self.step_idx, self.model, self.tokenizer, snapshot, state)
+        self.dist.barrier()  # no rank may go on to read or replace a checkpoint still being written
+        return path
 
     def resume(self) -> bool:
-        """Restore the latest checkpoint of ``output_dir``; False if there is none."""
+        """Restore the latest checkpoint of ``output_dir``; False if there is none.
+
+        Every rank reads the files (whatever world size wrote them) and keeps its own part.
+        """
         path = latest_checkpoint(self.out)
         if path is None:
             return False
-        state = load_checkpoint(path, self.model, self.optimizer)
+        snapshot, state = read_checkpoint(path)
+        self.parallel.restore(snapshot, self.optimizer, path)
+        restore_rng(state)
         self.step_idx = int(state["step"])
         self.history = list(state.get("history", []))
         self._sync_rollout_engine()
@@ -265,8 +322,10 @@ class Trainer:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
-        dump_yaml(cfg, self.out / "config.yaml")
+        main = self.dist.is_main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            dump_yaml(cfg, self.out / "config.yaml")
         if resume:
             self.resume()
         self._open_logs()
@@ -274,7 +333,7 @@ class Trainer:
             self.evaluate("step-000000")
         with Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self.console,
-                      disable=not cfg.log.progress) as bar:
+                      disable=not (cfg.log.progress and main)) as bar:
             task = bar.add_task("train", total=cfg.steps, completed=self.step_idx, info="")
             while self.step_idx < cfg.steps:
                 m = self.step()
@@ -293,11 +352,16 @@ class Trainer:
             self.save()
         if cfg.eval.at_end:
             self.evaluate(f"step-{self.step_idx:06d}")
-        self._write_curves()
-        (self.out / "history.json").write_text(json.dumps(self.history, indent=1))
+        if main:
+            self._write_curves()
+            (self.out / "history.json").write_text(json.dumps(self.history, indent=1))
         if self._writer is not None:
             self._writer.close()
         return self.history
+
+    def close(self) -> None:
+        """Leave the process group this trainer created (under torchrun); nothing in one process."""
+        self.dist.close()
 
     def _write_curves(self) -> None:
         """Reward-by-position curves of every evaluation (before vs after): one panel per environment."""

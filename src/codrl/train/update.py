@@ -5,6 +5,13 @@ them into ``updates_per_step`` mini-batches, cuts each into micro-batches by a t
 accumulates their gradients, normalised by the mini-batch's number of trained tokens (token-mean),
 then clips and steps. Sampled tokens are scored from the model's hidden states chunk by chunk
 (:mod:`codrl.train.scoring`), so no full-vocabulary logits of a micro-batch are kept for backward.
+
+Under torch.distributed (:mod:`codrl.distributed.torch_dist`) every rank holds all rows and
+trains on its share of each mini-batch, balanced by tokens. The loss stays the token mean over the
+whole mini-batch (every rank divides by its global token count) and is scaled by the world size,
+so that DDP's or FSDP2's averaging of the ranks' gradients yields the single-process gradient.
+Every rank runs the same number of micro-batches (zero-weighted filler passes where it has no rows
+left) and synchronises gradients in the last one only.
 """
 
 from __future__ import annotations
@@ -16,21 +23,28 @@ from typing import Any
 import torch
 
 from codrl.algo.losses import masked_mean, policy_loss
+from codrl.distributed.torch_dist import TrainedModel
 from codrl.rollout.experience import Experience
-from codrl.train.batching import TrainSeq, collate, micro_batches, to_sequences
+from codrl.train.batching import TrainSeq, collate, filler_row, rank_micro_batches, split_rows, to_sequences
 from codrl.train.config import TrainConfig
 from codrl.train.memory import large_frees_to_os
-from codrl.train.scoring import TokenScores, score_tokens
+from codrl.train.scoring import TokenScores
 
 
 class PolicyUpdate:
-    """Gradient steps on ``model``'s trainable parameters with ``optimizer``."""
+    """Gradient steps on ``model``'s trainable parameters with ``optimizer``.
 
-    def __init__(self, cfg: TrainConfig, model: Any, optimizer: torch.optim.Optimizer, pad_id: int) -> None:
+    ``parallel`` is the model as torch.distributed trains it (:func:`~codrl.distributed.torch_dist.wrap_model`);
+    by default the model alone, in this process.
+    """
+
+    def __init__(self, cfg: TrainConfig, model: Any, optimizer: torch.optim.Optimizer, pad_id: int,
+                 parallel: TrainedModel | None = None) -> None:
         self.cfg = cfg
         self.model = model
         self.optimizer = optimizer
         self.pad_id = pad_id
+        self.parallel = parallel or TrainedModel(model)
         self.trainable = [p for g in optimizer.param_groups for p in g["params"]]
 
     def lr_at(self, step: int) -> float:
@@ -52,11 +66,12 @@ class PolicyUpdate:
             ctx.enter_context(torch.no_grad())
             ctx.enter_context(self.model.disable_adapter())
         with ctx:
-            return score_tokens(self.model, batch["input_ids"], batch["attention_mask"], batch["mask"],
-                                self.temperature, with_entropy=with_entropy)
+            return self.parallel.score(batch["input_ids"], batch["attention_mask"], batch["mask"], self.temperature,
+                                       with_entropy=with_entropy)
 
     def __call__(self, exps: list[Experience], step: int, rollout_logprobs: bool) -> dict[str, float]:
-        """Update on advantage-scored experiences; returns metrics averaged over mini-batches.
+        """Update on advantage-scored experiences; returns metrics averaged over mini-batches
+        (the same numbers on every rank).
 
         ``rollout_logprobs``: the rollout's logprobs are the behaviour policy's, as the trainer
         computes them (else they are recomputed under the current weights first).
@@ -67,60 +82,92 @@ class PolicyUpdate:
     def _device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def _use_kl(self) -> bool:
+        return self.cfg.loss.kl_coef > 0
+
     def _update(self, exps: list[Experience], step: int, rollout_logprobs: bool) -> dict[str, float]:
         cfg = self.cfg
         exps = [e for e in exps if e.completion_ids and e.token_exact]
         if not exps:
             return {}
-        device = self._device()
-        use_kl = cfg.loss.kl_coef > 0
-        if use_kl and not hasattr(self.model, "disable_adapter"):
+        if self._use_kl and not hasattr(self.model, "disable_adapter"):
             raise ValueError("loss.kl_coef > 0 needs LoRA (the reference is the base model with adapters disabled)")
         seqs = to_sequences(exps, merge_turns=cfg.merge_turns)
-        if not rollout_logprobs:
-            self.recompute_old_logprobs(seqs)
         rng = random.Random(cfg.seed * 7919 + step)
         order = seqs[:]
         rng.shuffle(order)
-        minis = [order[i::cfg.updates_per_step] for i in range(cfg.updates_per_step)]
+        minis = [m for m in (order[i::cfg.updates_per_step] for i in range(cfg.updates_per_step)) if m]
+        if not rollout_logprobs:
+            self.recompute_old_logprobs(seqs, minis)
         sums: dict[str, float] = {}
-        count = 0
-        self.model.train()
+        norms = 0.0
+        self.parallel.engine.train()
         for mini in minis:
-            if not mini:
-                continue
-            n_tokens = sum(e.num_trained for e in mini)
             self.optimizer.zero_grad(set_to_none=True)
-            for mb in micro_batches(mini, cfg.micro_batch_tokens):
-                batch = collate(mb, self.pad_id, device)
-                ref_lp = self.score(batch, ref=True).logprobs if use_kl else None
+            self.accumulate(mini, sums)
+            norms += self.step(step)
+        self.parallel.engine.eval()
+        totals = self.parallel.ctx.sum_across_ranks(sums)
+        return {**{k: v / len(minis) for k, v in totals.items()}, "grad_norm": norms / len(minis)}
+
+    def accumulate(self, mini: list[TrainSeq], sums: dict[str, float] | None = None) -> dict[str, float]:
+        """Forward and backward of this rank's share of mini-batch ``mini``, adding to the gradients.
+
+        The loss is the token mean over all of ``mini`` (every rank's rows), times the world
+        size: averaging the ranks' gradients then gives the gradient of the whole mini-batch.
+        Adds this rank's metrics to ``sums`` (a new dict by default) and returns it: each metric
+        weighted by its micro-batch's share of ``mini``'s tokens, so that summed over the ranks
+        they are the mini-batch's token means, and the loss.
+        """
+        ctx = self.parallel.ctx
+        n_tokens = sum(e.num_trained for e in mini)
+        micro = rank_micro_batches(split_rows(mini, ctx.world_size), self.cfg.micro_batch_tokens, ctx.rank)
+        sums = {} if sums is None else sums
+        for i, rows in enumerate(micro):
+            with self.parallel.gradient_sync(i == len(micro) - 1):
+                batch = collate(rows or [filler_row(self.pad_id)], self.pad_id, self._device())
+                ref_lp = self.score(batch, ref=True).logprobs if self._use_kl else None
                 scores = self.score(batch, with_entropy=True)
                 loss, m = policy_loss(scores.logprobs, batch["old_logprobs"], batch["advantages"], batch["mask"],
-                                      cfg.loss, num_tokens=n_tokens, ref_logprobs=ref_lp)
-                loss.backward()
-                if scores.entropy is not None:
-                    m["entropy"] = float(masked_mean(scores.entropy, batch["mask"]))
-                w = float(batch["mask"].sum()) / n_tokens
-                for k, v in m.items():
-                    if k != "num_tokens":
-                        sums[k] = sums.get(k, 0.0) + w * float(v)
-                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
-                del scores, ref_lp, loss
-            gn = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.optim.grad_clip)
-            for g in self.optimizer.param_groups:
-                g["lr"] = self.lr_at(step)
-            self.optimizer.step()
-            sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(gn)
-            count += 1
-        self.model.eval()
-        return {k: v / max(1, count) for k, v in sums.items()}
+                                      self.cfg.loss, num_tokens=n_tokens, ref_logprobs=ref_lp)
+                (loss * (ctx.world_size if rows else 0.0)).backward()
+            if not rows:
+                continue
+            if scores.entropy is not None:
+                m["entropy"] = float(masked_mean(scores.entropy, batch["mask"]))
+            w = float(batch["mask"].sum()) / n_tokens
+            for k, v in m.items():
+                if k != "num_tokens":
+                    sums[k] = sums.get(k, 0.0) + w * float(v)
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+            del scores, ref_lp, loss
+        return sums
+
+    def step(self, step: int) -> float:
+        """Clip the accumulated gradients to the global norm and take an optimizer step at the
+        learning rate of RL step ``step``; returns the norm before clipping."""
+        norm = self.parallel.clip_grad_norm(self.trainable, self.cfg.optim.grad_clip)
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.lr_at(step)
+        self.optimizer.step()
+        return norm
 
     @torch.no_grad()
-    def recompute_old_logprobs(self, seqs: list[TrainSeq]) -> None:
-        """Score the sampled tokens under the current weights (when the rollout engine differs)."""
-        self.model.eval()
-        for mb in micro_batches(seqs, self.cfg.micro_batch_tokens):
-            batch = collate(mb, self.pad_id, self._device())
+    def recompute_old_logprobs(self, seqs: list[TrainSeq], minis: list[list[TrainSeq]]) -> None:
+        """Score the sampled tokens under the current weights (when the rollout engine differs).
+
+        Each rank scores the rows it trains (its share of every mini-batch of ``minis``, which
+        partition ``seqs``), in their order in ``seqs``.
+        """
+        ctx = self.parallel.ctx
+        position = {id(s): i for i, s in enumerate(seqs)}
+        split = [split_rows(mini, ctx.world_size) for mini in minis]
+        shares = [sorted((s for parts in split for s in parts[r]), key=lambda s: position[id(s)])
+                  for r in range(ctx.world_size)]
+        self.parallel.engine.eval()
+        for mb in rank_micro_batches(shares, self.cfg.micro_batch_tokens, ctx.rank):
+            batch = collate(mb or [filler_row(self.pad_id)], self.pad_id, self._device())
             lp = self.score(batch).logprobs.cpu()  # 0 at untrained positions, which are never used
             for r, e in enumerate(mb):
                 e.old_logprobs = [0.0] + lp[r, : e.num_tokens - 1].tolist()
