@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from codrl.backends.hf import HFBackend
-from codrl.backends.tiny import build_tiny_policy
+from codrl.backends.tiny import build_tiny_policy, save_policy, warmup_reader
 from codrl.distributed.async_rollout import (AsyncRollouts, LocalRolloutEngine, load_tensors, split_stale,
                                              trainable_tensors)
 from codrl.envs.secret_table import SecretTable
 from codrl.rollout.config import RolloutConfig
 from codrl.rollout.experience import Experience, LifecycleResult
 from codrl.rollout.lifecycle import Job, LifecycleRunner, job_seeds
+from codrl.train.config import TrainConfig
+from codrl.train.trainer import Trainer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from toy_config import toy_train_config  # noqa: E402
 
 CFG = RolloutConfig(pack_size=3, repeats=2, max_new_tokens_solve=3, max_new_tokens_update=4,
                     update_reply_prefix="Hints:", hint_min_chars=1, temperature=1.0)
@@ -116,3 +124,35 @@ def test_split_stale_keeps_whole_lifecycles_within_the_bound() -> None:
     assert split.metrics(kept=False) == {"async/staleness_max": 3, "async/stale_lifecycles": 1,
                                          "async/stale_experiences": 3, "async/dropped_experiences": 3}
     assert split.metrics(kept=True)["async/dropped_experiences"] == 0
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    env = SecretTable()
+    model, tok = build_tiny_policy(env, seed=0)
+    warmup_reader(model, tok, env, steps=60, eval_size=0)  # well-formed answers: rewards and advantages vary
+    return save_policy(model, tok, tmp_path_factory.mktemp("tiny") / "policy")
+
+
+@pytest.mark.parametrize(("lookahead", "stale", "expect"), [
+    (1, "drop", [0, 1, 1, 1]),  # step s played by version s-1: staleness 1, within the bound
+    (2, "drop", [0, 1, 2, 2]),  # step s played by version s-2: beyond max_staleness 1 from step 2 on
+    (2, "correct", [0, 1, 2, 2]),
+])
+def test_trainer_runs_ahead_and_bounds_staleness(tiny_dir: Path, tmp_path: Path, lookahead: int, stale: str,
+                                                 expect: list[int]) -> None:
+    cfg = TrainConfig.model_validate(toy_train_config(
+        tiny_dir, steps=4, packs_per_step=2, save_every=0, output_dir=str(tmp_path),
+        distributed={"async_rollouts": True, "lookahead": lookahead, "max_staleness": 1, "stale": stale}))
+    trainer = Trainer(cfg)
+    try:
+        history = trainer.train()
+    finally:
+        trainer.close()
+    assert [h["async/staleness_max"] for h in history] == expect
+    for h, age in zip(history, expect, strict=True):
+        n_stale = h["async/stale_experiences"]
+        assert (n_stale > 0) == (age > 1)
+        assert h["async/dropped_experiences"] == (n_stale if stale == "drop" else 0)
+        # a step whose every lifecycle was dropped trains on nothing
+        assert ("train/loss" in h) == (stale == "correct" or age <= 1)

@@ -129,8 +129,12 @@ def train_cmd(
 
     The config is validated before any model loads; a wrong field is named with its allowed values.
     Checkpoints go to <output_dir>/checkpoints every `save_every` steps; `--resume` continues
-    exactly where the last checkpoint stopped. Data-parallel on several processes or GPUs:
-    `torchrun --nproc-per-node N -m codrl.cli train --config FILE.yaml` (see `distributed` in the config).
+    exactly where the last checkpoint stopped.
+
+    Scale-out (docs/distributed.md): data-parallel on several processes or GPUs with
+    `torchrun --nproc-per-node N -m codrl.cli train --config FILE.yaml`, or as Ray Train workers with
+    `distributed.train_workers: N`; rollouts on Ray actors with `distributed.rollout_workers: N`;
+    rollouts ahead of training with `distributed.async_rollouts: true`.
     """
     from codrl.config import load_yaml
     from codrl.train.config import TrainConfig
@@ -141,6 +145,11 @@ def train_cmd(
     if output_dir is not None:
         overrides["output_dir"] = str(output_dir)
     cfg = load_yaml(TrainConfig, config, overrides)
+    if cfg.distributed.train_workers:
+        from codrl.distributed.ray_train import train_on_ray
+
+        train_on_ray(cfg, resume=resume)
+        return
     from codrl.train.trainer import Trainer
 
     trainer = Trainer(cfg)

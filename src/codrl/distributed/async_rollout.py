@@ -40,6 +40,8 @@ class RolloutEngine(Protocol):
 
     def set_weights(self, tensors: dict[str, torch.Tensor], version: int) -> None: ...
 
+    def close(self) -> None: ...
+
 
 def trainable_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Detached CPU copies of the tensors an update changes (LoRA adapters, or all weights)."""

@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from codrl.train.checkpoint import Snapshot, check_names, local_snapshot, restore_local
+from codrl.train.checkpoint import Snapshot, check_names, local_snapshot, restore_local, trainable_state
 from codrl.train.config import DistributedConfig
 from codrl.train.scoring import TokenScores, score_tokens
 
@@ -70,6 +70,14 @@ class DistContext:
         out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, obj)
         return out
+
+    def broadcast_object(self, obj: T | None) -> T:
+        """Rank 0's ``obj`` (picklable) on every rank; the other ranks pass None."""
+        if not self.active:
+            return obj  # type: ignore[return-value]
+        box: list[Any] = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def sum_across_ranks(self, values: dict[str, float]) -> dict[str, float]:
         """Each key's values summed over the ranks (0 where a rank lacks the key).
@@ -162,6 +170,11 @@ class TrainedModel:
     def clip_grad_norm(self, params: list[nn.Parameter], max_norm: float) -> float:
         """Clip the gradients to a global norm of ``max_norm``; return the norm before clipping."""
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+    def full_trainable(self) -> dict[str, Tensor] | None:
+        """Whole CPU copies of the trainable tensors on rank 0, None elsewhere (every rank calls it):
+        the weights a separate rollout engine (Ray workers, an asynchronous copy) must load."""
+        return trainable_state(self.model) if self.ctx.is_main else None
 
     def snapshot(self, optimizer: torch.optim.Optimizer) -> Snapshot | None:
         """The full checkpoint state on rank 0, None on the other ranks (every rank calls it)."""
@@ -269,6 +282,14 @@ class FSDPModel(TrainedModel):
     def clip_grad_norm(self, params: list[nn.Parameter], max_norm: float) -> float:
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)  # a DTensor: the norm over every shard
         return float(norm.full_tensor())  # type: ignore[attr-defined]
+
+    def full_trainable(self) -> dict[str, Tensor] | None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        weights = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not self.ctx.is_main:
+            return None
+        return {n: weights[n] for n, p in self.model.named_parameters() if p.requires_grad}
 
     def snapshot(self, optimizer: torch.optim.Optimizer) -> Snapshot | None:
         from torch.distributed.checkpoint.state_dict import (

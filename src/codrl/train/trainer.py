@@ -22,6 +22,7 @@ import json
 import math
 import random
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from codrl.algo.advantages import compute_advantages
 from codrl.backends.base import Backend
 from codrl.backends.hf import HFBackend
 from codrl.config import dump_yaml
+from codrl.distributed.async_rollout import AsyncRollouts, LocalRolloutEngine, RolloutEngine, split_stale
 from codrl.distributed.torch_dist import init_from_env, wrap_model
 from codrl.envs import CoDEnv
 from codrl.errors import CodrlError
@@ -136,6 +138,12 @@ class Trainer:
         #: Plays rollouts and evaluations: the trained model itself, or a vLLM copy synced after updates.
         self.rollout_backend: Backend = self.backend if cfg.model.engine == "hf" else build_vllm(cfg, self.tokenizer)
         self.runner = LifecycleRunner(self.rollout_backend, cfg.rollout)
+        #: Plays the training rollouts instead of ``runner`` (on rank 0): Ray workers, or a private
+        #: policy copy for asynchronous steps; None plays them in-process.
+        self.engine: RolloutEngine | None = self._build_engine()
+        self._engine_version: int | None = None  # weights version the engine has
+        self._async: AsyncRollouts | None = None
+        self._async_started = False  # on every rank: whether rollouts run ahead (rank 0 runs them)
         self.step_idx = 0
         self.history: list[dict[str, Any]] = []
         self.evals: dict[str, dict[int, Summary]] = {}  # env name -> step -> summary
@@ -153,12 +161,74 @@ class Trainer:
                                              self.cfg.rollout.pack_size)))
         return out
 
+    def _build_engine(self) -> RolloutEngine | None:
+        d = self.cfg.distributed
+        if d.rollout_workers:
+            if not self.dist.is_main:
+                return None  # rank 0 drives the workers and shares what they played
+            from codrl.distributed.ray_rollout import RayRolloutPool
+
+            return RayRolloutPool(partial(build_policy, self.cfg), self.cfg.rollout, d)
+        if d.async_rollouts:
+            if self.dist.active:
+                raise CodrlError("distributed.async_rollouts under torch.distributed needs Ray rollout workers "
+                                 "(distributed.rollout_workers > 0)")
+            if not isinstance(self.rollout_backend, HFBackend):
+                raise CodrlError("distributed.async_rollouts in one process needs model.engine 'hf' "
+                                 "(or Ray rollout workers)")
+            return LocalRolloutEngine(self.rollout_backend, self.cfg.rollout)
+        return None
+
     # -- one RL step ---------------------------------------------------------------------
-    def rollout(self, step: int) -> list[LifecycleResult]:
-        """Play the step's packs; sampling is seeded by (seed, step) so resumes are exact."""
+    def plan(self, step: int) -> tuple[list[Job], list[int]]:
+        """The lifecycles of ``step`` and their sampling seeds: a pure function of (seed, step)."""
         jobs = make_jobs(self.packs_for_step(step), self.cfg.rollout)
-        self.runner.policy_version = self.step_idx
-        return self._play(self.runner, jobs, job_seeds(len(jobs), self.cfg.seed * 1_000_003 + step))
+        return jobs, job_seeds(len(jobs), self.cfg.seed * 1_000_003 + step)
+
+    def rollout(self, step: int) -> list[LifecycleResult]:
+        """Play the step's packs; sampling is seeded by (seed, step) so resumes are exact.
+
+        In-process, every rank plays its share; with Ray workers or asynchronous steps, rank 0
+        gets the lifecycles from the engine and shares them with the other ranks.
+        """
+        d = self.cfg.distributed
+        if not (d.rollout_workers or d.async_rollouts):
+            jobs, seeds = self.plan(step)
+            self.runner.policy_version = self.step_idx
+            return self._play(self.runner, jobs, seeds)
+        if d.async_rollouts:
+            if not self._async_started:
+                self._start_async(step)
+            results = self._async.get(step) if self._async is not None else None
+        else:
+            self._push_weights()
+            jobs, seeds = self.plan(step)
+            results = self.engine.run(jobs, seeds=seeds) if self.engine is not None else None
+        return self.dist.broadcast_object(results)
+
+    def _push_weights(self) -> None:
+        """Bring a synchronous engine's weights up to the current version (every rank takes part)."""
+        if self._engine_version == self.step_idx:
+            return
+        weights = self.parallel.full_trainable()
+        if self.engine is not None and weights is not None:
+            self.engine.set_weights(weights, self.step_idx)
+        self._engine_version = self.step_idx
+
+    def _start_async(self, step: int) -> None:
+        """Start playing steps ``step .. steps-1`` ahead of training (see codrl.distributed.async_rollout);
+        every rank takes part, rank 0 runs the thread."""
+        self._async_started = True
+        weights = self.parallel.full_trainable()
+        if self.engine is None or weights is None:
+            return  # a rank other than 0: it receives the lifecycles from rank 0
+        self._async = AsyncRollouts(self.engine, self.plan, start=step, stop=self.cfg.steps,
+                                    lookahead=self.cfg.distributed.lookahead, weights=weights, version=self.step_idx)
+
+    def _stop_async(self) -> None:
+        if self._async is not None:
+            self._async.close()
+        self._async, self._async_started = None, False
 
     def _play(self, runner: LifecycleRunner, jobs: list[Job], seeds: list[int]) -> list[LifecycleResult]:
         """Play ``jobs`` (one seed each); results in job order.
@@ -178,33 +248,51 @@ class Trainer:
         return [shares[i % world][i // world] for i in range(len(jobs))]
 
     def _sync_rollout_engine(self) -> None:
-        """Send the current weights to a separate rollout engine (vLLM); the in-process one shares them."""
+        """Send the current weights to a separate rollout engine (vLLM); the in-process one shares them.
+        Asynchronous rollouts get each new version as soon as it exists; Ray workers in synchronous
+        mode get it before the next rollout."""
         if self.rollout_backend is not self.backend:
             self.rollout_backend.sync_weights(self.model)  # type: ignore[attr-defined]
+        if self._async_started:
+            weights = self.parallel.full_trainable()
+            if self._async is not None and weights is not None:
+                self._async.publish(self.step_idx, weights)
 
     def update(self, exps: list[Experience]) -> dict[str, float]:
         """Policy-gradient update of the current step on advantage-scored experiences; returns its metrics."""
         return self.policy_update(exps, self.step_idx, self._use_rollout_logprobs())
 
     def _use_rollout_logprobs(self) -> bool:
+        """Whether the rollout's logprobs serve as old logprobs (else they are recomputed).
+
+        Auto: yes when the rollouts ran the trainer's own model code (in-process, an asynchronous
+        copy, Ray workers of the transformers backend), so they are the sampling policy's as the
+        trainer computes them; no for vLLM, whose numerics differ. Stale experiences kept for
+        importance correction always use them: they ARE the behaviour policy.
+        """
+        d = self.cfg.distributed
+        if d.async_rollouts and d.stale == "correct":
+            return True
         mode = self.cfg.old_logprobs
         if mode != "auto":
             return mode == "rollout"
-        return self.rollout_backend is self.backend and self.backend.token_exact
+        return self.cfg.model.engine == "hf" and self.backend.token_exact
 
     def step(self) -> dict[str, Any]:
         """One RL step: rollout, advantages, update. Returns its metrics."""
         t0 = time.time()
         results = self.rollout(self.step_idx)
         t1 = time.time()
-        exps = [e for r in results for e in r.experiences]
-        adv_metrics = compute_advantages(exps, self.cfg.advantage)
+        trained, stale = self._fresh(results)
+        exps = [e for r in trained for e in r.experiences]
+        adv_metrics = compute_advantages(exps, self.cfg.advantage) if exps else {}
         upd = self.update(exps)
+        self.step_idx += 1
         self._sync_rollout_engine()
         t2 = time.time()
         by_env = {name: [r for r in results if r.env == name] for name in sorted({r.env for r in results})}
         metrics: dict[str, Any] = {
-            "step": self.step_idx + 1,
+            "step": self.step_idx,
             **_reward_metrics(results, "reward/"),
             **({k: v for name, mine in by_env.items() for k, v in _reward_metrics(mine, f"reward/{name}/").items()}
                if len(self.envs) > 1 else {}),
@@ -215,9 +303,19 @@ class Trainer:
             "time/rollout_s": t1 - t0, "time/update_s": t2 - t1,
             **{f"adv/{a}": b for a, b in adv_metrics.items()},
             **{f"train/{a}": b for a, b in upd.items()},
+            **stale,
         }
-        self.step_idx += 1
         return metrics
+
+    def _fresh(self, results: list[LifecycleResult]) -> tuple[list[LifecycleResult], dict[str, Any]]:
+        """The lifecycles to train on and the staleness metrics (asynchronous steps only): lifecycles
+        sampled more than ``max_staleness`` updates ago are dropped, or kept with ``stale: correct``."""
+        d = self.cfg.distributed
+        if not d.async_rollouts:
+            return results, {}
+        split = split_stale(results, self.step_idx, d.max_staleness)
+        keep = d.stale == "correct"
+        return (results if keep else split.fresh), split.metrics(kept=keep)
 
     # -- evaluation ----------------------------------------------------------------------
     def evaluate(self, tag: str) -> dict[str, Summary]:
@@ -348,6 +446,7 @@ class Trainer:
                     self.save()
                 if cfg.eval.every and self.step_idx % cfg.eval.every == 0 and self.step_idx < cfg.steps:
                     self.evaluate(f"step-{self.step_idx:06d}")
+        self._stop_async()
         if not (cfg.save_every and self.step_idx % cfg.save_every == 0):
             self.save()
         if cfg.eval.at_end:
@@ -360,7 +459,11 @@ class Trainer:
         return self.history
 
     def close(self) -> None:
-        """Leave the process group this trainer created (under torchrun); nothing in one process."""
+        """Stop asynchronous rollouts, Ray workers and the process group this trainer created."""
+        self._stop_async()
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
         self.dist.close()
 
     def _write_curves(self) -> None:
