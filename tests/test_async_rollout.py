@@ -10,12 +10,12 @@ import torch
 
 from codrl.backends.hf import HFBackend
 from codrl.backends.tiny import build_tiny_policy, save_policy, warmup_reader
-from codrl.distributed.async_rollout import (AsyncRollouts, LocalRolloutEngine, load_tensors, split_stale,
-                                             trainable_tensors)
+from codrl.distributed.async_rollout import AsyncRollouts, LocalRolloutEngine, split_stale
 from codrl.envs.secret_table import SecretTable
 from codrl.rollout.config import RolloutConfig
 from codrl.rollout.experience import Experience, LifecycleResult
 from codrl.rollout.lifecycle import Job, LifecycleRunner, job_seeds
+from codrl.train.checkpoint import load_tensors, trainable_state
 from codrl.train.config import TrainConfig
 from codrl.train.trainer import Trainer
 
@@ -42,7 +42,7 @@ def plan(step: int) -> tuple[list[Job], list[int]]:
 def version_weights(policy: HFBackend, version: int) -> dict[str, torch.Tensor]:
     """Distinct weights per version: the policy's, shifted by a version-dependent amount."""
     g = torch.Generator().manual_seed(version)
-    return {n: t + 0.05 * version * torch.randn(t.shape, generator=g) for n, t in trainable_tensors(policy.model).items()}
+    return {n: t + 0.05 * version * torch.randn(t.shape, generator=g) for n, t in trainable_state(policy.model).items()}
 
 
 def replies(results: list[LifecycleResult]) -> list[list[int]]:
@@ -81,7 +81,7 @@ def test_the_copy_does_not_follow_the_trained_model(policy: HFBackend) -> None:
         p.add_(1.0)  # the trainer's update
     try:
         assert torch.equal(dict(engine.backend.model.named_parameters())[name], before)
-        engine.set_weights(trainable_tensors(policy.model), 1)
+        engine.set_weights(trainable_state(policy.model), 1)
         assert torch.equal(dict(engine.backend.model.named_parameters())[name], p)
         assert engine.policy_version == 1
     finally:
@@ -94,7 +94,7 @@ def test_a_failing_rollout_reaches_the_trainer(policy: HFBackend) -> None:
         raise ValueError("no packs")
 
     rollouts = AsyncRollouts(LocalRolloutEngine(policy, CFG), broken, start=0, stop=2, lookahead=1,
-                             weights=trainable_tensors(policy.model), version=0)
+                             weights=trainable_state(policy.model), version=0)
     with pytest.raises(RuntimeError, match="stopped before step 0") as info:
         rollouts.get(0)
     assert isinstance(info.value.__cause__, ValueError)
@@ -103,7 +103,7 @@ def test_a_failing_rollout_reaches_the_trainer(policy: HFBackend) -> None:
 
 def test_close_stops_a_thread_waiting_for_weights(policy: HFBackend) -> None:
     rollouts = AsyncRollouts(LocalRolloutEngine(policy, CFG), plan, start=0, stop=5, lookahead=1,
-                             weights=trainable_tensors(policy.model), version=0)
+                             weights=trainable_state(policy.model), version=0)
     rollouts.get(0)
     rollouts.get(1)  # step 2 waits for version 1, which is never published
     rollouts.close()

@@ -74,7 +74,7 @@ def test_balance_deals_every_row_once_within_the_lpt_bound(parts: int, seed: int
         # greedy list scheduling: no bin ends more than one item above the mean ...
         assert max(loads) <= sum(tokens) / parts + max(tokens)
         # ... and LPT is within 4/3 - 1/(3m) of the best split (brute force on these small inputs)
-        best = min(max(sum(t for t, p in zip(tokens, assign) if p == b) for b in range(parts))
+        best = min(max(sum(t for t, p in zip(tokens, assign, strict=True) if p == b) for b in range(parts))
                    for assign in itertools.product(range(parts), repeat=n))
         assert max(loads) <= (4 / 3 - 1 / (3 * parts)) * best + 1e-9
     assert balance_by_tokens(tokens, parts) == bins  # deterministic
@@ -377,7 +377,7 @@ def assert_same_run(got: Path, ref: Path, rel: float, atol: float) -> None:
     ref_hist, got_hist = history(ref), history(got)
     assert [h["step"] for h in got_hist] == list(range(1, STEPS + 1))
     assert len({h["reward/mean"] for h in ref_hist}) > 1 or ref_hist[0]["train/grad_norm"] > 0
-    for a, b in zip(ref_hist, got_hist):
+    for a, b in zip(ref_hist, got_hist, strict=True):
         for key in ("reward/mean", "reward/pos0", "reward/pos2", "tokens/trained"):
             assert a[key] == pytest.approx(b[key], abs=1e-9), (a["step"], key)
         for key in ("train/loss", "train/grad_norm", "train/entropy"):

@@ -44,8 +44,8 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def config(tiny_dir: Path, out: Path, **over: Any) -> TrainConfig:
-    return TrainConfig.model_validate(toy_train_config(tiny_dir, steps=2, packs_per_step=4, save_every=0,
-                                                       output_dir=str(out), **over))
+    data = {"steps": 2, "packs_per_step": 4, "save_every": 0, "output_dir": str(out), **over}
+    return TrainConfig.model_validate(toy_train_config(tiny_dir, **data))
 
 
 def trained(trainer: Trainer) -> dict[str, torch.Tensor]:

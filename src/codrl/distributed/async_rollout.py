@@ -28,6 +28,7 @@ from codrl.backends.hf import HFBackend
 from codrl.rollout.config import RolloutConfig
 from codrl.rollout.experience import LifecycleResult
 from codrl.rollout.lifecycle import Job, LifecycleRunner
+from codrl.train.checkpoint import load_tensors
 
 
 class RolloutEngine(Protocol):
@@ -41,22 +42,6 @@ class RolloutEngine(Protocol):
     def set_weights(self, tensors: dict[str, torch.Tensor], version: int) -> None: ...
 
     def close(self) -> None: ...
-
-
-def trainable_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Detached CPU copies of the tensors an update changes (LoRA adapters, or all weights)."""
-    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
-
-
-def load_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    """Copy ``tensors`` into ``model``'s parameters of the same names (in place)."""
-    params = dict(model.named_parameters())
-    unknown = [n for n in tensors if n not in params]
-    if unknown:
-        raise KeyError(f"weights do not match the model (e.g. {unknown[0]!r})")
-    with torch.no_grad():
-        for name, t in tensors.items():
-            params[name].copy_(t)
 
 
 class LocalRolloutEngine:

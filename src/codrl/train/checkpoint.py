@@ -70,13 +70,27 @@ def check_names(tensors: dict[str, Any], params: Iterable[str], path: Path) -> N
         raise RuntimeError(f"checkpoint {path} does not match the model (e.g. {missing[0]})")
 
 
+def load_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy ``tensors`` (parameter name -> value, any subset: LoRA adapters or all weights) into
+    ``model``'s whole parameters, in place; names and shapes are checked before anything changes.
+    In-place copies bump the parameters' versions, so a backend's KV cache drops stale states."""
+    params = dict(model.named_parameters())
+    unknown = sorted(set(tensors) - set(params))
+    if unknown:
+        raise ValueError(f"{len(unknown)} weight names are not parameters of the model, e.g. {unknown[:3]}")
+    wrong = [n for n, t in tensors.items() if t.shape != params[n].shape]
+    if wrong:
+        raise ValueError(f"weight {wrong[0]!r} has shape {tuple(tensors[wrong[0]].shape)}, the model's "
+                         f"{tuple(params[wrong[0]].shape)}")
+    with torch.no_grad():
+        for n, t in tensors.items():
+            params[n].copy_(t.to(params[n].device, params[n].dtype))
+
+
 def restore_local(model: torch.nn.Module, optimizer: torch.optim.Optimizer, snapshot: Snapshot, path: Path) -> None:
     """Copy a snapshot read from ``path`` into whole (unsharded) parameters and the optimizer."""
-    params = dict(model.named_parameters())
-    check_names(snapshot.trainable, params, path)
-    with torch.no_grad():
-        for n, t in snapshot.trainable.items():
-            params[n].copy_(t.to(params[n].device, params[n].dtype))
+    check_names(snapshot.trainable, (n for n, _ in model.named_parameters()), path)
+    load_tensors(model, snapshot.trainable)
     optimizer.load_state_dict(snapshot.optimizer)
 
 
