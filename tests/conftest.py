@@ -32,3 +32,20 @@ def embedded_backend() -> Iterator[object]:
         yield backend
     finally:
         backend.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """Folder of the tiny SecretTable policy after a short reading warm-up (loadable by
+    ``HFBackend.from_pretrained`` and as ``model.path`` of a training config).
+
+    The warm-up makes answers well-formed, so rewards, hence advantages, vary between repeats.
+    Read-only: trainers load their own copy from it.
+    """
+    from codrl.backends.tiny import build_tiny_policy, save_policy, warmup_reader
+    from codrl.envs.secret_table import SecretTable
+
+    env = SecretTable()
+    model, tok = build_tiny_policy(env, seed=0)
+    warmup_reader(model, tok, env, steps=60, eval_size=0)
+    return save_policy(model, tok, tmp_path_factory.mktemp("tiny") / "policy")

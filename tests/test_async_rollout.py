@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from codrl.backends.hf import HFBackend
-from codrl.backends.tiny import build_tiny_policy, save_policy, warmup_reader
+from codrl.backends.tiny import build_tiny_policy
 from codrl.distributed.async_rollout import AsyncRollouts, LocalRolloutEngine, split_stale
 from codrl.envs.secret_table import SecretTable
 from codrl.rollout.config import RolloutConfig
@@ -126,12 +126,6 @@ def test_split_stale_keeps_whole_lifecycles_within_the_bound() -> None:
     assert split.metrics(kept=True)["async/dropped_experiences"] == 0
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    env = SecretTable()
-    model, tok = build_tiny_policy(env, seed=0)
-    warmup_reader(model, tok, env, steps=60, eval_size=0)  # well-formed answers: rewards and advantages vary
-    return save_policy(model, tok, tmp_path_factory.mktemp("tiny") / "policy")
 
 
 @pytest.mark.parametrize(("lookahead", "stale", "expect"), [
@@ -156,3 +150,13 @@ def test_trainer_runs_ahead_and_bounds_staleness(tiny_dir: Path, tmp_path: Path,
         assert h["async/dropped_experiences"] == (n_stale if stale == "drop" else 0)
         # a step whose every lifecycle was dropped trains on nothing
         assert ("train/loss" in h) == (stale == "correct" or age <= 1)
+
+
+def test_a_step_outside_the_range_is_refused(policy: HFBackend) -> None:
+    rollouts = AsyncRollouts(LocalRolloutEngine(policy, CFG), plan, start=1, stop=2, lookahead=1,
+                             weights=trainable_state(policy.model), version=1)
+    try:
+        with pytest.raises(ValueError, match="not among the steps"):
+            rollouts.get(2)
+    finally:
+        rollouts.close()

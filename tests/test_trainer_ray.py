@@ -11,8 +11,6 @@ from typing import Any
 import pytest
 import torch
 
-from codrl.backends.tiny import build_tiny_policy, save_policy, warmup_reader
-from codrl.envs.secret_table import SecretTable
 from codrl.train.checkpoint import latest_checkpoint
 from codrl.train.config import TrainConfig
 from codrl.train.trainer import Trainer
@@ -35,12 +33,6 @@ def local_ray() -> Iterator[None]:
         ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    env = SecretTable()
-    model, tok = build_tiny_policy(env, seed=0)
-    warmup_reader(model, tok, env, steps=60, eval_size=0)  # well-formed answers: rewards and advantages vary
-    return save_policy(model, tok, tmp_path_factory.mktemp("tiny") / "policy")
 
 
 def config(tiny_dir: Path, out: Path, **over: Any) -> TrainConfig:

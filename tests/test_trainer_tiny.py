@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from codrl.backends.tiny import build_tiny_policy, save_policy, warmup_reader
-from codrl.envs.secret_table import SecretTable
 from codrl.train.config import TrainConfig
 from codrl.train.trainer import Trainer
 
@@ -18,13 +16,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from toy_config import toy_train_config  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    env = SecretTable()
-    model, tok = build_tiny_policy(env, seed=0)
-    # a short reading warm-up so that answers are well-formed and rewards (hence advantages) vary
-    warmup_reader(model, tok, env, steps=60, eval_size=0)
-    return save_policy(model, tok, tmp_path_factory.mktemp("tiny") / "policy")
 
 
 def config(model_dir: Path, out: Path, **over: object) -> TrainConfig:

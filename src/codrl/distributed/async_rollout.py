@@ -112,6 +112,8 @@ class AsyncRollouts:
 
     def get(self, step: int) -> list[LifecycleResult]:
         """Step ``step``'s finished lifecycles (blocks until played; re-raises the thread's error)."""
+        if not self.start <= step < self.stop:
+            raise ValueError(f"step {step} is not among the steps played ahead ({self.start}..{self.stop - 1})")
         with self._cond:
             self._cond.wait_for(lambda: step in self._results or self._error is not None or self._closed)
             if step in self._results:

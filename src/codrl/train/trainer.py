@@ -162,8 +162,13 @@ class Trainer:
         return out
 
     def _build_engine(self) -> RolloutEngine | None:
+        """Ray workers (``rollout_workers``), a private policy copy (``async_rollouts`` in one
+        process), or None: the training rollouts are played in-process by ``runner``."""
         d = self.cfg.distributed
         if d.rollout_workers:
+            if self.cfg.model.engine != "hf":
+                raise CodrlError("distributed.rollout_workers: Ray workers play on the transformers backend; "
+                                 "use model.engine 'hf' with them (vLLM serves one process's rollouts)")
             if not self.dist.is_main:
                 return None  # rank 0 drives the workers and shares what they played
             from codrl.distributed.ray_rollout import RayRolloutPool
