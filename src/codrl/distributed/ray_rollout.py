@@ -181,7 +181,10 @@ class RolloutWorker:
 
     def _built(self) -> HFBackend:
         if self.backend is None:
+            import transformers
+
             torch.set_num_threads(self.threads)  # before the model runs: its first passes set up thread pools
+            transformers.utils.logging.disable_progress_bar()  # one "Loading weights" bar per worker is noise
             self.backend = self.factory()
         return self.backend
 
