@@ -1,0 +1,446 @@
+"""Run untrusted, model-written code in a contained child process.
+
+:func:`run_sandboxed` writes the given files into a fresh temporary directory, runs ``command``
+there and returns a :class:`SandboxResult`. Model text is only ever written to files in that
+directory; the host process never passes it to ``eval``/``exec``.
+
+Layers, strongest first (each is used when it works on this machine, see :func:`isolation`):
+
+* **Namespaces** (root with ``unshare`` and ``setpriv``): new PID, mount and network namespaces.
+  The command runs as PID 1 of its PID namespace, so when it exits or is killed the kernel kills
+  every process it left behind (double forks and ``setsid`` included). The network namespace has
+  only a downed loopback device. In the mount namespace ``/tmp`` is replaced by a size-limited
+  tmpfs holding a copy of the files (the cwd and ``HOME``), and the other world-writable
+  directories (``/var/tmp``, ``/dev/shm``, ``/run/lock``) by empty read-only ones.
+* **A dedicated uid** (root): the command runs as a random, otherwise unused uid with no
+  capabilities and ``no_new_privs``. It can write only where "other" may write, ``RLIMIT_NPROC``
+  counts only this run's processes, and on return every process of that uid is SIGKILLed.
+* **rlimits** (always): CPU seconds, address space, process count, file size, no core dumps.
+* **A new session/process group** (always): the whole group is SIGKILLed on timeout and return.
+
+Without root, only the last two apply (see ``docs/sandbox.md`` for what is NOT protected).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+import resource
+import selectors
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from codrl.errors import CodrlError
+
+#: Appended to a stream that was cut at ``max_output_bytes``.
+TRUNCATION_MARKER = "\n[... output truncated by sandbox ...]\n"
+#: The only environment the child sees (plus ``HOME``); nothing is inherited from the host.
+BASE_ENV: dict[str, str] = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "PYTHONHASHSEED": "0",
+}
+#: Range of the throwaway uids a root host runs children as (never in /etc/passwd in practice).
+_UID_RANGE = (1_500_000, 1_999_999)
+_READ_CHUNK = 65536
+_SIGNALS = frozenset(int(s) for s in signal.Signals)
+
+# Runs inside the new namespaces as root (PID 1 there), then runs the command as the sandbox uid.
+# The shell stays PID 1 and exits with the command's status (128+N for signal N): unshare 2.38
+# fails to re-raise a child's SIGXCPU itself, so the status travels as a plain exit code.
+# $1 = host work dir, $2 = uid, $3 = tmpfs size in MiB; the rest is the command.
+_NS_SCRIPT = r"""
+set -e
+src=$1; uid=$2; size=$3; shift 3
+cd "$src"
+mount -t tmpfs -o "size=${size}m,mode=0700,nosuid,nodev" sandbox /tmp
+cp -a . /tmp/
+chown -R "$uid:$uid" /tmp
+for d in /var/tmp /dev/shm /run/lock; do
+  if [ -d "$d" ]; then mount -t tmpfs -o size=4k,mode=0755,ro,nosuid,nodev,noexec none "$d"; fi
+done
+cd /tmp
+unset OLDPWD
+ip link set lo up 2>/dev/null || true
+set +e
+setpriv --reuid="$uid" --regid="$uid" --clear-groups --no-new-privs \
+  --inh-caps=-all --bounding-set=-all -- "$@"
+exit $?
+"""
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    """What a sandboxed run produced; ``killed_reason`` says in one line why it was stopped."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    timed_out: bool
+    killed_reason: str | None
+    duration_s: float
+
+    @property
+    def ok(self) -> bool:
+        """True when the command exited 0 on its own."""
+        return self.returncode == 0 and self.killed_reason is None
+
+
+@functools.lru_cache(maxsize=1)
+def isolation() -> str:
+    """Return the strongest layer that works here: ``"namespaces"``, ``"uid"`` or ``"rlimits"``.
+
+    Probed once by actually running ``unshare``, because the binary may exist while the kernel or
+    a container policy refuses namespaces.
+    """
+    if os.getuid() != 0:
+        return "rlimits"
+    if shutil.which("unshare") and shutil.which("setpriv"):
+        probe = [
+            "unshare",
+            "--pid",
+            "--fork",
+            "--mount",
+            "--mount-proc",
+            "--net",
+            "--kill-child",
+            "sh",
+            "-c",
+            "mount -t tmpfs none /tmp && setpriv --reuid=65534 true",
+        ]
+        try:
+            done = subprocess.run(probe, capture_output=True, timeout=10, check=False)
+            if done.returncode == 0:
+                return "namespaces"
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return "uid"
+
+
+def run_sandboxed(
+    files: Mapping[str, str],
+    command: Sequence[str],
+    *,
+    timeout_s: float = 10.0,
+    cpu_s: int = 10,
+    memory_mb: int = 512,
+    max_procs: int = 32,
+    max_output_bytes: int = 1_000_000,
+    max_file_mb: int = 16,
+    disk_mb: int = 64,
+    network: bool = False,
+) -> SandboxResult:
+    """Write ``files`` into a fresh temp dir, run ``command`` there contained, and clean up.
+
+    ``network=True`` skips the network namespace (the other layers stay). ``disk_mb`` bounds the
+    tmpfs work dir in namespace mode. Raises :class:`CodrlError` for a bad file name or command.
+    """
+    if not command:
+        raise CodrlError("sandbox command: must not be empty")
+    mode = isolation()
+    uid = _pick_uid() if mode != "rlimits" else None
+    workdir = Path(tempfile.mkdtemp(prefix="codrl-sandbox-"))
+    try:
+        _write_files(workdir, files, uid)
+        argv, cwd, home = _build_argv(mode, list(command), workdir, uid, disk_mb, network)
+        env = dict(BASE_ENV, HOME=home)
+        limits = _Limits(cpu_s, memory_mb, max_procs, max_file_mb, count_own=uid is None)
+        run_as = uid if mode == "uid" and not _SETPRIV else None
+        return _supervise(
+            argv,
+            cwd,
+            env,
+            limits,
+            run_as,
+            uid,
+            timeout_s,
+            max_output_bytes,
+            shell_status=mode == "namespaces",
+        )
+    finally:
+        if uid is not None:
+            _kill_uid(uid)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _write_files(workdir: Path, files: Mapping[str, str], uid: int | None) -> None:
+    """Write each file under ``workdir``, refusing names that could escape it."""
+    for name, text in files.items():
+        rel = PurePosixPath(name)
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+            raise CodrlError(f"sandbox file name: {name!r} must be a relative path without '..'")
+        path = workdir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    if uid is not None:
+        for path in [workdir, *workdir.rglob("*")]:
+            os.chown(path, uid, uid, follow_symlinks=False)
+
+
+def _build_argv(
+    mode: str,
+    command: list[str],
+    workdir: Path,
+    uid: int | None,
+    disk_mb: int,
+    network: bool,
+) -> tuple[list[str], str, str]:
+    """Return (argv, cwd, HOME) for the chosen isolation mode."""
+    if mode == "uid" and _SETPRIV and uid is not None:
+        return [*_setpriv_argv(uid), *command], str(workdir), str(workdir)
+    if mode != "namespaces":
+        return command, str(workdir), str(workdir)
+    flags = ["--pid", "--fork", "--mount", "--mount-proc", "--kill-child"]
+    if not network:
+        flags.append("--net")
+    argv = [
+        "unshare",
+        *flags,
+        "sh",
+        "-c",
+        _NS_SCRIPT,
+        "sandbox",
+        str(workdir),
+        str(uid),
+        str(disk_mb),
+        *command,
+    ]
+    return argv, str(workdir), "/tmp"
+
+
+_SETPRIV = shutil.which("setpriv") is not None
+
+
+def _setpriv_argv(uid: int) -> list[str]:
+    """Drop to ``uid`` with no groups, no capabilities and ``no_new_privs`` (util-linux)."""
+    return [
+        "setpriv",
+        f"--reuid={uid}",
+        f"--regid={uid}",
+        "--clear-groups",
+        "--no-new-privs",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--",
+    ]
+
+
+@dataclass(frozen=True)
+class _Limits:
+    """The rlimits applied in the child before exec."""
+
+    cpu_s: int
+    memory_mb: int
+    max_procs: int
+    max_file_mb: int
+    count_own: bool  # RLIMIT_NPROC is per uid: without a private uid, add the user's processes
+
+    def preexec(self) -> Callable[[], None]:
+        """Build the function run in the forked child; it only calls async-signal-safe setters."""
+        nproc = self.max_procs + (_count_uid_procs(os.getuid()) if self.count_own else 0)
+        mem = self.memory_mb * 1024 * 1024
+        fsize = self.max_file_mb * 1024 * 1024
+
+        def apply() -> None:
+            resource.setrlimit(resource.RLIMIT_CPU, (self.cpu_s, self.cpu_s + 1))
+            resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+            resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+        return apply
+
+
+class _Capture:
+    """Reads both pipes without deadlock, keeping at most ``cap`` bytes of each."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], cap: int) -> None:
+        self.cap = cap
+        self.data: dict[int, bytearray] = {}
+        self.truncated = False
+        self.sel = selectors.DefaultSelector()
+        for pipe in (proc.stdout, proc.stderr):
+            assert pipe is not None
+            os.set_blocking(pipe.fileno(), False)
+            self.data[pipe.fileno()] = bytearray()
+            self.sel.register(pipe.fileno(), selectors.EVENT_READ)
+
+    def pump(self, wait_s: float) -> None:
+        """Read what is ready within ``wait_s``; set ``truncated`` when a stream passes the cap."""
+        for key, _ in self.sel.select(max(wait_s, 0.0)):
+            fd = int(key.fd)
+            try:
+                chunk = os.read(fd, _READ_CHUNK)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                self.sel.unregister(fd)
+                continue
+            buf = self.data[fd]
+            if len(buf) + len(chunk) > self.cap:
+                self.truncated = True
+            buf += chunk[: max(self.cap - len(buf), 0)]
+
+    @property
+    def open(self) -> bool:
+        """True while a pipe has not reached EOF."""
+        return bool(self.sel.get_map())
+
+    def text(self, fd: int) -> str:
+        """Decode a stream leniently, with the marker when the run was cut for output."""
+        out = bytes(self.data[fd]).decode("utf-8", errors="replace")
+        return out + TRUNCATION_MARKER if self.truncated and len(self.data[fd]) >= self.cap else out
+
+
+def _supervise(
+    argv: list[str],
+    cwd: str,
+    env: dict[str, str],
+    limits: _Limits,
+    run_as: int | None,
+    kill_uid: int | None,
+    timeout_s: float,
+    max_output_bytes: int,
+    shell_status: bool,
+) -> SandboxResult:
+    """Start the child in a new session, pump its output, and kill its group on every exit."""
+    start = time.monotonic()
+    deadline = start + timeout_s
+    proc = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        # Only setrlimit calls run there (no locks, no imports), the accepted safe use with threads.
+        preexec_fn=limits.preexec(),  # noqa: PLW1509
+        user=run_as,
+        group=run_as,
+        extra_groups=[] if run_as is not None else None,
+        close_fds=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    cap = _Capture(proc, max_output_bytes)
+    reason: str | None = None
+    timed_out = False
+    try:
+        while cap.open or proc.poll() is None:
+            now = time.monotonic()
+            if now >= deadline:
+                timed_out, reason = True, f"wall-clock timeout after {timeout_s:g}s"
+                break
+            if cap.truncated:
+                reason = f"output exceeded {max_output_bytes} bytes"
+                break
+            if proc.poll() is not None:
+                _kill_group(proc.pid, kill_uid)  # leftovers may hold the pipes open
+                deadline = min(deadline, now + 0.5)
+            cap.pump(min(deadline - now, 0.1))
+    finally:
+        _kill_group(proc.pid, kill_uid)
+        returncode = proc.wait()
+        if shell_status and returncode > 128 and (returncode - 128) in _SIGNALS:
+            returncode = 128 - returncode
+        cap.sel.close()
+        proc.stdout.close()
+        proc.stderr.close()
+    stderr = _text(cap, "stderr")
+    return SandboxResult(
+        returncode=returncode,
+        stdout=_text(cap, "stdout"),
+        stderr=stderr,
+        timed_out=timed_out,
+        killed_reason=reason or _exit_reason(returncode, stderr),
+        duration_s=time.monotonic() - start,
+    )
+
+
+def _text(cap: _Capture, which: str) -> str:
+    """Decoded text of one stream; its fd number is fixed at registration."""
+    fds = sorted(cap.data)  # stdout pipe is created first, so it has the lower fd
+    return cap.text(fds[0] if which == "stdout" else fds[1])
+
+
+def _exit_reason(returncode: int, stderr: str) -> str | None:
+    """Name the limit behind an exit, when the exit shows one."""
+    by_signal = {
+        signal.SIGXCPU: "CPU time limit exceeded (SIGXCPU)",
+        signal.SIGXFSZ: "file size limit exceeded (SIGXFSZ)",
+        signal.SIGKILL: "killed by SIGKILL (CPU hard limit or memory)",
+        signal.SIGSEGV: "crashed with SIGSEGV (possibly the memory limit)",
+    }
+    if returncode < 0:
+        sig = signal.Signals(-returncode)
+        return by_signal.get(sig, f"terminated by signal {sig.name}")
+    if returncode != 0 and "MemoryError" in stderr[-2000:]:
+        return "memory limit exceeded (MemoryError)"
+    if returncode != 0 and "BlockingIOError" in stderr[-2000:] and "fork" in stderr[-2000:]:
+        return "process limit exceeded (fork failed)"
+    return None
+
+
+def _kill_group(pid: int, uid: int | None) -> None:
+    """SIGKILL the child's process group (its session leader's group) and, if set, its uid."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    if uid is not None:
+        _kill_uid(uid)
+
+
+def _uid_pids(uid: int) -> list[int]:
+    """Live (non-zombie) PIDs whose real uid is ``uid``.
+
+    Reads ``/proc/PID/status`` rather than the directory owner, which a process can turn into
+    root by clearing its dumpable flag.
+    """
+    pids = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = Path(entry.path, "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if int(fields.get("Uid", "-1").split()[0]) == uid and "Z" not in fields.get("State", ""):
+            pids.append(int(entry.name))
+    return pids
+
+
+def _count_uid_procs(uid: int) -> int:
+    """How many processes ``uid`` already runs (RLIMIT_NPROC counts them all)."""
+    return len(_uid_pids(uid))
+
+
+def _kill_uid(uid: int) -> None:
+    """SIGKILL every process of ``uid`` until none is left (a fork race needs a few rounds)."""
+    for _ in range(50):
+        pids = _uid_pids(uid)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.01)
+
+
+def _pick_uid() -> int:
+    """A random uid in :data:`_UID_RANGE` that owns no process now."""
+    while True:
+        uid = random.randint(*_UID_RANGE)
+        if not _uid_pids(uid):
+            return uid

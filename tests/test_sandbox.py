@@ -1,0 +1,292 @@
+"""Hostile programs run through :func:`codrl.sandbox.run_sandboxed`.
+
+Every hostile case checks two things: the run ends with a non-success result that says why, and
+the host is unchanged afterwards (files, processes, memory). Tests marked with the ``mode``
+fixture also run with the namespaces switched off (uid + rlimits only), the fallback a host
+without ``unshare`` gets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from codrl import sandbox
+from codrl.errors import CodrlError
+from codrl.sandbox import TRUNCATION_MARKER, run_sandboxed
+
+PY = sys.executable
+ROOT = os.getuid() == 0
+
+
+@pytest.fixture(params=["auto", "uid"])
+def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Run the test with the best isolation here, then with the uid-only fallback (root only)."""
+    if request.param == "uid":
+        if not ROOT:
+            pytest.skip("uid fallback needs root")
+        monkeypatch.setattr(sandbox, "isolation", lambda: "uid")
+    yield request.param
+
+
+def _run(code: str, *args: str, **kw: object) -> sandbox.SandboxResult:
+    """Run one Python file ``main.py`` holding ``code`` in the sandbox."""
+    return run_sandboxed({"main.py": textwrap.dedent(code)}, [PY, "main.py", *args], **kw)  # type: ignore[arg-type]
+
+
+def _pids_with(token: str) -> list[int]:
+    """PIDs whose command line contains ``token``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if token.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def _proc_count() -> int:
+    return sum(1 for p in Path("/proc").iterdir() if p.name.isdigit())
+
+
+def _sandbox_dirs() -> set[str]:
+    return {p.name for p in Path(tempfile.gettempdir()).glob("codrl-sandbox-*")}
+
+
+def test_sandbox_normal_program_passes_and_cleans_up() -> None:
+    before = _sandbox_dirs()
+    files = {
+        "main.py": "from lib.util import f\nprint(f(20))\n",
+        "lib/util.py": "def f(x):\n    return x + 22\n",
+        "lib/__init__.py": "",
+    }
+    res = run_sandboxed(files, [PY, "main.py"], timeout_s=5)
+    assert res.ok and res.returncode == 0 and res.stdout == "42\n"
+    assert res.killed_reason is None and not res.timed_out and res.duration_s < 5
+    assert _sandbox_dirs() == before  # the temp dir is gone
+
+
+def test_sandbox_rejects_escaping_file_names() -> None:
+    for bad in ("../evil.py", "/etc/evil.py", "a/../../evil.py"):
+        with pytest.raises(CodrlError, match="relative path"):
+            run_sandboxed({bad: "print(1)"}, [PY, "-c", "pass"])
+    with pytest.raises(CodrlError, match="empty"):
+        run_sandboxed({}, [])
+
+
+def test_sandbox_infinite_loop_times_out(mode: str) -> None:
+    res = _run("while True:\n    pass\n", timeout_s=1)
+    assert res.timed_out and res.returncode != 0
+    assert res.killed_reason is not None and "timeout" in res.killed_reason
+    assert res.duration_s < 3
+
+
+def test_sandbox_cpu_limit_kills() -> None:
+    res = _run("while True:\n    pass\n", timeout_s=5, cpu_s=1)
+    assert not res.timed_out and res.returncode != 0
+    assert res.killed_reason is not None and "CPU" in res.killed_reason
+
+
+def test_sandbox_fork_bomb_is_contained(mode: str) -> None:
+    token = f"bomb-{uuid.uuid4().hex}"
+    before = _proc_count()
+    code = """
+        import os
+        while True:
+            try:
+                os.fork()
+            except OSError:
+                pass
+    """
+    res = _run(code, token, timeout_s=1.5, max_procs=16)
+    assert not res.ok and res.killed_reason is not None
+    assert _pids_with(token) == []
+    for _ in range(40):  # killed orphans are reaped by the host's init shortly after
+        if _proc_count() <= before + 5:  # (other host activity allowed a little)
+            break
+        time.sleep(0.05)
+    assert _proc_count() <= before + 5
+
+
+def test_sandbox_memory_bomb_hits_memory_limit() -> None:
+    code = """
+        chunks = []
+        while True:
+            chunks.append(bytearray(16 * 1024 * 1024))
+    """
+    res = _run(code, timeout_s=3, memory_mb=256)
+    assert not res.ok and not res.timed_out
+    assert res.killed_reason is not None and "memory" in res.killed_reason.lower()
+    assert "MemoryError" in res.stderr
+
+
+def test_sandbox_cannot_write_outside(mode: str, tmp_path: Path) -> None:
+    host_file = tmp_path / "host.txt"
+    host_file.write_text("original")
+    host_file.chmod(0o644)
+    etc_probe = Path("/etc") / f"codrl-sandbox-{uuid.uuid4().hex}"
+    code = f"""
+        import sys
+        errors = 0
+        for path in ({str(host_file)!r}, {str(etc_probe)!r}, "/codrl-sandbox-probe"):
+            try:
+                with open(path, "w") as f:
+                    f.write("pwned")
+            except OSError as e:
+                errors += 1
+                print("denied:", path, type(e).__name__, file=sys.stderr)
+        sys.exit(3 if errors == 3 else 0)
+    """
+    res = _run(code, timeout_s=3)
+    assert res.returncode == 3 and "denied:" in res.stderr
+    assert host_file.read_text() == "original"
+    assert not etc_probe.exists() and not Path("/codrl-sandbox-probe").exists()
+
+
+def test_sandbox_cannot_read_hidden_tests(mode: str, tmp_path: Path) -> None:
+    hidden_dir = tmp_path / "hidden"
+    hidden_dir.mkdir(mode=0o700)
+    hidden = hidden_dir / "test_hidden.py"
+    hidden.write_text("SECRET_EXPECTED = 1234\n")
+    hidden.chmod(0o644)  # even a readable file is protected by its 0700 root-owned dir
+    code = f"""
+        try:
+            print(open({str(hidden)!r}).read())
+        except OSError as e:
+            raise SystemExit(f"cannot read hidden file: {{type(e).__name__}}")
+    """
+    res = _run(code, timeout_s=3)
+    assert res.returncode != 0 and "cannot read hidden file" in res.stderr
+    assert "SECRET_EXPECTED" not in res.stdout
+    assert hidden.read_text() == "SECRET_EXPECTED = 1234\n"
+
+
+def test_sandbox_cannot_delete_host_files(mode: str, tmp_path: Path) -> None:
+    victim_dir = tmp_path / "victim"
+    victim_dir.mkdir()
+    victim_dir.chmod(0o755)
+    tmp_path.chmod(0o755)
+    sentinel = victim_dir / "sentinel.txt"
+    sentinel.write_text("keep me")
+    code = f"""
+        import os, shutil, sys
+        failures = []
+        for attempt in (lambda: os.remove({str(sentinel)!r}),
+                        lambda: shutil.rmtree({str(victim_dir)!r}),
+                        lambda: os.rename({str(sentinel)!r}, "stolen.txt")):
+            try:
+                attempt()
+            except OSError as e:
+                failures.append(type(e).__name__)
+        print("delete failed:", failures, file=sys.stderr)
+        sys.exit(4 if len(failures) == 3 else 0)
+    """
+    res = _run(code, timeout_s=3)
+    assert res.returncode == 4 and "delete failed" in res.stderr
+    assert sentinel.read_text() == "keep me"
+
+
+def test_sandbox_network_socket_fails() -> None:
+    code = """
+        import socket
+        try:
+            socket.create_connection(("1.1.1.1", 53), timeout=1)
+        except OSError as e:
+            raise SystemExit(f"network blocked: {e}")
+        print("connected")
+    """
+    res = _run(code, timeout_s=3)
+    if sandbox.isolation() != "namespaces":
+        pytest.skip("no network namespace here; network is NOT blocked (see docs/sandbox.md)")
+    assert res.returncode != 0 and "network blocked" in res.stderr
+    assert "connected" not in res.stdout
+
+
+def test_sandbox_output_flood_is_capped(mode: str) -> None:
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    code = """
+        import sys
+        while True:
+            sys.stdout.write("x" * 65536)
+    """
+    res = _run(code, timeout_s=3, max_output_bytes=100_000)
+    assert res.killed_reason is not None and "output exceeded" in res.killed_reason
+    assert not res.timed_out and res.duration_s < 3
+    assert res.stdout.endswith(TRUNCATION_MARKER)
+    assert len(res.stdout) <= 100_000 + len(TRUNCATION_MARKER)
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
+    assert grown_kib < 50 * 1024  # memory stayed bounded
+
+
+def test_sandbox_detached_child_does_not_outlive_run(mode: str) -> None:
+    token = f"detach-{uuid.uuid4().hex}"
+    marker_dir = Path(tempfile.mkdtemp(prefix="codrl-marker-"))
+    marker_dir.chmod(0o777)  # writable by the sandbox uid, should the child survive
+    marker = marker_dir / "alive.txt"
+    code = f"""
+        import os, time
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                time.sleep(1.0)
+                open({str(marker)!r}, "w").write("escaped")
+                os._exit(0)
+            os._exit(0)
+        print("parent done")
+    """
+    try:
+        res = _run(code, token, timeout_s=3)
+        assert res.returncode == 0 and "parent done" in res.stdout
+        assert _pids_with(token) == []
+        time.sleep(1.5)
+        assert not marker.exists()
+        assert _pids_with(token) == []
+    finally:
+        for p in marker_dir.iterdir():
+            p.unlink()
+        marker_dir.rmdir()
+
+
+def test_sandbox_non_utf8_output_is_replaced() -> None:
+    code = """
+        import sys
+        sys.stdout.buffer.write(b"ok \\xff\\xfe end\\n")
+        sys.stderr.buffer.write(b"\\xc3(\\n")
+    """
+    res = _run(code, timeout_s=3)
+    assert res.returncode == 0
+    assert res.stdout == "ok \ufffd\ufffd end\n"
+    assert "\ufffd" in res.stderr
+
+
+def test_sandbox_environment_is_stripped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CODRL_FAKE_SECRET", "hunter2-token")
+    code = """
+        import json, os
+        print(json.dumps(dict(os.environ)))
+    """
+    res = _run(code, timeout_s=3)
+    assert res.returncode == 0
+    assert "hunter2" not in res.stdout and "CODRL_FAKE_SECRET" not in res.stdout
+    env = json.loads(res.stdout)
+    allowed = {
+        "PATH",
+        "HOME",
+        "LANG",
+        "PYTHONDONTWRITEBYTECODE",
+        "PYTHONHASHSEED",
+        "PWD",
+    }
+    assert set(env) <= allowed
