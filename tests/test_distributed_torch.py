@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -209,11 +210,11 @@ def join_group(rank: int, port: int, strategy: str, device: str) -> DistContext:
     return init_from_env(DistributedConfig(strategy=strategy), device)  # type: ignore[arg-type]
 
 
-def grad_worker(rank: int, port: int, strategy: str, lora: bool, device: str, out: str) -> None:
+def run_rank(rank: int, port: int, strategy: str, device: str, out: str, work: Callable[[DistContext], Any]) -> None:
+    """One spawned rank: join the group, run ``work``, rank 0 saves what it returns to ``out``."""
     ctx = join_group(rank, port, strategy, device)
     try:
-        assert ctx.active and ctx.world_size == WORLD and ctx.rank == rank
-        result = update_result(ctx, strategy, lora, device)
+        result = work(ctx)
         if ctx.is_main:
             torch.save(result, out)
         ctx.barrier()  # every rank done with its collectives before the group is torn down
@@ -222,6 +223,14 @@ def grad_worker(rank: int, port: int, strategy: str, lora: bool, device: str, ou
     # Leave without interpreter teardown: gloo's worker threads, destroyed there, now and then
     # abort a finished spawn child ("terminate called without an active exception").
     os._exit(0)
+
+
+def grad_worker(rank: int, port: int, strategy: str, lora: bool, device: str, out: str) -> None:
+    def work(ctx: DistContext) -> dict[str, Any]:
+        assert ctx.active and ctx.world_size == WORLD and ctx.rank == rank
+        return update_result(ctx, strategy, lora, device)
+
+    run_rank(rank, port, strategy, device, out, work)
 
 
 def assert_same_update(got: dict[str, Any], ref: dict[str, Any], rtol: float = 1e-5) -> None:
@@ -294,8 +303,7 @@ def generation_worker(rank: int, port: int, model_dir: str, out: str) -> None:
     rank 0 keeps its samples and the full weights each round sampled from."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    ctx = join_group(rank, port, "fsdp", "cpu")
-    try:
+    def work(ctx: DistContext) -> list[Any]:
         backend = HFBackend.from_pretrained(model_dir)
         parallel = wrap_model(backend.model, ctx, "fsdp")
         optimizer = torch.optim.AdamW(backend.model.parameters(), lr=1e-2)
@@ -311,14 +319,9 @@ def generation_worker(rank: int, port: int, model_dir: str, out: str) -> None:
             optimizer.zero_grad()
             update.accumulate(synthetic_rows())
             update.step(0)
-        if ctx.is_main:
-            torch.save(rounds, out)
-        ctx.barrier()  # every rank done with its collectives before the group is torn down
-    finally:
-        ctx.close()
-    # Leave without interpreter teardown: gloo's worker threads, destroyed there, now and then
-    # abort a finished spawn child ("terminate called without an active exception").
-    os._exit(0)
+        return rounds
+
+    run_rank(rank, port, "fsdp", "cpu", out, work)
 
 
 @pytest.mark.slow

@@ -137,14 +137,16 @@ class AsyncRollouts:
             return self._weights[version]
 
     def _loop(self) -> None:
+        loaded: int | None = None  # the engine starts with weights of its own (a Ray worker's: the factory's)
         try:
             for step in range(self.start, self.stop):
                 version = self.version_for(step)
                 weights = self._wait_weights(version)
                 if weights is None:
                     return
-                if self.engine.policy_version != version or step == self.start:
+                if loaded != version:
                     self.engine.set_weights(weights, version)
+                    loaded = version
                 jobs, seeds = self.plan(step)
                 results = self.engine.run(jobs, seeds=seeds)
                 with self._cond:

@@ -45,7 +45,7 @@ from codrl.backends.hf import HFBackend
 from codrl.errors import CodrlError
 from codrl.rollout.config import RolloutConfig
 from codrl.rollout.experience import LifecycleResult
-from codrl.rollout.lifecycle import Job, LifecycleRunner, job_seeds
+from codrl.rollout.lifecycle import Job, LifecycleRunner, seeds_for
 from codrl.train.checkpoint import load_tensors
 from codrl.train.config import DistributedConfig
 
@@ -277,10 +277,7 @@ class RayRolloutPool:
         ``seeds`` (one per job) default to draws from the global torch RNG in job order, as in
         :meth:`LifecycleRunner.run`. ``on_done`` is called on the driver as each chunk returns.
         """
-        if seeds is None:
-            seeds = job_seeds(len(jobs))
-        elif len(seeds) != len(jobs):
-            raise ValueError(f"{len(seeds)} seeds for {len(jobs)} jobs")
+        seeds = seeds_for(jobs, seeds)
         results: list[LifecycleResult | None] = [None] * len(jobs)
         queue = deque(self._chunks(len(jobs)))
         idle = list(self.workers)

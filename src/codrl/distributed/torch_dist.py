@@ -283,28 +283,30 @@ class FSDPModel(TrainedModel):
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)  # a DTensor: the norm over every shard
         return float(norm.full_tensor())  # type: ignore[attr-defined]
 
-    def full_trainable(self) -> dict[str, Tensor] | None:
+    def _full_weights(self) -> dict[str, Tensor] | None:
+        """Every whole tensor, gathered to rank 0's CPU; None on the other ranks (every rank calls it)."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         weights = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if not self.ctx.is_main:
-            return None
+        return weights if self.ctx.is_main else None
+
+    def _trainable_of(self, weights: dict[str, Tensor]) -> dict[str, Tensor]:
         return {n: weights[n] for n, p in self.model.named_parameters() if p.requires_grad}
 
-    def snapshot(self, optimizer: torch.optim.Optimizer) -> Snapshot | None:
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_model_state_dict,
-            get_optimizer_state_dict,
-        )
+    def full_trainable(self) -> dict[str, Tensor] | None:
+        weights = self._full_weights()
+        return None if weights is None else self._trainable_of(weights)
 
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)  # full tensors, on rank 0 only
-        weights = get_model_state_dict(self.model, options=options)
-        optim = get_optimizer_state_dict(self.model, optimizer, options=options)
-        if not self.ctx.is_main:
+    def snapshot(self, optimizer: torch.optim.Optimizer) -> Snapshot | None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        weights = self._full_weights()
+        optim = get_optimizer_state_dict(self.model, optimizer,
+                                         options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if weights is None:
             return None
-        trainable = {n: weights[n] for n, p in self.model.named_parameters() if p.requires_grad}
-        return Snapshot(trainable, optimizer_by_position(optim, param_names(self.model, optimizer)), weights)
+        names = param_names(self.model, optimizer)
+        return Snapshot(self._trainable_of(weights), optimizer_by_position(optim, names), weights)
 
     def restore(self, snapshot: Snapshot, optimizer: torch.optim.Optimizer, path: Path) -> None:
         from torch.distributed.checkpoint.state_dict import (

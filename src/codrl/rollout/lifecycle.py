@@ -154,6 +154,15 @@ def job_seeds(n: int, seed: int | None = None) -> list[int]:
     return torch.randint(0, 2**62, (n,), generator=gen).tolist()
 
 
+def seeds_for(jobs: Sequence[Job], seeds: Sequence[int] | None) -> Sequence[int]:
+    """``seeds`` checked to hold one per job, or drawn from the global torch RNG in job order."""
+    if seeds is None:
+        return job_seeds(len(jobs))
+    if len(seeds) != len(jobs):
+        raise ValueError(f"{len(seeds)} seeds for {len(jobs)} jobs")
+    return seeds
+
+
 class LifecycleRunner:
     """Plays many lifecycles concurrently, batching their model calls.
 
@@ -183,10 +192,7 @@ class LifecycleRunner:
         results: list[LifecycleResult | None] = [None] * len(jobs)
         live: dict[int, tuple[LifecycleGen, str | None]] = {}
         queue = list(range(len(jobs)))[::-1]
-        if seeds is None:
-            seeds = job_seeds(len(jobs))
-        elif len(seeds) != len(jobs):
-            raise ValueError(f"{len(seeds)} seeds for {len(jobs)} jobs")
+        seeds = seeds_for(jobs, seeds)
         version = self.policy_version
 
         def finish(i: int, stop: StopIteration) -> None:
