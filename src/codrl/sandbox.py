@@ -125,6 +125,21 @@ def isolation() -> str:
     return "uid"
 
 
+#: Directories namespace mode hides behind empty mounts (``/tmp`` behind the private work dir).
+_HIDDEN = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+
+
+def isolation_for(command: Sequence[str]) -> str:
+    """The layer :func:`run_sandboxed` uses for ``command``: :func:`isolation`, except that a
+    program living in a directory namespace mode hides (e.g. an interpreter of a virtualenv under
+    ``/tmp``) could not start there, so it runs with the uid layer instead."""
+    mode = isolation()
+    program = shutil.which(command[0]) or command[0]
+    if mode == "namespaces" and any(os.path.abspath(program).startswith(d + "/") for d in _HIDDEN):
+        return "uid"
+    return mode
+
+
 def run_sandboxed(
     files: Mapping[str, str],
     command: Sequence[str],
@@ -145,7 +160,7 @@ def run_sandboxed(
     """
     if not command:
         raise CodrlError("sandbox command: must not be empty")
-    mode = isolation()
+    mode = isolation_for(command)
     uid = _pick_uid() if mode != "rlimits" else None
     workdir = Path(tempfile.mkdtemp(prefix="codrl-sandbox-"))
     try:
