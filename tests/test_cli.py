@@ -113,3 +113,23 @@ def test_eval_end_to_end_with_embedded_model(tmp_path: Path) -> None:
     assert len((out / "trajectories.jsonl").read_text().splitlines()) == 2
     assert (out / "episodes.csv").read_text().count("\n") == 1 + 2 * 2
     assert (out / "reward_by_position.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(("value", "needles"), [
+    ("cod,sometimes", ["--contexts", "'sometimes'", "'cod'", "'nohint'", "'curator'"]),
+    ("cod,", ["--contexts", "''", "'curator'"]),
+])
+def test_eval_bad_contexts(value: str, needles: list[str]) -> None:
+    assert_one_line_error(run_cli("eval", "--contexts", value), *needles)
+
+
+def test_eval_help_names_contexts() -> None:
+    proc = run_cli("eval", "--help")
+    assert proc.returncode == 0 and "--contexts" in proc.stdout and "curator" in proc.stdout
+
+
+def test_parse_contexts_option() -> None:
+    from codrl.cli import _parse_contexts
+
+    assert _parse_contexts(None) == []
+    assert _parse_contexts(" cod , curator,cod") == ["cod", "curator"]

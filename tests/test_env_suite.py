@@ -26,14 +26,14 @@ ALL = sorted(BUILTIN)
 REAL = sorted(MODULES)  # every built-in but the toy has scripted agents
 
 
-def test_codrl_envs_lists_all_thirteen() -> None:
+def test_codrl_envs_lists_all_fifteen() -> None:
     proc = subprocess.run([sys.executable, "-m", "codrl.cli", "envs"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     names = [line.split()[0] for line in lines]
     assert names == sorted(["frozenlake", "frozenlake_hard", "alchemy", "alchemy_hard", "terminal", "gridnav",
                             "gridnav_hard", "control", "control_hard", "pde", "pde_hard", "diagnosis",
-                            "secret_table"])
+                            "code", "code_hard", "secret_table"])
     assert all(len(line.split(maxsplit=1)) == 2 for line in lines)  # each with a one-line description
     assert set(env_names()) >= set(names)
 

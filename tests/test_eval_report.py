@@ -453,7 +453,7 @@ def test_write_report_files(tmp_path: Path) -> None:
         rows = list(csv.reader(fh))
     assert tuple(rows[0]) == EPISODE_CSV_COLUMNS
     assert len(rows) - 1 == sum(len(r.episodes) for r in results) == 15
-    first = dict(zip(rows[0], rows[1]))
+    first = dict(zip(rows[0], rows[1], strict=True))
     assert first["pack_id"] == "p0" and first["mode"] == "cod" and first["position"] == "0"
     assert first["hints_in_chars"] == "0" and first["hints_out_chars"] == str(len("Hints: h1"))
 
@@ -579,3 +579,60 @@ def test_print_summary_clipped_interval() -> None:
     gain_lo = mean_ci([1.0, 1.0, 0.0])[1]
     assert f"+0.667 [{gain_lo:.3f}, 1.000]" in text  # gain clipped to [-1, 1]
     assert "n<3" not in text
+
+
+# ------------------------------------------------------------------ contexts: labels, order, baselines
+
+
+def test_contexts_and_ralph_modes_against_their_baseline() -> None:
+    from codrl.eval.metrics import baseline_for, split_diff_key
+
+    results = []
+    for mode in ("ralph-nohint", "curator", "ralph-curator", "nohint", "ralph", "cod"):
+        pid = "p{}/ralph" if mode.startswith("ralph") else "p{}"
+        results += [make_lifecycle(pid.format(i), [0.0, float(i % 2)], mode=mode) for i in range(3)]
+    s = summarize(results, reward_range=(0.0, 1.0))
+    assert s.modes == ["cod", "curator", "nohint", "ralph", "ralph-curator", "ralph-nohint"]
+    assert sorted(s.mode_diffs) == ["cod-nohint", "curator-nohint", "ralph-curator-ralph-nohint",
+                                    "ralph-ralph-nohint"]
+    assert all(d.paired and d.n_packs == 3 for ds in s.mode_diffs.values() for d in ds)
+    assert [baseline_for(m) for m in s.modes] == ["nohint", "nohint", "nohint", "ralph-nohint", "ralph-nohint",
+                                                  "ralph-nohint"]
+    assert split_diff_key("ralph-curator-ralph-nohint") == ("ralph-curator", "ralph-nohint")
+    assert split_diff_key("cod-nohint") == ("cod", "nohint")
+    assert split_diff_key("ralph-nohint") == ("ralph", "nohint")  # a Ralph mode against plain nohint
+    assert Summary.from_json(json.loads(json.dumps(s.to_json()))).to_json() == s.to_json()
+
+    buf = io.StringIO()
+    print_summary(s, console=Console(file=buf, width=200, color_system=None))
+    text = buf.getvalue()
+    for label in ("curated lessons [curator]", "Ralph loop, curated lessons [ralph-curator]",
+                  "Ralph loop, no notes (baseline) [ralph-nohint]"):
+        assert label in text
+    assert "Difference curated lessons minus no hints (baseline)" in text
+    assert "Difference Ralph loop, curated lessons minus Ralph loop, no notes (baseline)" in text
+    assert "Difference Ralph loop minus Ralph loop, no notes (baseline)" in text
+
+
+def test_ralph_modes_are_not_compared_with_plain_nohint() -> None:
+    results = [make_lifecycle(f"p{i}", [0.0, 1.0], mode="nohint") for i in range(3)]
+    results += [make_lifecycle(f"p{i}/ralph", [0.0, 1.0], mode="ralph") for i in range(3)]
+    assert summarize(results).mode_diffs == {}
+
+
+def test_eval_config_contexts_default_and_baseline() -> None:
+    from pydantic import ValidationError
+
+    from codrl.eval.runner import EvalConfig
+    from codrl.rollout.config import RolloutConfig
+
+    assert EvalConfig().contexts == ["cod"]
+    assert EvalConfig(baseline=True).contexts == ["cod", "nohint"]
+    assert EvalConfig(rollout=RolloutConfig(mode="curator"), baseline=True).contexts == ["curator", "nohint"]
+    assert EvalConfig(rollout=RolloutConfig(mode="nohint"), baseline=True).contexts == ["nohint"]
+    assert EvalConfig(contexts=["curator", "cod", "curator"]).contexts == ["curator", "cod"]
+    assert EvalConfig(contexts=["curator"], baseline=True).contexts == ["curator", "nohint"]
+    dumped = EvalConfig(contexts=["nohint", "curator"]).model_dump(mode="json")
+    assert EvalConfig.model_validate(dumped).contexts == ["nohint", "curator"]
+    with pytest.raises(ValidationError, match="curator"):
+        EvalConfig(contexts=["sometimes"])  # type: ignore[list-item]

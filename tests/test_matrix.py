@@ -153,3 +153,71 @@ def test_matrix_from_options(tmp_path: Path, tiny_models: list[Path]) -> None:
 )
 def test_matrix_options_bad_input(tmp_path: Path, args: list[str], needle: str) -> None:
     one_error_line(run_cli("matrix", *args, "--output-dir", str(tmp_path / "o")), needle)
+
+
+@pytest.mark.parametrize(("variant", "mode", "ralph", "summary_mode"), [
+    ("cod", "cod", "none", "cod"),
+    ("nohint", "nohint", "none", "nohint"),
+    ("curator", "curator", "none", "curator"),
+    ("ralph-first", "cod", "first", "ralph"),
+    ("ralph-expand", "cod", "expand", "ralph"),
+    ("ralph-first-nohint", "nohint", "first", "ralph-nohint"),
+    ("ralph-first-curator", "curator", "first", "ralph-curator"),
+    ("ralph-expand-nohint", "nohint", "expand", "ralph-nohint"),
+    ("ralph-expand-curator", "curator", "expand", "ralph-curator"),
+])
+def test_variants_map_to_context_and_ralph(variant: str, mode: str, ralph: str, summary_mode: str) -> None:
+    from codrl.eval.matrix import VARIANT_MODE, VARIANTS, MatrixConfig, eval_config, variant_settings
+
+    assert variant in VARIANTS and VARIANT_MODE[variant] == summary_mode
+    assert variant_settings(variant) == (mode, ralph)
+    cfg = MatrixConfig(models=[{"name": "m"}], evals=[{"env": "frozenlake", "variant": variant, "pack_size": 3}],
+                       rollout={"curator_max_lessons": 5})
+    ev = eval_config(cfg, cfg.evals[0])
+    assert (ev.rollout.mode, ev.rollout.ralph, ev.contexts) == (mode, ralph, [mode])
+    assert ev.rollout.result_mode == summary_mode and ev.rollout.curator_max_lessons == 5
+    assert cfg.evals[0].label == f"frozenlake/{variant}/k3"
+
+
+def test_variant_settings_rejects_unknown() -> None:
+    from codrl.errors import CodrlError
+    from codrl.eval.matrix import variant_settings
+
+    with pytest.raises(CodrlError, match="'ralph-first-curator'"):
+        variant_settings("ralph-often")
+
+
+def test_curator_and_ralph_nohint_cells_read_and_resume(tmp_path: Path) -> None:
+    """Cells of the new variants are evaluated with a scripted engine, read back by their summary
+    mode, and skipped when the matrix runs again."""
+    from codrl.backends.base import Backend, GenRequest, GenResult
+    from codrl.eval.matrix import MatrixConfig, run_matrix
+
+    class Echo(Backend):
+        def __init__(self) -> None:
+            super().__init__()
+            self.requests = 0
+
+        def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+            self.requests += len(requests)
+            return [GenResult(text="ADD: value 3" if "Current lessons" in r.messages[-1]["content"] else "3",
+                              token_exact=False) for r in requests]
+
+    variants = ("curator", "ralph-first-nohint", "ralph-expand-curator")
+    cfg = MatrixConfig(models=[{"name": "echo"}],
+                       evals=[{"env": "secret_table", "variant": v, "pack_size": 2, "packs": 3} for v in variants],
+                       rollout=TOY_ROLLOUT, output_dir=str(tmp_path / "m"))
+    engines: list[Echo] = []
+
+    def factory(spec: object) -> Echo:
+        engines.append(Echo())
+        return engines[-1]
+
+    result = run_matrix(cfg, progress=False, backend_factory=factory)
+    assert result["complete"] and engines[0].requests > 0
+    for v in variants:
+        cell = result["cells"]["echo"][f"secret_table/{v}/k2"]
+        assert len(cell["positions"]) == 2
+        assert cell["n_packs"] == (6 if "expand" in v else 3)  # expand: one pack per task
+    again = run_matrix(cfg, progress=False, backend_factory=factory)
+    assert len(engines) == 1 and again["cells"] == result["cells"]  # every cell skipped

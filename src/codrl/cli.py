@@ -2,9 +2,11 @@
 
     codrl eval                      # evaluate the embedded model on FrozenLake-Obscure
     codrl eval --baseline           # ... and the no-hint baseline, to read the CoD effect
+    codrl eval --contexts cod,nohint,curator   # compare the three contexts on the same packs
     codrl train --config configs/quickstart_cpu.yaml
     codrl envs                      # list environments
     codrl play frozenlake --reveal  # play a pack yourself, seeing exactly what the model sees
+    codrl ralph examples/ralph_task --contexts nohint,cod,curator  # the Ralph loop on a task folder
 
 Bad input (unknown env, bad split, pack size < 1, unreachable endpoint, missing model path, bad
 config) prints one line ``error: ...`` naming the problem and the allowed values, and exits 2.
@@ -75,6 +77,10 @@ def eval_cmd(
                                            "instead of a local model."),
     endpoint_model: Optional[str] = typer.Option(None, help="Model name at the endpoint (default: its first)."),
     baseline: bool = typer.Option(False, help="Also run the no-hint baseline (update-context skipped)."),
+    contexts: Optional[str] = typer.Option(None, help="Contexts to compare on the same packs, comma-separated: "
+                                           "cod (model-written hints), nohint (none, the baseline), curator "
+                                           "(a lesson list edited by ADD/REVISE/REMOVE operations). Default: cod "
+                                           "(plus nohint with --baseline)."),
     ralph: str = typer.Option("none", help="Ralph loop: none, first (repeat each pack's first task) or expand."),
     temperature: float = typer.Option(1.0, help="Sampling temperature."),
     seed: int = typer.Option(0, help="Seed of the packs and of sampling."),
@@ -100,13 +106,17 @@ def eval_cmd(
             raise bad_choice("--split", split, SPLITS)
         if ralph not in ("none", "first", "expand"):
             raise bad_choice("--ralph", ralph, ("none", "first", "expand"))
+        context_list = _parse_contexts(contexts)
         for name, value in (("--packs", packs), ("--pack-size", pack_size), ("--repeats", repeats),
                             ("--batch-size", batch_size)):
             if value < 1:
                 raise CodrlError(f"{name} must be >= 1, got {value}")
         cfg = validate(EvalConfig, {"env": env, "split": split, "packs": packs, "seed": seed, "baseline": baseline,
+                                    "contexts": context_list,
                                     "rollout": {"pack_size": pack_size, "repeats": repeats, "ralph": ralph,
-                                                "temperature": temperature}}, source="options")
+                                                "temperature": temperature,
+                                                **({"mode": context_list[0]} if context_list else {})}},
+                        source="options")
     from codrl.eval.runner import build_env
 
     build_env(cfg.env, cfg.env_params)  # bad environment parameters fail before any model loads
@@ -115,6 +125,20 @@ def eval_cmd(
     backend = make_backend(model, endpoint, endpoint_model, batch_size, device, kv_cache_mb)
     out_dir = out or _default_out("eval")
     evaluate(backend, cfg, out_dir, meta={"model": endpoint or model or "embedded"})
+
+
+def _parse_contexts(value: Optional[str]) -> list[str]:
+    """``--contexts a,b,c`` as a list (empty when not given); an unknown or missing name is a user error."""
+    from codrl.errors import bad_choice
+    from codrl.rollout.config import CONTEXTS
+
+    if value is None:
+        return []
+    names = [part.strip() for part in value.split(",")]
+    for name in names:
+        if name not in CONTEXTS:
+            raise bad_choice("--contexts", name, CONTEXTS)
+    return list(dict.fromkeys(names))
 
 
 @app.command("train")
@@ -210,6 +234,78 @@ def play_cmd(
     play_pack(environment, pack, cfg, sys.stdin, sys.stdout, reveal=reveal)
 
 
+RALPH_HELP = (
+    "Run the Ralph loop: attempt one task again and again, carrying notes between attempts.\n\n"
+    "TARGET is a built-in environment (e.g. `code`, the coding world: its first --tasks tasks are used) or a "
+    "task folder of your own holding a prompt file (prompt.md) and a test command (--test or test_command in "
+    "task.yaml). Each submission is written to the solution file (default solution.py) in a fresh copy of the "
+    "folder and the test command runs there in the sandbox (docs/sandbox.md); the reward is the fraction of "
+    "tests passed.\n\n"
+    "--contexts compares how notes are carried: nohint (independent attempts), cod (the model rewrites its "
+    "Hints: notes) and curator (a curator prompt edits an itemised lesson list with add / revise / remove "
+    "operations). After every attempt the notes are written to OUT/notes/<context>/<task>.md; the run ends "
+    "with the pass rate per attempt (OUT/ralph.md, ralph.json) and the usual report files.\n\n"
+    "Examples:\n\n"
+    "  codrl ralph examples/ralph_task --attempts 4 --contexts nohint,cod,curator\n\n"
+    "  codrl ralph code --tasks 20 --attempts 4 --endpoint http://127.0.0.1:8080/v1\n\n"
+    "  codrl ralph my_task --test 'python3 -m unittest -v' --model runs/x/checkpoints/step-000010/model"
+)
+
+
+@app.command("ralph", help=RALPH_HELP)
+@_user_errors
+def ralph_cmd(
+    target: str = typer.Argument("code", metavar="TARGET", help="An environment name (see `codrl envs`) or a task "
+                                 "folder holding prompt.md and a test command."),
+    test: Optional[str] = typer.Option(None, "--test", help="Test command of a task folder, run by `sh -c` in the "
+                                       "sandbox (overrides test_command in task.yaml)."),
+    attempts: int = typer.Option(4, "--attempts", "-k", help="Attempts per task."),
+    tasks: int = typer.Option(1, "--tasks", "-n", help="Built-in environment: how many tasks (the first task of "
+                              "packs 0..N-1)."),
+    repeats: int = typer.Option(1, "--repeats", "-r", help="Independent loops per task and context."),
+    contexts: str = typer.Option("cod", help="Comma-separated context variants: nohint, cod, curator."),
+    model: Optional[str] = typer.Option(None, help="'embedded' (default), a Hugging Face model folder or a "
+                                        "checkpoint's model/ folder."),
+    endpoint: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint URL instead of a local model."),
+    endpoint_model: Optional[str] = typer.Option(None, help="Model name at the endpoint (default: its first)."),
+    temperature: float = typer.Option(0.7, help="Sampling temperature."),
+    max_new_tokens: int = typer.Option(384, "--max-new-tokens", help="Token budget of one submission."),
+    seed: int = typer.Option(0, help="Seed of the tasks and of sampling."),
+    split: str = typer.Option("test", help="Split the built-in tasks come from: train or test."),
+    batch_size: int = typer.Option(32, help="Max requests per batched model call."),
+    device: str = typer.Option("cpu", help="Torch device of a local model."),
+    config: Optional[Path] = typer.Option(None, help="YAML RalphConfig instead of the options above."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default runs/ralph-<time>)."),
+    progress: bool = typer.Option(True, help="Show progress."),
+) -> None:
+    """Run the Ralph loop (see RALPH_HELP)."""
+    from codrl.config import load_yaml, validate
+    from codrl.envs import SPLITS
+    from codrl.errors import bad_choice
+    from codrl.eval.ralph import RalphConfig, ralph_env, run_ralph
+
+    if config is not None:
+        cfg = load_yaml(RalphConfig, config)
+    else:
+        chosen = _parse_contexts(contexts)
+        if split not in SPLITS:
+            raise bad_choice("--split", split, SPLITS)
+        for name, value in (("--attempts", attempts), ("--tasks", tasks), ("--repeats", repeats),
+                            ("--max-new-tokens", max_new_tokens), ("--batch-size", batch_size)):
+            if value < 1:
+                raise CodrlError(f"{name} must be >= 1, got {value}")
+        rollout = {"temperature": temperature, "max_new_tokens_solve": max_new_tokens,
+                   "max_new_tokens_update": min(max_new_tokens, 160), "length_penalty_coef": 0.0,
+                   "hint_length_coef": 0.0}
+        cfg = validate(RalphConfig, {"target": target, "test_command": test, "attempts": attempts, "tasks": tasks,
+                                     "repeats": repeats, "contexts": chosen, "seed": seed,
+                                     "split": split, "rollout": rollout}, source="options")
+    ralph_env(cfg)  # a bad target or task folder fails before any model loads
+    backend = make_backend(model, endpoint, endpoint_model, batch_size, device)
+    run_ralph(backend, cfg, out or _default_out("ralph"), progress=progress,
+              meta={"model": endpoint or model or "embedded"})
+
+
 @app.command("envs")
 @_user_errors
 def envs_cmd() -> None:
@@ -228,7 +324,9 @@ def matrix_cmd(
     model: list[str] = typer.Option([], "--model", "-m", help="Instead of --config: a model ('embedded', a Hugging "
                                     "Face folder, a checkpoint's model/ folder or an http(s) endpoint URL); repeat."),
     eval_set: list[str] = typer.Option([], "--eval", "-e", help="Instead of --config: an evaluation set ENV or "
-                                       "ENV/VARIANT (variant cod, nohint, ralph-first or ralph-expand); repeat."),
+                                       "ENV/VARIANT (variant cod, nohint, curator, ralph-first, ralph-expand, "
+                                       "ralph-first-nohint, ralph-first-curator, ralph-expand-nohint or "
+                                       "ralph-expand-curator); repeat."),
     packs: Optional[int] = typer.Option(None, help="Override every evaluation set's number of packs."),
     pack_size: Optional[int] = typer.Option(None, "--pack-size", "-k", help="Override every set's pack size K."),
     repeats: Optional[int] = typer.Option(None, "--repeats", "-r", help="Override every set's repeats."),
@@ -243,8 +341,10 @@ def matrix_cmd(
 
     Give a YAML file (--config) or the models and sets as options, e.g.
     `codrl matrix -m embedded -m runs/quickstart/checkpoints/step-000003/model -e frozenlake
-    -e frozenlake/nohint -e alchemy --packs 4 -k 4`. Every model path, endpoint, environment and
-    variant is checked before any model loads.
+    -e frozenlake/nohint -e frozenlake/curator -e alchemy --packs 4 -k 4`. A variant names the
+    context (cod: model-written hints, nohint: none, curator: a lesson list edited by operations)
+    and, with a ralph- prefix, the Ralph loop it is played in. Every model path, endpoint,
+    environment and variant is checked before any model loads.
     """
     from codrl.config import read_yaml_mapping, validate
     from codrl.eval.matrix import MatrixConfig, run_matrix

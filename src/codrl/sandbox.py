@@ -141,7 +141,7 @@ def isolation_for(command: Sequence[str]) -> str:
 
 
 def run_sandboxed(
-    files: Mapping[str, str],
+    files: Mapping[str, str | bytes],
     command: Sequence[str],
     *,
     timeout_s: float = 10.0,
@@ -186,15 +186,18 @@ def run_sandboxed(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _write_files(workdir: Path, files: Mapping[str, str], uid: int | None) -> None:
-    """Write each file under ``workdir``, refusing names that could escape it."""
+def _write_files(workdir: Path, files: Mapping[str, str | bytes], uid: int | None) -> None:
+    """Write each file (text as UTF-8, bytes as they are) under ``workdir``, refusing names that could escape it."""
     for name, text in files.items():
         rel = PurePosixPath(name)
         if rel.is_absolute() or ".." in rel.parts or not rel.parts:
             raise CodrlError(f"sandbox file name: {name!r} must be a relative path without '..'")
         path = workdir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        else:
+            path.write_text(text, encoding="utf-8")
     if uid is not None:
         for path in [workdir, *workdir.rglob("*")]:
             os.chown(path, uid, uid, follow_symlinks=False)

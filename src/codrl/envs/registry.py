@@ -52,6 +52,10 @@ BUILTIN: dict[str, tuple[str, dict[str, Any], str]] = {
                  "PDE Discovery with 1-3 hidden terms and other templates"),
     "diagnosis": ("codrl.envs.diagnosis:Diagnosis", {},
                   "Diagnosis dialogue: ask, test and diagnose patients of a clinic with a hidden profile"),
+    "code": ("codrl.envs.code:CodeEnv", {},
+             "Code: write functions for a shop's code base with hidden house conventions, run against hidden tests"),
+    "code_hard": ("codrl.envs.code:CodeEnv", {"name": "code_hard", "variant": "hard"},
+                  "Code with a 1-based ledger API, a quantity-0 rule and one failure shown per report"),
     "secret_table": ("codrl.envs.secret_table:SecretTable", {},
                      "SecretTable (toy): recall a hidden key -> value table; for the tiny policy"),
 }

@@ -2,8 +2,7 @@
 
 ``codrl matrix --config FILE.yaml`` evaluates every model of ``models`` (the embedded model,
 checkpoints, Hugging Face folders, OpenAI-compatible endpoints) on every evaluation set of
-``evals`` (environment, split, variant ``cod`` / ``nohint`` / ``ralph-first`` / ``ralph-expand``,
-pack size, packs, repeats) and writes into ``output_dir``:
+``evals`` (environment, split, variant, pack size, packs, repeats) and writes into ``output_dir``:
 
 * ``cells/<model>/<eval set>/``: each cell's full evaluation report (``results.json``,
   ``episodes.csv``, ``trajectories.jsonl``, a plot), written to a temporary folder and renamed
@@ -12,6 +11,15 @@ pack size, packs, repeats) and writes into ``output_dir``:
   reward at position 0, at the last position, and the CoD gain with its 95% interval over packs;
 * ``matrix.png``: one panel per evaluation set, one curve per model, shaded intervals;
 * ``matrix.json``: every number (per-position means and intervals of every cell).
+
+A variant names the context a set is played with and, optionally, the Ralph loop around it:
+
+* ``cod`` (the model rewrites a free-form hints block between tasks), ``nohint`` (no context: the
+  baseline) and ``curator`` (the model edits a numbered lesson list with ADD/REVISE/REMOVE
+  operations, applied by code; see :mod:`codrl.rollout.curator`);
+* ``ralph-first`` / ``ralph-expand`` (Ralph loop with model-written notes, mode ``ralph``) and
+  ``ralph-first-nohint`` / ``ralph-expand-nohint`` (independent attempts, mode ``ralph-nohint``),
+  ``ralph-first-curator`` / ``ralph-expand-curator`` (curated lessons, mode ``ralph-curator``).
 
 Every model path, endpoint, environment name and variant is checked before any model loads.
 """
@@ -25,7 +33,7 @@ import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.console import Console
@@ -35,11 +43,27 @@ from codrl.backends.base import Backend
 from codrl.config import EnvName
 from codrl.errors import CodrlError
 from codrl.eval.metrics import Summary
-from codrl.rollout.config import RolloutConfig
+from codrl.rollout.config import RolloutConfig, result_mode
 
-VARIANTS = ("cod", "nohint", "ralph-first", "ralph-expand")
-#: Summary mode of each variant (the lifecycle runner names Ralph runs ``ralph``).
-VARIANT_MODE = {"cod": "cod", "nohint": "nohint", "ralph-first": "ralph", "ralph-expand": "ralph"}
+Variant = Literal["cod", "nohint", "curator", "ralph-first", "ralph-expand", "ralph-first-nohint",
+                  "ralph-first-curator", "ralph-expand-nohint", "ralph-expand-curator"]
+VARIANTS: tuple[str, ...] = get_args(Variant)
+
+
+def variant_settings(variant: str) -> tuple[str, str]:
+    """``(rollout.mode, rollout.ralph)`` of a variant: ``ralph-first-curator`` -> ``("curator",
+    "first")``, ``ralph-expand`` -> ``("cod", "expand")``, ``nohint`` -> ``("nohint", "none")``."""
+    if variant not in VARIANTS:
+        raise CodrlError(f"variant: {variant!r} is not allowed; allowed values: {', '.join(map(repr, VARIANTS))}")
+    if not variant.startswith("ralph-"):
+        return variant, "none"
+    _, ralph, *context = variant.split("-")
+    return (context[0] if context else "cod"), ralph
+
+
+#: Summary mode of each variant (:func:`~codrl.rollout.config.result_mode`: Ralph runs are named
+#: ``ralph``, ``ralph-nohint`` or ``ralph-curator``).
+VARIANT_MODE: dict[str, str] = {v: result_mode(*variant_settings(v)) for v in VARIANTS}
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -76,7 +100,7 @@ class EvalSet(BaseModel):
     env: EnvName = Field(description="environment name (see `codrl envs`) or import path")
     env_params: dict[str, Any] = Field(default_factory=dict)
     split: Literal["train", "test"] = "test"
-    variant: Literal["cod", "nohint", "ralph-first", "ralph-expand"] = "cod"
+    variant: Variant = "cod"
     pack_size: int = Field(4, ge=1)
     packs: int = Field(4, ge=1)
     repeats: int = Field(1, ge=1)
@@ -153,9 +177,9 @@ def eval_config(cfg: MatrixConfig, ev: EvalSet) -> Any:
     """The :class:`~codrl.eval.runner.EvalConfig` of one evaluation set."""
     from codrl.eval.runner import EvalConfig
 
-    ralph = {"ralph-first": "first", "ralph-expand": "expand"}.get(ev.variant, "none")
+    mode, ralph = variant_settings(ev.variant)
     rollout = cfg.rollout.model_copy(update={"pack_size": ev.pack_size, "repeats": ev.repeats, "ralph": ralph,
-                                             "mode": "nohint" if ev.variant == "nohint" else "cod"})
+                                             "mode": mode})
     return EvalConfig(env=ev.env, env_params=ev.env_params, split=ev.split, packs=ev.packs, seed=cfg.seed,
                       rollout=rollout)
 

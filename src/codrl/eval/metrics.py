@@ -43,6 +43,10 @@ from codrl.rollout.experience import EpisodeRecord, LifecycleResult
 __all__ = [
     "MODE_ORDER",
     "BASELINE_MODE",
+    "RALPH_BASELINE_MODE",
+    "baseline_for",
+    "diff_key",
+    "split_diff_key",
     "MIN_PACKS",
     "PackKey",
     "PositionStats",
@@ -58,9 +62,11 @@ __all__ = [
 ]
 
 #: Preferred display order of rollout modes; other modes follow alphabetically.
-MODE_ORDER: tuple[str, ...] = ("cod", "nohint", "ralph")
-#: The mode every other mode is compared against in :attr:`Summary.mode_diffs`.
+MODE_ORDER: tuple[str, ...] = ("cod", "curator", "nohint", "ralph", "ralph-curator", "ralph-nohint")
+#: The mode every plain (non-Ralph) mode is compared against in :attr:`Summary.mode_diffs`.
 BASELINE_MODE = "nohint"
+#: The mode every Ralph-loop mode (``ralph``, ``ralph-<context>``) is compared against.
+RALPH_BASELINE_MODE = "ralph-nohint"
 #: Default minimum number of packs (pairs of packs for paired differences) for an interval.
 MIN_PACKS = 3
 
@@ -353,8 +359,11 @@ class Summary:
     - ``cod_gain_ci[mode]``: ``(low, high)`` t interval of that gain over packs that have both
       positions (paired per pack); NaN with fewer than ``min_packs`` such packs
       (``cod_gain_n[mode]`` of them), clipped to ``(low - high, high - low)`` of the reward range.
-    - ``mode_diffs[f"{mode}-nohint"]``: per-position :class:`ModeDiffStats` of every mode against
-      the no-hint baseline, present when the baseline and that mode were both run.
+    - ``mode_diffs[f"{mode}-{baseline}"]``: per-position :class:`ModeDiffStats` of every mode
+      against its no-context baseline (:func:`baseline_for`: ``nohint`` for plain modes, e.g.
+      ``"cod-nohint"``, ``"curator-nohint"``; ``ralph-nohint`` for Ralph loops, e.g.
+      ``"ralph-ralph-nohint"``, ``"ralph-curator-ralph-nohint"``), present when both were run;
+      :func:`split_diff_key` splits a key back into ``(mode, baseline)``.
     - ``reward_range``: the per-episode reward bounds intervals were clipped to (``None``: not
       clipped); ``min_packs``: fewer packs than this give no interval (see module docstring).
     """
@@ -435,6 +444,28 @@ class Summary:
 # --------------------------------------------------------------------------------------------
 # Summarisation
 # --------------------------------------------------------------------------------------------
+
+
+def baseline_for(mode: str) -> str:
+    """The no-context baseline ``mode`` is compared against: ``ralph-nohint`` for Ralph-loop modes
+    (``ralph``, ``ralph-curator``, ...), ``nohint`` for every other mode."""
+    return RALPH_BASELINE_MODE if mode == "ralph" or mode.startswith("ralph-") else BASELINE_MODE
+
+
+def diff_key(mode: str, base: str) -> str:
+    """Key of :attr:`Summary.mode_diffs`: ``f"{mode}-{base}"`` (e.g. ``cod-nohint``,
+    ``ralph-curator-ralph-nohint``)."""
+    return f"{mode}-{base}"
+
+
+def split_diff_key(key: str) -> tuple[str, str]:
+    """Inverse of :func:`diff_key`: ``(mode, baseline)``. Keys of unknown baselines split at the
+    last hyphen."""
+    for base in (RALPH_BASELINE_MODE, BASELINE_MODE):
+        if key.endswith("-" + base) and len(key) > len(base) + 1:
+            return key[: -len(base) - 1], base
+    mode, _, base = key.rpartition("-")
+    return mode, base
 
 
 def _pack_key(r: LifecycleResult) -> PackKey:
@@ -587,21 +618,20 @@ def summarize(
             summary.cod_gain_ci[mode] = clip_interval(gain, glo, ghi, diff_bounds)
             summary.cod_gain_n[mode] = len(gains)
 
-    if BASELINE_MODE in cells:
-        base = cells[BASELINE_MODE]
-        for mode in summary.modes:
-            if mode == BASELINE_MODE or mode not in cells:
-                continue
-            diffs = [
-                _mode_diff(
-                    p,
-                    _pack_means(cells[mode][p], "reward"),
-                    _pack_means(base[p], "reward"),
-                    confidence,
-                    diff_bounds,
-                    min_packs,
-                )
-                for p in sorted(set(cells[mode]) & set(base))
-            ]
-            summary.mode_diffs[f"{mode}-{BASELINE_MODE}"] = diffs
+    for mode in summary.modes:
+        base_mode = baseline_for(mode)
+        if mode == base_mode or mode not in cells or base_mode not in cells:
+            continue
+        base = cells[base_mode]
+        summary.mode_diffs[diff_key(mode, base_mode)] = [
+            _mode_diff(
+                p,
+                _pack_means(cells[mode][p], "reward"),
+                _pack_means(base[p], "reward"),
+                confidence,
+                diff_bounds,
+                min_packs,
+            )
+            for p in sorted(set(cells[mode]) & set(base))
+        ]
     return summary

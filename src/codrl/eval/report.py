@@ -28,6 +28,7 @@ matplotlib.use("Agg")  # headless; must precede pyplot
 
 import matplotlib.pyplot as plt  # noqa: E402
 from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from codrl.eval.metrics import (  # noqa: E402
@@ -35,6 +36,7 @@ from codrl.eval.metrics import (  # noqa: E402
     PositionStats,
     Summary,
     json_safe,
+    split_diff_key,
     summarize,
 )
 from codrl.rollout.experience import LifecycleResult  # noqa: E402
@@ -59,8 +61,11 @@ __all__ = [
 #: Legend labels of the rollout modes.
 MODE_LABELS: dict[str, str] = {
     "cod": "with hints (CoD)",
+    "curator": "curated lessons",
     "nohint": "no hints (baseline)",
     "ralph": "Ralph loop",
+    "ralph-curator": "Ralph loop, curated lessons",
+    "ralph-nohint": "Ralph loop, no notes (baseline)",
 }
 
 RESULTS_JSON = "results.json"
@@ -70,6 +75,8 @@ REWARD_PLOT = "reward_by_position.png"
 
 #: Header of ``episodes.csv``. ``hints_in_chars`` / ``hints_out_chars`` are lengths in
 #: characters (``hints_out_chars`` is empty when no context update ran after the task).
+#: ``curator_applied`` / ``curator_rejected`` count the accepted (ADD, REVISE, REMOVE) and the
+#: rejected operations of a curator step (empty in the other modes).
 EPISODE_CSV_COLUMNS: tuple[str, ...] = (
     "pack_id",
     "env",
@@ -88,6 +95,8 @@ EPISODE_CSV_COLUMNS: tuple[str, ...] = (
     "hint_reward",
     "hints_in_chars",
     "hints_out_chars",
+    "curator_applied",
+    "curator_rejected",
 )
 
 
@@ -145,6 +154,7 @@ def write_episodes_csv(results: Sequence[LifecycleResult], path: Path) -> Path:
         writer.writerow(EPISODE_CSV_COLUMNS)
         for r in results:
             for ep in r.episodes:
+                ops = ep.curator_ops
                 writer.writerow(
                     [
                         r.pack_id,
@@ -164,6 +174,8 @@ def write_episodes_csv(results: Sequence[LifecycleResult], path: Path) -> Path:
                         ep.hint_reward,
                         len(ep.hints_in or ""),
                         "" if ep.hints_out is None else len(ep.hints_out),
+                        "" if ops is None else sum(ops.get(k, 0) for k in ("added", "revised", "removed")),
+                        "" if ops is None else ops.get("rejected", 0),
                     ]
                 )
     return path
@@ -381,8 +393,9 @@ def _draw_curves(
 
 
 def print_summary(summary: Summary, console: Console | None = None) -> None:
-    """Print one rich table per mode, the CoD gain per mode and, when the no-hint baseline was
-    also run, the per-position reward difference against it.
+    """Print one rich table per mode, the CoD gain per mode and, when a mode's no-context baseline
+    (``nohint``, or ``ralph-nohint`` for Ralph loops) was also run, the per-position reward
+    difference against it.
 
     Intervals print as ``[lo, hi]``; where there are fewer than ``summary.min_packs`` packs,
     "(n<3)" takes the interval's place. A closing line says how intervals were computed (and the
@@ -397,7 +410,7 @@ def print_summary(summary: Summary, console: Console | None = None) -> None:
         console.print("[yellow]No evaluation results.[/yellow]")
         return
     for mode in summary.modes:
-        table = Table(title=f"{mode_label(mode)} [{mode}]")
+        table = Table(title=escape(f"{mode_label(mode)} [{mode}]"))
         table.add_column("position", justify="right", min_width=8, no_wrap=True)
         table.add_column(f"mean reward [{conf} CI]", justify="right", no_wrap=True)
         table.add_column("success", justify="right")
@@ -436,7 +449,7 @@ def print_summary(summary: Summary, console: Console | None = None) -> None:
     for key, diffs in summary.mode_diffs.items():
         if not diffs:
             continue
-        mode, base = key.rsplit("-", 1)
+        mode, base = split_diff_key(key)
         parts = ", ".join(
             f"{d.position}: {_fmt_signed(d.diff)}{fmt_ci(d.ci_low, d.ci_high, n=d.n_packs)}"
             for d in diffs

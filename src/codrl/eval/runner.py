@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -17,13 +17,25 @@ from codrl.envs import SPLITS, CoDEnv, make_env
 from codrl.errors import CodrlError, bad_choice
 from codrl.eval.metrics import Summary
 from codrl.eval.report import print_summary, write_report
-from codrl.rollout.config import RolloutConfig
+from codrl.rollout.config import RolloutConfig, result_mode
 from codrl.rollout.experience import LifecycleResult
 from codrl.rollout.lifecycle import LifecycleRunner, make_jobs
 
 
+#: A context an evaluation can play (a ``rollout.mode`` value, see ``codrl.rollout.config.CONTEXTS``).
+Context = Literal["cod", "nohint", "curator"]
+
+
 class EvalConfig(BaseModel):
-    """What to evaluate: an environment split, how many packs, and how to play them."""
+    """What to evaluate: an environment split, how many packs, and how to play them.
+
+    ``contexts`` lists the contexts to play the same packs with (each one a full evaluation of
+    ``packs`` x ``rollout.repeats`` lifecycles, reported as its own mode): ``cod`` (model-written
+    hints), ``nohint`` (no context, the baseline) and ``curator`` (a lesson list edited by
+    operations). Left empty it is ``[rollout.mode]``, plus ``nohint`` with ``baseline: true``;
+    ``baseline: true`` also adds ``nohint`` to a given list. With ``rollout.ralph`` each context
+    is played as a Ralph loop (modes ``ralph``, ``ralph-nohint``, ``ralph-curator``).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -33,7 +45,18 @@ class EvalConfig(BaseModel):
     packs: int = Field(4, ge=1, description="number of packs (worlds) to play")
     seed: int = 0
     baseline: bool = Field(False, description="also run the no-hint baseline (update-context skipped)")
+    contexts: list[Context] = Field(
+        default_factory=list, description="contexts to compare on the same packs: cod, nohint, curator "
+                                          "(default: rollout.mode, plus nohint with baseline)")
     rollout: RolloutConfig = Field(default_factory=lambda: RolloutConfig(repeats=2))
+
+    @model_validator(mode="after")
+    def _contexts(self) -> EvalConfig:
+        contexts: list[Context] = list(dict.fromkeys(self.contexts)) or [self.rollout.mode]
+        if self.baseline and "nohint" not in contexts:
+            contexts.append("nohint")
+        self.contexts = contexts
+        return self
 
 
 def build_env(name: str, params: dict[str, Any] | None = None) -> CoDEnv:
@@ -76,17 +99,20 @@ def play(backend: Backend, env: CoDEnv, split: str, packs: int, seed: int, cfg: 
 def evaluate(backend: Backend, cfg: EvalConfig, out_dir: Path, *, title: str | None = None,
              meta: dict[str, Any] | None = None, console: Console | None = None,
              progress: bool = True) -> Summary:
-    """Run the evaluation (and the no-hint baseline if asked), write the report, print the table."""
+    """Play the same packs with every context of ``cfg.contexts``, write the report, print the table.
+
+    The report holds one mode per context (:func:`~codrl.rollout.config.result_mode`) and each
+    mode's difference against its no-context baseline when that was played too.
+    """
     console = console or Console()
     env = build_env(cfg.env, cfg.env_params)
     torch.manual_seed(cfg.seed)
     t0 = time.time()
-    results = play(backend, env, cfg.split, cfg.packs, cfg.seed, cfg.rollout, f"{env.name} ({cfg.rollout.mode})",
-                   console, progress)
-    if cfg.baseline and cfg.rollout.mode == "cod":
-        base_cfg = cfg.rollout.model_copy(update={"mode": "nohint"})
-        results += play(backend, env, cfg.split, cfg.packs, cfg.seed, base_cfg, f"{env.name} (no hints)",
-                        console, progress)
+    results: list[LifecycleResult] = []
+    for context in cfg.contexts:
+        rollout = cfg.rollout.model_copy(update={"mode": context})
+        results += play(backend, env, cfg.split, cfg.packs, cfg.seed, rollout,
+                        f"{env.name} ({result_mode(context, rollout.ralph)})", console, progress)
     info = {"env": env.name, "split": cfg.split, "packs": cfg.packs, "pack_size": cfg.rollout.pack_size,
             "repeats": cfg.rollout.repeats, "seed": cfg.seed, "chance_reward": env.chance_reward,
             "seconds": round(time.time() - t0, 1), "config": cfg.model_dump(mode="json")}

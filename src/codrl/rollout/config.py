@@ -7,6 +7,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+#: The contexts a lifecycle can carry between tasks (values of :attr:`RolloutConfig.mode`).
+CONTEXTS: tuple[str, ...] = ("cod", "nohint", "curator")
+
+
 class RolloutConfig(BaseModel):
     """How a pack is played. Defaults follow method.md where it gives a value."""
 
@@ -14,23 +18,33 @@ class RolloutConfig(BaseModel):
 
     pack_size: int = Field(4, ge=1, description="K: tasks per pack (lifecycle length)")
     repeats: int = Field(4, ge=1, description="R: rollouts of the same pack (the GRPO group)")
-    mode: Literal["cod", "nohint"] = Field(
-        "cod", description="cod: write hints between tasks; nohint: skip the update-context step (baseline)")
+    mode: Literal["cod", "nohint", "curator"] = Field(
+        "cod", description="context between tasks: cod: the model rewrites a free-form hints block; nohint: no "
+                           "context, the update step is skipped (baseline); curator: the model edits a numbered "
+                           "lesson list with ADD/REVISE/REMOVE operations applied by code")
     ralph: Literal["none", "first", "expand"] = Field(
-        "none", description="Ralph loop: repeat each pack's first task K times, or expand every task into its own pack")
+        "none", description="Ralph loop: repeat each pack's first task K times, or expand every task into its own "
+                            "pack; the context (mode) is carried between attempts (nohint: independent attempts)")
     temperature: float = Field(1.0, ge=0.0, description="sampling temperature (0 = greedy)")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens_solve: int = Field(32, ge=1, description="token budget of one solve reply")
-    max_new_tokens_update: int = Field(64, ge=1, description="token budget of one hints block")
+    max_new_tokens_update: int = Field(64, ge=1, description="token budget of one context update (a hints block "
+                                       "or a curator reply)")
     use_reply_prefix: bool = Field(True, description="prefill replies with the environment's reply prefix")
     update_reply_prefix: str = Field("Hints:\n", description="prefill of the update-context reply")
+    curator_reply_prefix: str = Field("Operations:\n", description="prefill of the curator reply (a header "
+                                      "line the operation parser skips)")
+    curator_max_lessons: int = Field(8, ge=1, description="curator mode: most lessons the list holds "
+                                     "(further ADDs are rejected)")
+    curator_max_chars: int = Field(160, ge=8, description="curator mode: a lesson is cut at this many characters")
     max_concurrent: int = Field(64, ge=1, description="lifecycles played at once (their model calls are batched)")
     max_turns_cap: int = Field(64, ge=1, description="safety cap on turns of one solve episode")
     # rewards (method.md: length_penalty_coef 0.1, hint_penalty_coef 0.1)
     length_penalty_coef: float = Field(0.1, ge=0.0, description="max penalty for an over-long solution")
     length_penalty_start: int = Field(24, ge=0, description="solution length (tokens, longest reply) where the ramp starts")
     length_penalty_end: int = Field(32, ge=1, description="solution length where the penalty reaches its max")
-    hint_penalty_coef: float = Field(0.1, ge=0.0, description="penalty for an unparseable or too-short hints block")
+    hint_penalty_coef: float = Field(0.1, ge=0.0, description="penalty for an unparseable or too-short hints block "
+                                     "(curator: a reply with no accepted operation that is not NONE)")
     hint_min_chars: int = Field(8, ge=0, description="hints shorter than this are 'too short'")
     hint_length_coef: float = Field(0.1, ge=0.0, description="max penalty for over-long hints")
     hint_length_start: int = Field(48, ge=0, description="hints length (tokens) where the ramp starts")
@@ -42,6 +56,18 @@ class RolloutConfig(BaseModel):
             raise ValueError("length_penalty_end must be > length_penalty_start")
         if self.hint_length_end <= self.hint_length_start:
             raise ValueError("hint_length_end must be > hint_length_start")
-        if self.ralph != "none" and self.mode == "nohint":
-            raise ValueError("ralph loops carry hints between attempts; use mode 'cod' with ralph 'first' or 'expand'")
         return self
+
+    @property
+    def result_mode(self) -> str:
+        """Name of the results this config plays (:func:`result_mode`)."""
+        return result_mode(self.mode, self.ralph)
+
+
+def result_mode(mode: str, ralph: str = "none") -> str:
+    """The mode name lifecycle results carry: the context (``cod``, ``nohint``, ``curator``) for
+    plain packs; ``ralph`` (model-written notes), ``ralph-nohint`` (independent attempts) or
+    ``ralph-curator`` for Ralph loops."""
+    if ralph == "none":
+        return mode
+    return "ralph" if mode == "cod" else f"ralph-{mode}"

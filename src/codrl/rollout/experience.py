@@ -90,6 +90,10 @@ class EpisodeRecord:
     hints_out: str | None = None  # hints written after this task (None: no update ran)
     hint_reward: float = 0.0
     hint_valid: bool = True
+    #: Curator mode: what the curator step after this task did to the lesson list
+    #: (``added``, ``revised``, ``removed``, ``rejected``, ``none`` operations and ``ignored``
+    #: non-operation lines); None in the other modes or when no curator step ran.
+    curator_ops: dict[str, int] | None = None
 
 
 @dataclass
@@ -100,7 +104,7 @@ class LifecycleResult:
     env: str
     split: str
     repeat: int
-    mode: str  # "cod" | "nohint" | "ralph"
+    mode: str  # "cod" | "nohint" | "curator" | "ralph" | "ralph-nohint" | "ralph-curator"
     episodes: list[EpisodeRecord]
     experiences: list[Experience]
 

@@ -9,6 +9,7 @@ finish its task, and the model sees large batches.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable, Generator, Hashable, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,8 @@ import torch
 
 from codrl.backends.base import Backend, GenRequest, GenResult, SamplingParams
 from codrl.envs.base import CoDEnv, Pack, expand_ralph, ralph_pack
-from codrl.rollout.config import RolloutConfig
+from codrl.rollout.config import CONTEXTS, RolloutConfig, result_mode
+from codrl.rollout.curator import apply_operations, curator_messages, parse_reply, render_lessons
 from codrl.rollout.experience import EpisodeRecord, Experience, LifecycleResult, Turn
 from codrl.rollout.prompts import parse_hints, ramp, solve_user_message, update_messages
 
@@ -53,12 +55,27 @@ def hint_reward(hints: str | None, n_tokens: int, cfg: RolloutConfig) -> tuple[f
     return reward, valid
 
 
-def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mode: str = "cod",
-                   session: str | None = None, seed: int | None = None) -> LifecycleGen:
-    """Play one pass through ``pack``: solve task 0 -> update hints -> solve task 1 -> ...
+def curator_reward(valid: bool, n_tokens: int, cfg: RolloutConfig) -> float:
+    """Own reward of a curator episode: 0 when it applied an operation or said NONE, else
+    ``-hint_penalty_coef``; minus the same over-length ramp as a hints block (on the reply's tokens)."""
+    reward = 0.0 if valid else -cfg.hint_penalty_coef
+    return reward - cfg.hint_length_coef * ramp(n_tokens, cfg.hint_length_start, cfg.hint_length_end)
 
-    Yields generation requests and returns the finished :class:`LifecycleResult`. In ``nohint``
-    mode the update-context step is skipped and every task is solved with no hints. Every request
+
+
+def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mode: str = "cod",
+                   session: str | None = None, seed: int | None = None, *,
+                   on_episode: Callable[[EpisodeRecord], None] | None = None) -> LifecycleGen:
+    """Play one pass through ``pack``: solve task 0 -> update context -> solve task 1 -> ...
+
+    Yields generation requests and returns the finished :class:`LifecycleResult`. The context
+    between tasks depends on ``mode``: ``cod`` rewrites a free-form hints block
+    (:func:`~codrl.rollout.prompts.update_messages`); ``curator`` edits a numbered lesson list
+    through parsed operations (:mod:`codrl.rollout.curator`), whose rendering is the next task's
+    hints block; ``nohint`` skips the update step and every task is solved with no hints. Both
+    update kinds are experiences of type ``"update"`` with their own reward. ``on_episode`` is
+    called with each task's record as soon as its episode is complete, after the update step
+    that followed it (so ``record.hints_out`` is final). Every request
     carries ``session`` (default: a fresh id), so an engine can keep this lifecycle's KV cache
     between its calls; whoever drives the generator releases it at the end. With ``seed``, the
     lifecycle's n-th request samples from stream ``seed + n * 7919``: what a lifecycle samples then
@@ -76,7 +93,10 @@ def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mod
     prefix = env.reply_prefix if cfg.use_reply_prefix else ""
     solve_params = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens_solve, tuple(env.stop_strings))
     update_params = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens_update)
+    if mode not in CONTEXTS:
+        raise ValueError(f"mode {mode!r} is not allowed; allowed values: {', '.join(map(repr, CONTEXTS))}")
     hints = ""
+    lessons: list[str] = []  # curator mode: the list hints renders
     episodes: list[EpisodeRecord] = []
     experiences: list[Experience] = []
     last = len(pack.tasks) - 1
@@ -126,6 +146,21 @@ def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mod
             if valid and parsed is not None:
                 hints = parsed  # an invalid block keeps the previous hints: nothing learned is lost
             record.hints_out, record.hint_reward, record.hint_valid = hints, own, valid
+        elif mode == "curator" and k < last:
+            msgs = curator_messages(env.system_prompt, lessons, first_obs, turns, env_reward, feedback)
+            res = yield request(msgs, update_params, cfg.curator_reply_prefix)
+            reply = parse_reply(cfg.curator_reply_prefix + res.text)
+            edit = apply_operations(lessons, reply.operations, cfg.curator_max_lessons, cfg.curator_max_chars)
+            lessons = edit.lessons  # only accepted operations changed it
+            hints = render_lessons(lessons)
+            valid = edit.applied > 0 or reply.says_none
+            n_tok = len(res.completion_ids) if res.token_exact else len(res.text.split())
+            own = curator_reward(valid, n_tok, cfg)
+            experiences.append(_experience(pack, repeat, "update", k, 0, res, own_reward=own))
+            record.hints_out, record.hint_reward, record.hint_valid = hints, own, valid
+            record.curator_ops = {**edit.counts(), "ignored": reply.ignored}
+        if on_episode is not None:
+            on_episode(record)
     task_rewards = [e.reward for e in episodes]
     for exp in experiences:
         exp.task_rewards = list(task_rewards)
@@ -171,7 +206,7 @@ class LifecycleRunner:
     request can start while others are still decoding (continuous batching in the transformers
     backend; rounds of batched calls elsewhere). A finished lifecycle's KV cache is released at
     once and the next job is admitted. ``on_done`` is called with each finished lifecycle (e.g. to
-    advance a progress bar).
+    advance a progress bar), ``on_episode`` with each finished task episode.
     """
 
     def __init__(self, backend: Backend, cfg: RolloutConfig) -> None:
@@ -182,13 +217,19 @@ class LifecycleRunner:
         self.policy_version = 0
 
     def run(self, jobs: Sequence[Job], on_done: Callable[[LifecycleResult], None] | None = None,
-            seeds: Sequence[int] | None = None) -> list[LifecycleResult]:
+            seeds: Sequence[int] | None = None,
+            on_episode: Callable[[int, EpisodeRecord], None] | None = None) -> list[LifecycleResult]:
         """Play every job; results come back in job order.
 
         ``seeds`` (one per job) make each lifecycle's sampling a function of its seed alone; by
-        default they are drawn from the global torch RNG, in job order.
+        default they are drawn from the global torch RNG, in job order. ``on_episode(i, record)``
+        is called with the job index ``i`` as soon as a task's episode of job ``i`` is complete,
+        after the context update that followed it (``record.hints_out`` is final), in the order
+        episodes finish. Results are named by :func:`~codrl.rollout.config.result_mode`: the
+        context (``cod``, ``nohint``, ``curator``), or ``ralph``, ``ralph-nohint``,
+        ``ralph-curator`` for Ralph loops; the context is carried between a loop's attempts.
         """
-        mode = "ralph" if self.cfg.ralph != "none" else self.cfg.mode
+        mode = result_mode(self.cfg.mode, self.cfg.ralph)
         results: list[LifecycleResult | None] = [None] * len(jobs)
         live: dict[int, tuple[LifecycleGen, str | None]] = {}
         queue = list(range(len(jobs)))[::-1]
@@ -212,8 +253,9 @@ class LifecycleRunner:
             while queue and len(live) < self.cfg.max_concurrent:
                 i = queue.pop()
                 job = jobs[i]
-                gen = play_lifecycle(job.env, job.pack, job.repeat, self.cfg, mode="cod" if mode == "ralph" else mode,
-                                     seed=seeds[i])
+                hook = None if on_episode is None else functools.partial(on_episode, i)
+                gen = play_lifecycle(job.env, job.pack, job.repeat, self.cfg, mode=self.cfg.mode, seed=seeds[i],
+                                     on_episode=hook)
                 live[i] = (gen, None)
                 try:
                     req = next(gen)

@@ -23,6 +23,7 @@ MODULES: dict[str, str] = {
     "control": "control", "control_hard": "control",
     "pde": "pde", "pde_hard": "pde",
     "diagnosis": "diagnosis",
+    "code": "code", "code_hard": "code",
 }
 
 

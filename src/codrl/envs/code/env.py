@@ -1,0 +1,227 @@
+"""Code: write functions for a shop's code base whose house conventions are shared by the pack.
+
+Each world is a small code base (:mod:`codrl.envs.code.world`): a generated ``house.py`` with a
+record parser, a money formatter, an error type and a "no value" marker, plus hidden conventions
+(invalid input, money, order and case of names; hard worlds also drop quantity-0 records and read
+records through a 1-based ``Ledger``). Each task asks for one function (:mod:`codrl.envs.code.tasks`)
+and hides 6-7 unit tests whose expected outcomes the host computes from the true conventions.
+
+An episode: the model submits ``solution.py`` as one fenced code block inside ``<answer>``
+(:func:`~codrl.envs.code.submission.extract_code`). The submission runs in the sandbox against the
+test inputs (:mod:`codrl.envs.code.driver`); the host compares the outcomes and answers with a
+test report (:mod:`codrl.envs.code.report`). Up to ``max_turns`` submissions; after a non-final one
+the observation is the report and a request to fix the code. The reward is the fraction of tests
+passed by the last submission (1.0 ends the episode at once). A reply without a valid submission
+ends the episode with reward 0 and ``valid=False``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from codrl.envs.base import CoDEnv, Episode, Pack, StepResult, Task
+from codrl.envs.code.driver import DriverResults, Limits, run_driver
+from codrl.envs.code.report import Grade, TestCase, format_report, grade
+from codrl.envs.code.submission import FORMAT_HINT, CodeSubmission, extract_code
+from codrl.envs.code.tasks import TEMPLATE_NAMES, hidden_tests, sample_task, task_text
+from codrl.envs.code.world import (
+    VARIANTS,
+    api_lines,
+    helper_spy,
+    house_source,
+    sample_world,
+)
+from codrl.errors import CodrlError
+from codrl.sandbox import SandboxResult
+
+#: Per-variant defaults of the knobs left as None.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "base": {"max_turns": 2, "max_failures_shown": 3, "tail_chars": 600},
+    "hard": {"max_turns": 2, "max_failures_shown": 1, "tail_chars": 300},
+}
+
+SYSTEM_PROMPT = (
+    "You write Python functions for a shop's code base. Each task shows the API of the shop's module `house` "
+    "and asks for one function; hidden unit tests check it and you get a test report.\n"
+    "Reply with the whole file solution.py as one fenced code block inside the answer tag:\n"
+    "<answer>\n```python\nimport house\n\ndef name(lines):\n    ...\n```\n</answer>\n"
+    "The code base has house conventions (how records are read, what a function does on invalid input, how "
+    "money is returned, the order and case of returned names). They are not written down, but they are the "
+    "same in every task of this code base and the test reports reveal them: note them, they pay off in "
+    "later tasks."
+)
+
+
+def _number(field: str, value: Any, lo: float, hi: float, integer: bool = False) -> Any:
+    kinds: tuple[type, ...] = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not lo <= value <= hi:
+        what = "an integer" if integer else "a number"
+        raise ValueError(f"code: {field} must be {what} from {lo:g} to {hi:g}, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+class CodeEnv(CoDEnv):
+    """Code: write one function per task in a shop's code base; its hidden house conventions are shared.
+
+    Parameters:
+
+    * ``name``: the environment's name (``"code"``; ``"code_hard"`` for the hard preset).
+    * ``variant``: ``"base"`` (records through ``house.read``) or ``"hard"`` (a 1-based
+      ``house.Ledger``, quantity-0 records possibly discontinued, less feedback).
+    * ``max_turns``: submissions per task, 1-10 (default 2).
+    * ``max_failures_shown``: failing tests listed per report, 0-20 (base 3, hard 1).
+    * ``tail_chars``: characters of the program's own output shown, 0-5000 (base 600, hard 300).
+    * ``timeout_s``: wall-clock limit of one test run, 0.5-60 (default 10).
+    * ``call_timeout_s``: time limit of one test call, 0.05-10 (default 1).
+    * ``memory_mb``: address-space limit of the test run, 64-4096 (default 256).
+    * ``templates``: task templates to draw from, a non-empty subset of
+      :data:`~codrl.envs.code.tasks.TEMPLATE_NAMES`.
+    * ``cache_size``: test runs remembered per environment, 0-100000 (default 512; 0 turns it off).
+      A run is a pure function of the house code, the submission and the test inputs, so an
+      identical submission (common among the samples of one group) reuses the earlier result;
+      runs that hit a time or resource limit are never reused.
+
+    Reward: the fraction of hidden tests the last submission passes (0 for a malformed reply).
+    """
+
+    reply_prefix = "<answer>\n```python\n"
+    stop_strings = ("</answer>",)
+    success_threshold = 1.0
+    #: Mean reward of the scripted random agent (valid programs written with random conventions,
+    #: sometimes parsing records by hand), 30 test packs x 4 tasks, seed 0: base 0.244, hard 0.231.
+    #: It is well above 0 because the fraction of tests passed is the reward: an empty list or an
+    #: invalid-input test is often passed by luck.
+    chance_reward = 0.24
+
+    def __init__(self, name: str = "code", variant: str = "base", max_turns: int | None = None,
+                 max_failures_shown: int | None = None, tail_chars: int | None = None, timeout_s: float = 10.0,
+                 call_timeout_s: float = 1.0, memory_mb: int = 256,
+                 templates: Sequence[str] = TEMPLATE_NAMES, cache_size: int = 512) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"code: name must be a non-empty string, got {name!r}")
+        if variant not in VARIANTS:
+            raise ValueError(f"code: variant must be one of {list(VARIANTS)}, got {variant!r}")
+        d = DEFAULTS[variant]
+        self.name = name
+        self.variant = variant
+        self.max_turns = _number("max_turns", d["max_turns"] if max_turns is None else max_turns, 1, 10, True)
+        self.max_failures_shown = _number("max_failures_shown", d["max_failures_shown"] if max_failures_shown
+                                          is None else max_failures_shown, 0, 20, True)
+        self.tail_chars = _number("tail_chars", d["tail_chars"] if tail_chars is None else tail_chars, 0, 5000, True)
+        timeout = _number("timeout_s", timeout_s, 0.5, 60)
+        call_timeout = _number("call_timeout_s", call_timeout_s, 0.05, 10)
+        memory = _number("memory_mb", memory_mb, 64, 4096, True)
+        if isinstance(templates, str) or not isinstance(templates, (list, tuple)) or not templates:
+            raise ValueError(f"code: templates must be a non-empty list drawn from {list(TEMPLATE_NAMES)}, "
+                             f"got {templates!r}")
+        bad = [t for t in templates if t not in TEMPLATE_NAMES]
+        if bad:
+            raise ValueError(f"code: templates has unknown value(s) {bad}; allowed values: {list(TEMPLATE_NAMES)}")
+        self.templates = tuple(dict.fromkeys(str(t) for t in templates))
+        self.limits = Limits(timeout_s=timeout, cpu_s=max(1, int(np.ceil(timeout / 2))), memory_mb=memory,
+                             call_timeout_s=call_timeout, import_timeout_s=min(2 * call_timeout + 1, timeout))
+        self.cache_size = _number("cache_size", cache_size, 0, 100_000, True)
+        self._cache: OrderedDict[str, tuple[DriverResults, SandboxResult]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.system_prompt = SYSTEM_PROMPT
+
+    def run(self, house: str, code: str, function: str, calls: list[list[Any]],
+            spy: tuple[str, str, str]) -> tuple[DriverResults, SandboxResult]:
+        """:func:`~codrl.envs.code.driver.run_driver` with this environment's limits and result cache."""
+        key = hashlib.sha256(json.dumps([house, code, function, calls, spy, repr(self.limits)]).encode()).hexdigest()
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+        results, sandbox = run_driver(house, code, function, calls, [spy], self.limits)
+        clean = (sandbox.killed_reason is None and not sandbox.timed_out
+                 and all(o.error != "timeout" for o in results.outcomes.values()))
+        if clean and self.cache_size:
+            with self._lock:
+                self._cache[key] = (results, sandbox)
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        return results, sandbox
+
+    # -- CoDEnv -------------------------------------------------------------------------------
+    def sample_world(self, rng: np.random.Generator) -> dict[str, Any]:
+        """One code base: record format, money text and hidden conventions."""
+        return sample_world(rng, self.variant)
+
+    def sample_task(self, world: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        """One function to write, with an example input and hidden test inputs."""
+        return sample_task(world, rng, self.templates)
+
+    def start(self, pack: Pack, task: Task, state: Any = None) -> CodeEpisode:
+        """Begin an episode of ``task`` in the code base of ``pack``."""
+        return CodeEpisode(self, pack.world, task.spec)
+
+
+class CodeEpisode(Episode):
+    """One function to write. ``info`` of each step: ``event`` (``tests``, ``solved``, ``final``,
+    ``invalid`` or ``over``), ``turns``, ``passed``, ``total``, ``killed`` (the sandbox's reason or
+    None) and ``seconds`` (the test run's duration)."""
+
+    def __init__(self, env: CodeEnv, world: dict[str, Any], spec: dict[str, Any]) -> None:
+        self.env = env
+        self.world = world
+        self.spec = spec
+        self.cases: list[TestCase] = hidden_tests(world, spec)
+        self.house = house_source(world)
+        self.spy = helper_spy(world)
+        self.turns = 0
+        self.done = False
+
+    def reset(self) -> str:
+        """The task text: house API, the function to write, an example call, the format."""
+        self.turns = 0
+        self.done = False
+        text = task_text(self.world, self.spec, api_lines(self.world), self.env.max_turns)
+        return f"{text}\n{FORMAT_HINT}"
+
+    def run_tests(self, code: str) -> tuple[Grade, dict[str, Any]]:
+        """Run ``code`` against the hidden tests in the sandbox and grade it on the host."""
+        calls = [list(c.args) for c in self.cases]
+        try:
+            results, sandbox = self.env.run(self.house, code, self.spec["template"], calls, self.spy)
+        except (CodrlError, OSError) as e:  # pragma: no cover - the host could not start the sandbox
+            g = grade(self.cases, DriverResults(stage_error=f"the tests could not be run ({type(e).__name__})"),
+                      None, self.spec["template"], self.spy[2], 0)
+            return g, {"killed": None, "seconds": 0.0}
+        g = grade(self.cases, results, sandbox, self.spec["template"], self.spy[2], self.env.tail_chars)
+        return g, {"killed": sandbox.killed_reason, "seconds": round(sandbox.duration_s, 3)}
+
+    def step(self, reply: str) -> StepResult:
+        """Test the submission in the reply and report; never raises."""
+        if self.done:
+            return StepResult(None, 0.0, True, "The task is already over.", True,
+                              {"event": "over", "turns": self.turns})
+        self.turns += 1
+        code = extract_code(reply)
+        if not isinstance(code, CodeSubmission):
+            self.done = True
+            return StepResult(None, 0.0, True, f"Invalid submission: {code} The task ended with reward 0.", False,
+                              {"event": "invalid", "turns": self.turns, "passed": 0, "total": len(self.cases),
+                               "killed": None, "seconds": 0.0})
+        g, run = self.run_tests(code)
+        report = format_report(g, self.env.max_failures_shown)
+        info = {"turns": self.turns, "passed": g.passed, "total": g.total, **run}
+        if g.passed == g.total:
+            self.done = True
+            return StepResult(None, 1.0, True, f"{report}\nTask solved.", True, {"event": "solved", **info})
+        if self.turns >= self.env.max_turns:
+            self.done = True
+            return StepResult(None, g.fraction, True, f"{report}\nFinal score: {g.passed}/{g.total} tests.", True,
+                              {"event": "final", **info})
+        left = self.env.max_turns - self.turns
+        obs = (f"{report}\nFix your code and submit again ({left} submission{'s' if left != 1 else ''} left). "
+               f"{FORMAT_HINT}")
+        return StepResult(obs, 0.0, False, report, True, {"event": "tests", **info})
