@@ -12,6 +12,7 @@ import os
 import tempfile
 import time
 import uuid
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,9 @@ from codrl.envs.scripted.code import (
     write_hint_lines,
 )
 
+sys.path.insert(0, str(Path(__file__).parent))
+from host_checks import pids_with  # noqa: E402
+
 WORLD = {"variant": "base", "domain": "stationery", "sep": ";", "fields": ["name", "category", "price", "qty"],
          "currency": "{} EUR", "errors": "raise", "money": "house", "order": "asc", "case": "lower",
          "zero_qty": "keep"}
@@ -66,20 +70,8 @@ def oracle_code(pack, spec) -> str:
     return solution_code(spec["template"], b, w["variant"])
 
 
-def _pids_with(token: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if token.encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
 def _driver_pids() -> list[int]:
-    return [p for p in _pids_with("driver.py") if p != os.getpid()]
+    return [p for p in pids_with("driver.py") if p != os.getpid()]
 
 
 # -- registry, knobs, worlds -----------------------------------------------------------------------
@@ -88,7 +80,7 @@ def test_registry_knobs_and_description() -> None:
     assert isinstance(env, CodeEnv) and env.name == "code" and env.variant == "base"
     assert hard.name == "code_hard" and hard.variant == "hard"
     assert (env.max_turns, env.max_failures_shown, hard.max_turns, hard.max_failures_shown) == (2, 3, 2, 1)
-    assert env.reply_prefix == "<answer>\n```python\n" and env.stop_strings == ("</answer>",)
+    assert env.reply_prefix == "<answer>\n```python\n" and env.stop_strings == ("</answer>", "\n```")
     assert env.chance_reward is not None and 0 < env.chance_reward < 0.3
     assert "<answer>" in env.system_prompt and "```python" in env.system_prompt
     assert describe("code").startswith("Code:") and describe("code_hard")
@@ -178,6 +170,8 @@ def test_extract_code_accepts_the_format_and_explains_the_rest() -> None:
     prefix = "<answer>\n```python\n"
     assert extract_code(prefix + "x = 1\n```\n</answer>") == "x = 1\n"
     assert isinstance(extract_code(prefix + "x = 1\n</answer>"), CodeSubmission)  # missing closing fence
+    assert extract_code(prefix + "x = 1\n```") == "x = 1\n"  # stopped at the closing fence, no </answer>
+    assert not isinstance(extract_code(prefix + "x = 1\n"), CodeSubmission)  # neither closed
     assert extract_code("thinking...<ANSWER>```\nx = 2```</answer> trailing") == "x = 2\n"
     reasons = {
         "": "no <answer>", "x = 1": "no <answer>", "<answer>x = 1</answer>": "no ```python fenced code block",
@@ -423,10 +417,10 @@ def total_value(lines):
     res = _hostile(body, timeout_s=1.5)
     assert "0/" in res.feedback and ("timed out" in res.feedback or "sandbox stopped the run" in res.feedback)
     for _ in range(40):
-        if not _pids_with(token):
+        if not pids_with(token):
             break
         time.sleep(0.05)
-    assert _pids_with(token) == []
+    assert pids_with(token) == []
 
 
 def test_sandbox_memory_bomb_hits_the_limit() -> None:
@@ -523,9 +517,9 @@ def total_value(lines):
     try:
         res = _hostile(body)
         assert "returned 'parent done'" in res.feedback
-        assert _pids_with(token) == []
+        assert pids_with(token) == []
         time.sleep(1.3)
-        assert not marker.exists() and _pids_with(token) == []
+        assert not marker.exists() and pids_with(token) == []
     finally:
         for p in marker_dir.iterdir():
             p.unlink()

@@ -25,6 +25,9 @@ from codrl import sandbox
 from codrl.errors import CodrlError
 from codrl.sandbox import TRUNCATION_MARKER, run_sandboxed
 
+sys.path.insert(0, str(Path(__file__).parent))
+from host_checks import pids_with  # noqa: E402
+
 PY = sys.executable
 ROOT = os.getuid() == 0
 
@@ -42,19 +45,6 @@ def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Ite
 def _run(code: str, *args: str, **kw: object) -> sandbox.SandboxResult:
     """Run one Python file ``main.py`` holding ``code`` in the sandbox."""
     return run_sandboxed({"main.py": textwrap.dedent(code)}, [PY, "main.py", *args], **kw)  # type: ignore[arg-type]
-
-
-def _pids_with(token: str) -> list[int]:
-    """PIDs whose command line contains ``token``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if token.encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
 
 
 def _proc_count() -> int:
@@ -112,7 +102,7 @@ def test_sandbox_fork_bomb_is_contained(mode: str) -> None:
     """
     res = _run(code, token, timeout_s=1.5, max_procs=16)
     assert not res.ok and res.killed_reason is not None
-    assert _pids_with(token) == []
+    assert pids_with(token) == []
     for _ in range(40):  # killed orphans are reaped by the host's init shortly after
         if _proc_count() <= before + 5:  # (other host activity allowed a little)
             break
@@ -249,10 +239,10 @@ def test_sandbox_detached_child_does_not_outlive_run(mode: str) -> None:
     try:
         res = _run(code, token, timeout_s=3)
         assert res.returncode == 0 and "parent done" in res.stdout
-        assert _pids_with(token) == []
+        assert pids_with(token) == []
         time.sleep(1.5)
         assert not marker.exists()
-        assert _pids_with(token) == []
+        assert pids_with(token) == []
     finally:
         for p in marker_dir.iterdir():
             p.unlink()

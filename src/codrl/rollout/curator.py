@@ -27,7 +27,7 @@ from typing import Literal
 
 from codrl.backends.base import Message
 from codrl.rollout.experience import Turn
-from codrl.rollout.prompts import trajectory_text
+from codrl.rollout.prompts import context_user_message
 
 __all__ = [
     "CURATOR_SYSTEM",
@@ -282,18 +282,7 @@ def curator_messages(env_system_prompt: str, lessons: Sequence[str], first_obser
                      reward: float, feedback: str) -> list[Message]:
     """Chat of a curator episode: the environment, the numbered lessons, the last attempt, its
     reward and feedback, and the operation instructions."""
-    user = "\n".join([
-        "Environment description:",
-        env_system_prompt.strip(),
-        "",
-        "Current lessons:",
-        render_lessons(lessons) if lessons else "(none yet)",
-        "",
-        trajectory_text(first_observation, turns),
-        "",
-        f"Reward of this task: {reward:g}",
-        f"Final feedback: {feedback.strip()}",
-        "",
-        CURATOR_INSTRUCTIONS,
-    ])
+    shown = render_lessons(lessons) if lessons else ""
+    user = context_user_message(env_system_prompt, "Current lessons", shown, first_observation, turns, reward,
+                                feedback, CURATOR_INSTRUCTIONS)
     return [{"role": "system", "content": CURATOR_SYSTEM}, {"role": "user", "content": user}]

@@ -43,23 +43,31 @@ def trajectory_text(first_observation: str, turns: list[Turn]) -> str:
     return "\n".join(lines)
 
 
-def update_messages(env_system_prompt: str, hints: str, first_observation: str, turns: list[Turn],
-                    reward: float, feedback: str) -> list[Message]:
-    """Chat of an update-context episode."""
-    user = "\n".join([
+def context_user_message(env_system_prompt: str, context_label: str, context: str, first_observation: str,
+                         turns: list[Turn], reward: float, feedback: str, instructions: str) -> str:
+    """User message of a context step (hints rewrite or curator): the environment, the current
+    context under ``context_label``, the last attempt, its reward and feedback, then ``instructions``."""
+    return "\n".join([
         "Environment description:",
         env_system_prompt.strip(),
         "",
-        "Previous hints:",
-        hints.strip() if hints else "(none yet)",
+        f"{context_label}:",
+        context.strip() if context else "(none yet)",
         "",
         trajectory_text(first_observation, turns),
         "",
         f"Reward of this task: {reward:g}",
         f"Final feedback: {feedback.strip()}",
         "",
-        UPDATE_INSTRUCTIONS,
+        instructions,
     ])
+
+
+def update_messages(env_system_prompt: str, hints: str, first_observation: str, turns: list[Turn],
+                    reward: float, feedback: str) -> list[Message]:
+    """Chat of an update-context episode."""
+    user = context_user_message(env_system_prompt, "Previous hints", hints, first_observation, turns, reward,
+                                feedback, UPDATE_INSTRUCTIONS)
     return [{"role": "system", "content": UPDATE_SYSTEM}, {"role": "user", "content": user}]
 
 

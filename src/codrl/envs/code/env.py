@@ -29,7 +29,7 @@ import numpy as np
 from codrl.envs.base import CoDEnv, Episode, Pack, StepResult, Task
 from codrl.envs.code.driver import DriverResults, Limits, run_driver
 from codrl.envs.code.report import Grade, TestCase, format_report, grade
-from codrl.envs.code.submission import FORMAT_HINT, CodeSubmission, extract_code
+from codrl.envs.code.submission import FORMAT_HINT, STOP_STRINGS, CodeSubmission, extract_code
 from codrl.envs.code.tasks import TEMPLATE_NAMES, hidden_tests, sample_task, task_text
 from codrl.envs.code.world import (
     VARIANTS,
@@ -92,7 +92,7 @@ class CodeEnv(CoDEnv):
     """
 
     reply_prefix = "<answer>\n```python\n"
-    stop_strings = ("</answer>",)
+    stop_strings = STOP_STRINGS
     success_threshold = 1.0
     #: Mean reward of the scripted random agent (valid programs written with random conventions,
     #: sometimes parsing records by hand), 30 test packs x 4 tasks, seed 0: base 0.244, hard 0.231.

@@ -32,7 +32,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from codrl.envs.base import CoDEnv, Episode, Pack, StepResult, Task
-from codrl.envs.code.submission import FORMAT_HINT, CodeSubmission, extract_code
+from codrl.envs.code.submission import FORMAT_HINT, STOP_STRINGS, CodeSubmission, extract_code
 from codrl.errors import CodrlError
 from codrl.sandbox import SandboxResult, run_sandboxed
 
@@ -229,7 +229,7 @@ class UserTaskEnv(CoDEnv):
         self.max_turns = self.spec.max_turns
         fence = "python" if self.spec.solution_file.endswith(".py") else ""
         self.reply_prefix = f"<answer>\n```{fence}\n"
-        self.stop_strings = ("</answer>",)
+        self.stop_strings = STOP_STRINGS
         self.system_prompt = (
             "You are a careful programmer. Solve the task by writing the complete contents of the file "
             f"{self.spec.solution_file}. Tests are run on it and you are told which failed. {FORMAT_HINT}")
