@@ -333,3 +333,16 @@ def test_cli_with_a_local_model_folder(tiny_dir: Path, tmp_path: Path) -> None:
     assert saved["meta"]["model"] == str(tiny_dir)
     assert [len(saved["rates"][c]["attempts"]) for c in ("nohint", "curator")] == [2, 2]
     assert len(list((out / "notes" / "curator").glob("*.md"))) == 4  # notes and log of each task
+
+
+def test_shipped_ralph_config_validates() -> None:
+    from codrl.config import load_yaml
+    from codrl.eval.ralph import ralph_env
+
+    cfg = load_yaml(RalphConfig, Path(__file__).resolve().parents[1] / "configs" / "ralph_code.yaml")
+    assert cfg.tasks == 20 and cfg.contexts == ["nohint", "cod", "curator"]
+    assert ralph_env(cfg).name == "code"
+    with pytest.raises(CodrlError, match="contexts"):
+        from codrl.config import validate
+
+        validate(RalphConfig, {"contexts": ["cod", "notes"]}, source="test")
