@@ -557,7 +557,7 @@ def test_hints_round_trip_and_learner_reads_only_text() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["code", "code_hard"])
 def test_checklist_levels(name: str) -> None:
-    lv = levels(make_env(name), *agents_for(name), packs=30, pack_size=4)
+    lv = levels(make_env(name), *agents_for(name), packs=16, pack_size=4)
     assert lv.oracle == 1.0
     assert lv.chance < 0.35
     assert lv.learner_last - lv.learner_first > 0.15  # conventions learned from reports pay off

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from codrl.backends.base import Backend, GenRequest, GenResult
 from codrl.envs.code.user_task import UserTaskEnv, load_task_folder, parse_test_summary, score_test_run
 from codrl.errors import CodrlError
-from codrl.eval.ralph import RalphConfig, pass_rates, run_ralph
+from codrl.eval.ralph import NotesWriter, RalphConfig, pass_rates, run_ralph
 from codrl.sandbox import SandboxResult
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ralph_task"
@@ -290,7 +290,8 @@ def test_ralph_embedded_model_on_coding_tasks(embedded_backend: Backend, tmp_pat
     import torch
 
     torch.manual_seed(0)
-    cfg = RalphConfig(target="code", tasks=2, attempts=2, contexts=["cod", "curator"],
+    cfg = RalphConfig(target="code", env_params={"max_turns": 1}, tasks=2, attempts=2,
+                      contexts=["cod", "curator"],
                       rollout={"temperature": 0.7, "max_new_tokens_solve": 96, "max_new_tokens_update": 48,
                                "length_penalty_coef": 0.0, "hint_length_coef": 0.0})
     rates = run_ralph(embedded_backend, cfg, tmp_path, progress=False)
@@ -299,8 +300,14 @@ def test_ralph_embedded_model_on_coding_tasks(embedded_backend: Backend, tmp_pat
         assert r["tasks"] == 2 and len(r["attempts"]) == 2
         assert all(0.0 <= a["pass_rate"] <= 1.0 and 0.0 <= a["mean_reward"] <= 1.0 for a in r["attempts"])
         assert len(list((tmp_path / "notes" / context).glob("*.log.md"))) == 2
-    trajectories = (tmp_path / "trajectories.jsonl").read_text().splitlines()
+    trajectories = [json.loads(line) for line in (tmp_path / "trajectories.jsonl").read_text().splitlines()]
     assert len(trajectories) == 4
+    for lc in trajectories:  # the second attempt was solved with the notes written after the first
+        first, second = lc["episodes"]
+        assert first["hints_in"] == "" and second["hints_in"] == first["hints_out"]
+        context = "cod" if lc["mode"] == "ralph" else "curator"
+        note = NotesWriter(tmp_path, context, 2).path(second["task_id"], lc["repeat"]).read_text()
+        assert "After attempt 2 of 2" in note and second["hints_in"].strip() in note
 
 
 @pytest.mark.slow
@@ -317,10 +324,10 @@ def test_ralph_cli_through_llama_server(llama_server: str, tmp_path: Path) -> No
     assert set(saved["rates"]) == {"nohint", "curator"}
     assert (out / "notes" / "curator").is_dir()
     out2 = tmp_path / "run2"
-    proc = _cli("code", "--tasks", "2", "--endpoint", llama_server, "--attempts", "2", "--contexts", "cod",
+    proc = _cli("code", "--tasks", "1", "--endpoint", llama_server, "--attempts", "2", "--contexts", "cod",
                 "--max-new-tokens", "96", "--out", str(out2))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads((out2 / "ralph.json").read_text())["rates"]["cod"]["tasks"] == 2
+    assert json.loads((out2 / "ralph.json").read_text())["rates"]["cod"]["tasks"] == 1
 
 
 def test_cli_with_a_local_model_folder(tiny_dir: Path, tmp_path: Path) -> None:
