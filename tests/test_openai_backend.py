@@ -207,6 +207,12 @@ def test_strip_prefix() -> None:
     assert _strip_prefix("Answer:4", "Answer: ") == "4"
     assert _strip_prefix("4", "Answer:") == "4"
     assert _strip_prefix("x", "") == "x"
+    code = "<answer>\n```python\n"  # the coding worlds' prefix: models often echo only the fence
+    assert _strip_prefix("<answer>\n```python\nx = 1\n```", code) == "x = 1\n```"
+    assert _strip_prefix("```python\nx = 1\n```", code) == "x = 1\n```"
+    assert _strip_prefix("```python x = 1", code) == "x = 1"
+    assert _strip_prefix("x = 1\n```", code) == "x = 1\n```"
+    assert _strip_prefix("<answer>Direction 3", "<answer>Direction ") == "3"
 
 
 def test_prefix_instruction_goes_to_last_user_message() -> None:

@@ -128,16 +128,23 @@ def _one_line(text: str, limit: int = 300) -> str:
 
 
 def _strip_prefix(text: str, prefix: str) -> str:
-    """Remove ``prefix`` from the start of ``text`` if the model echoed it; else return ``text``."""
+    """Remove what the model echoed of ``prefix`` from the start of ``text``; else return ``text``.
+
+    The caller puts ``prefix`` back in front, so an echo would appear twice. Besides the whole
+    prefix, a model often echoes only its last lines (``"```python\n"`` of ``"<answer>\n```python\n"``,
+    skipping the tag): every tail of the prefix that starts a line is tried, longest first.
+    """
     if not prefix:
         return text
     body = text.lstrip()
-    if body.startswith(prefix):
-        return body[len(prefix) :]
-    core = prefix.rstrip()
-    if core and core != prefix and body.startswith(core):
-        # The prefix ends in whitespace that the caller re-adds: drop the model's own spacing.
-        return body[len(core) :].lstrip()
+    tails = [prefix] + [prefix[i + 1:] for i, ch in enumerate(prefix) if ch == "\n" and prefix[i + 1:].strip()]
+    for tail in tails:
+        if body.startswith(tail):
+            return body[len(tail) :]
+        core = tail.rstrip()
+        if core and core != tail and body.startswith(core):
+            # The prefix ends in whitespace that the caller re-adds: drop the model's own spacing.
+            return body[len(core) :].lstrip()
     return text
 
 
