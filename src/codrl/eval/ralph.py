@@ -19,7 +19,6 @@ read them while the loop runs. The run ends with the pass rate per attempt of ea
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
 from collections.abc import Sequence
@@ -34,7 +33,7 @@ from rich.table import Table
 from codrl.backends.base import Backend
 from codrl.envs import CoDEnv
 from codrl.eval.metrics import json_safe, mean_ci
-from codrl.eval.report import write_report
+from codrl.eval.report import fmt_number, write_report
 from codrl.eval.runner import build_env, reward_bounds
 from codrl.rollout.config import RolloutConfig
 from codrl.rollout.experience import EpisodeRecord, LifecycleResult
@@ -142,10 +141,6 @@ def pass_rates(results: Sequence[LifecycleResult], attempts: int) -> dict[str, A
     return {"tasks": len(by_task), "loops": len(results), "attempts": rows}
 
 
-def _fmt(v: float) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
-
-
 def ralph_table(rates: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the per-attempt table: attempt | one 'pass rate (reward)' column per context."""
     contexts = list(rates)
@@ -156,7 +151,7 @@ def ralph_table(rates: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[
         row = [str(a + 1)]
         for c in contexts:
             r = rates[c]["attempts"][a]
-            row.append(f"{_fmt(r['pass_rate'])} ({_fmt(r['mean_reward'])})")
+            row.append(f"{fmt_number(r['pass_rate'], 2)} ({fmt_number(r['mean_reward'], 2)})")
         rows.append(row)
     return header, rows
 
@@ -228,7 +223,7 @@ def _write_rates(out: Path, rates: dict[str, dict[str, Any]], info: dict[str, An
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += ["", "Solved by attempt k (any attempt up to k passed): " + "; ".join(
-        f"{c}: " + ", ".join(_fmt(r["solved_by"]) for r in v["attempts"]) for c, v in rates.items())]
+        f"{c}: " + ", ".join(fmt_number(r["solved_by"], 2) for r in v["attempts"]) for c, v in rates.items())]
     (out / "ralph.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

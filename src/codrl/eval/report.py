@@ -109,7 +109,8 @@ def _dump_json(obj: Any) -> str:
     return json.dumps(json_safe(obj), allow_nan=False, ensure_ascii=False)
 
 
-def _fmt(v: float, digits: int = 3) -> str:
+def fmt_number(v: float, digits: int = 3) -> str:
+    """``v`` with ``digits`` decimals, or ``n/a`` for None, NaN and infinities."""
     return "n/a" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
 
 
@@ -420,7 +421,7 @@ def print_summary(summary: Summary, console: Console | None = None) -> None:
         for s in summary.positions.get(mode, []):
             table.add_row(
                 str(s.position),
-                _fmt(s.mean_reward) + fmt_ci(s.ci_low, s.ci_high, n=s.n_packs),
+                fmt_number(s.mean_reward) + fmt_ci(s.ci_low, s.ci_high, n=s.n_packs),
                 _fmt_pct(s.success_rate),
                 _fmt_pct(s.format_valid_rate),
                 _fmt_pct(s.hint_valid_rate) if s.n_updates else "-",
@@ -431,7 +432,7 @@ def print_summary(summary: Summary, console: Console | None = None) -> None:
             table.add_section()
             table.add_row(
                 "all",
-                _fmt(ov.mean_reward) + fmt_ci(ov.ci_low, ov.ci_high, n=ov.n_packs),
+                fmt_number(ov.mean_reward) + fmt_ci(ov.ci_low, ov.ci_high, n=ov.n_packs),
                 _fmt_pct(ov.success_rate),
                 _fmt_pct(ov.format_valid_rate),
                 _fmt_pct(ov.hint_valid_rate),
