@@ -434,6 +434,7 @@ def view_cmd(
             threading.Event().wait()
         finally:
             server.shutdown()
+            server.server_close()
 
 
 def _matrix_models(specs: list[str]) -> list[dict[str, str]]:

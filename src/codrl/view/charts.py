@@ -66,8 +66,9 @@ def gain_svg(gains: Mapping[str, Sequence[GainPoint]]) -> str:
                 with_ci = [p for p in pts if p.ci_low is not None and p.ci_high is not None
                            and math.isfinite(p.ci_low) and math.isfinite(p.ci_high)]
                 if with_ci:
-                    ax_g.errorbar([p.step for p in with_ci], [p.gain for p in with_ci],
-                                  yerr=[[p.gain - p.ci_low for p in with_ci], [p.ci_high - p.gain for p in with_ci]],
+                    lower = [p.gain - p.ci_low for p in with_ci]
+                    upper = [p.ci_high - p.gain for p in with_ci]
+                    ax_g.errorbar([p.step for p in with_ci], [p.gain for p in with_ci], yerr=[lower, upper],
                                   fmt="none", ecolor=color, capsize=3)
             ax_g.axhline(0.0, color="gray", linewidth=1)
             ax_r.set_title("mean reward at the first and last task")

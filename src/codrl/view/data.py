@@ -118,17 +118,23 @@ def find_reports(run_dir: Path | str) -> list[ReportFolder]:
 def _describe(folder: Path, rel: str, title: str, meta: dict[str, Any], summary: Summary) -> ReportFolder:
     env = str(meta.get("env") or _first_env(folder / TRAJECTORIES_JSONL) or folder.name)
     parts = rel.split("/")
-    step = meta.get("step")
-    if step is None and (m := _STEP_DIR.search(rel)):
-        step = int(m.group(1))
-    if step is not None:  # a training run's evaluation
-        return ReportFolder(folder, rel, title, meta, summary, env, f"step {int(step)}", env,
-                            (0, env, int(step)))
-    if len(parts) >= 3 and parts[-3] == "cells":  # a matrix cell: cells/<model>/<eval set>
+    # A matrix cell first: its model may be a checkpoint named step-<n>.
+    if len(parts) >= 3 and parts[-3] == "cells":  # cells/<model>/<eval set>
         return ReportFolder(folder, rel, title, meta, summary, env, parts[-2], parts[-1],
                             (1, _natural_key(parts[-1]), _natural_key(parts[-2])))
+    step = _training_step(rel, meta)
+    if step is not None:  # a training run's evaluation
+        return ReportFolder(folder, rel, title, meta, summary, env, f"step {step}", env, (0, env, step))
     series = None if rel == "." else rel
     return ReportFolder(folder, rel, title, meta, summary, env, series, env, (2, _natural_key(rel)))
+
+
+def _training_step(rel: str, meta: dict[str, Any]) -> int | None:
+    """The training step of a trainer's evaluation folder (``meta["step"]``, else ``step-<n>`` in its path)."""
+    if meta.get("step") is not None:
+        return int(meta["step"])
+    m = _STEP_DIR.search(rel)
+    return int(m.group(1)) if m else None
 
 
 def _first_env(path: Path) -> str | None:
@@ -194,11 +200,9 @@ def gain_by_step(folders: Sequence[ReportFolder]) -> dict[str, list[GainPoint]]:
     """For training runs: ``"<env> · <mode>"`` -> the gain at every evaluation step, in step order."""
     out: dict[str, list[GainPoint]] = {}
     for f in folders:
-        step = f.meta.get("step")
-        if step is None and (m := _STEP_DIR.search(f.rel)):
-            step = int(m.group(1))
-        if step is None:
+        if f.series is None or not f.series.startswith("step "):
             continue
+        step = int(f.series.split()[1])
         for mode in f.summary.modes:
             pts = [p for p in f.summary.positions.get(mode, []) if math.isfinite(p.mean_reward)]
             if len(pts) < 2:
@@ -206,6 +210,8 @@ def gain_by_step(folders: Sequence[ReportFolder]) -> dict[str, list[GainPoint]]:
             ci = f.summary.cod_gain_ci.get(mode)
             lo, hi = (ci if ci and all(math.isfinite(c) for c in ci) else (None, None))
             gain = f.summary.cod_gain.get(mode, pts[-1].mean_reward - pts[0].mean_reward)
+            if lo is not None and hi is not None:  # a rounding error can put the gain outside a zero-width interval
+                lo, hi = min(lo, gain), max(hi, gain)
             out.setdefault(f"{f.env} · {mode}", []).append(
                 GainPoint(int(step), float(gain), lo, hi, pts[0].mean_reward, pts[-1].mean_reward))
     for pts in out.values():
@@ -307,7 +313,7 @@ class EpisodeFilter(BaseModel):
             return False
         if self.search:
             needle = self.search.lower()
-            texts = [t[1] for t in ep["turns"]] + [ep["hin"]] + [line for _, line in ep["diff"]]
+            texts = [t[1] for t in ep["turns"]] + [ep["hin"]] + [line for _, line in ep["diff"] or []]
             if not any(needle in t.lower() for t in texts):
                 return False
         return True
@@ -353,7 +359,8 @@ def episode_row(ep: dict[str, Any], max_chars: int) -> dict[str, Any]:
                    clip_text(str(t.get("feedback", "")), max_chars), bool(t.get("valid", True)),
                    float(t.get("reward", 0.0))] for t in ep.get("turns", [])],
         "hin": clip_text(hints_in, max_chars),
-        "diff": None if hints_out is None else [list(d) for d in hints_diff(hints_in, clip_text(str(hints_out), max_chars))],
+        "diff": None if hints_out is None else [[op, clip_text(line, max_chars)]
+                                                for op, line in hints_diff(hints_in, str(hints_out))],
         "ops": ep.get("curator_ops"),
     }
 
