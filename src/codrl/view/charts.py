@@ -39,6 +39,15 @@ def _series_cycle(n: int) -> Any:
     return cycler(color=[cmap(0.85 - 0.8 * i / max(1, n - 1)) for i in range(n)])
 
 
+def _step_ticks(ax: Any, steps: Sequence[int]) -> None:
+    """Integer ticks on a training-step axis: every step when there are few."""
+    distinct = sorted(set(steps))
+    if 0 < len(distinct) <= 12:
+        ax.set_xticks(distinct)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def reward_svg(panels: Sequence[Panel], *, ordered_series: bool = False, max_cols: int = 3) -> str:
     """Per-position reward curves, one panel each, with intervals and chance lines."""
     rc = dict(_SVG_RC)
@@ -52,12 +61,13 @@ def reward_svg(panels: Sequence[Panel], *, ordered_series: bool = False, max_col
 
 def gain_svg(gains: Mapping[str, Sequence[GainPoint]]) -> str:
     """Training runs: reward at the first and last pack position and their gap, per evaluation step."""
-    n = max(1, len(gains))
     with matplotlib.rc_context(_SVG_RC):
         fig, axes = plt.subplots(1, 2, figsize=(12.0, 4.2), squeeze=False)
         ax_r, ax_g = axes[0]
         try:
-            for (label, pts), color in zip(gains.items(), _series_cycle(max(n, 2)).by_key()["color"], strict=False):
+            colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+            for i, (label, pts) in enumerate(gains.items()):
+                color = colors[i % len(colors)]
                 steps = [p.step for p in pts]
                 ax_r.plot(steps, [p.first for p in pts], marker="o", linestyle="--", color=color,
                           label=f"{label}: first task")
@@ -74,7 +84,7 @@ def gain_svg(gains: Mapping[str, Sequence[GainPoint]]) -> str:
             ax_r.set_title("mean reward at the first and last task")
             ax_g.set_title("CoD gain (last - first task, 95% CI)")
             for ax in (ax_r, ax_g):
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                _step_ticks(ax, [p.step for pts in gains.values() for p in pts])
                 ax.set_xlabel("training step")
                 ax.grid(True, alpha=0.3)
                 ax.legend(loc="best", fontsize=7)
@@ -102,7 +112,7 @@ def history_svg(history: Sequence[Mapping[str, Any]]) -> str | None:
             if any("reward/mean" in h for h in rows):
                 ax.plot(steps, [float(h.get("reward/mean", math.nan)) for h in rows], color="black",
                         linewidth=2, label="mean")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            _step_ticks(ax, steps)
             ax.set_xlabel("training step")
             ax.set_ylabel("mean reward of the step's rollouts")
             ax.set_title("training rollouts: reward by pack position")
