@@ -10,7 +10,7 @@ import io
 import math
 import re
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,41 +59,50 @@ def reward_svg(panels: Sequence[Panel], *, ordered_series: bool = False, max_col
         return _clean_svg(path.read_text(encoding="utf-8"))
 
 
-def gain_svg(gains: Mapping[str, Sequence[GainPoint]]) -> str:
-    """Training runs: reward at the first and last pack position and their gap, per evaluation step."""
-    with matplotlib.rc_context(_SVG_RC):
-        fig, axes = plt.subplots(1, 2, figsize=(12.0, 4.2), squeeze=False)
-        ax_r, ax_g = axes[0]
+def _render_svg(draw: Callable[[Sequence[Any]], None], *, figsize: tuple[float, float], ncols: int = 1,
+                rc: Mapping[str, Any] | None = None) -> str:
+    """A figure of ``ncols`` axes side by side, drawn by ``draw(axes)``, as inline SVG."""
+    with matplotlib.rc_context({**_SVG_RC, **(rc or {})}):
+        fig, axes = plt.subplots(1, ncols, figsize=figsize, squeeze=False)
         try:
-            colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-            for i, (label, pts) in enumerate(gains.items()):
-                color = colors[i % len(colors)]
-                steps = [p.step for p in pts]
-                ax_r.plot(steps, [p.first for p in pts], marker="o", linestyle="--", color=color,
-                          label=f"{label}: first task")
-                ax_r.plot(steps, [p.last for p in pts], marker="o", color=color, label=f"{label}: last task")
-                ax_g.plot(steps, [p.gain for p in pts], marker="o", color=color, label=label)
-                with_ci = [p for p in pts if p.ci_low is not None and p.ci_high is not None
-                           and math.isfinite(p.ci_low) and math.isfinite(p.ci_high)]
-                if with_ci:
-                    lower = [p.gain - p.ci_low for p in with_ci]
-                    upper = [p.ci_high - p.gain for p in with_ci]
-                    ax_g.errorbar([p.step for p in with_ci], [p.gain for p in with_ci], yerr=[lower, upper],
-                                  fmt="none", ecolor=color, capsize=3)
-            ax_g.axhline(0.0, color="gray", linewidth=1)
-            ax_r.set_title("mean reward at the first and last task")
-            ax_g.set_title("CoD gain (last - first task, 95% CI)")
-            for ax in (ax_r, ax_g):
-                _step_ticks(ax, [p.step for pts in gains.values() for p in pts])
-                ax.set_xlabel("training step")
-                ax.grid(True, alpha=0.3)
-                ax.legend(loc="best", fontsize=7)
+            draw(list(axes[0]))
             fig.tight_layout()
             buf = io.StringIO()
             fig.savefig(buf, format="svg")
         finally:
             plt.close(fig)
     return _clean_svg(buf.getvalue())
+
+
+def gain_svg(gains: Mapping[str, Sequence[GainPoint]]) -> str:
+    """Training runs: reward at the first and last pack position and their gap, per evaluation step."""
+
+    def draw(axes: Sequence[Any]) -> None:
+        ax_r, ax_g = axes
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for i, (label, pts) in enumerate(gains.items()):
+            color = colors[i % len(colors)]
+            steps = [p.step for p in pts]
+            ax_r.plot(steps, [p.first for p in pts], marker="o", linestyle="--", color=color, label=f"{label}: first task")
+            ax_r.plot(steps, [p.last for p in pts], marker="o", color=color, label=f"{label}: last task")
+            ax_g.plot(steps, [p.gain for p in pts], marker="o", color=color, label=label)
+            with_ci = [p for p in pts if p.ci_low is not None and p.ci_high is not None
+                       and math.isfinite(p.ci_low) and math.isfinite(p.ci_high)]
+            if with_ci:
+                lower = [p.gain - p.ci_low for p in with_ci]
+                upper = [p.ci_high - p.gain for p in with_ci]
+                ax_g.errorbar([p.step for p in with_ci], [p.gain for p in with_ci], yerr=[lower, upper],
+                              fmt="none", ecolor=color, capsize=3)
+        ax_g.axhline(0.0, color="gray", linewidth=1)
+        ax_r.set_title("mean reward at the first and last task")
+        ax_g.set_title("CoD gain (last - first task, 95% CI)")
+        for ax in (ax_r, ax_g):
+            _step_ticks(ax, [p.step for pts in gains.values() for p in pts])
+            ax.set_xlabel("training step")
+            ax.grid(True, alpha=0.3)
+            ax.legend(loc="best", fontsize=7)
+
+    return _render_svg(draw, figsize=(12.0, 4.2), ncols=2)
 
 
 def history_svg(history: Sequence[Mapping[str, Any]]) -> str | None:
@@ -103,24 +112,20 @@ def history_svg(history: Sequence[Mapping[str, Any]]) -> str | None:
     rows = [h for h in history if "step" in h]
     if not rows or not keys:
         return None
-    with matplotlib.rc_context({**_SVG_RC, "axes.prop_cycle": _series_cycle(len(keys))}):
-        fig, ax = plt.subplots(figsize=(8.0, 4.0))
-        try:
-            steps = [int(h["step"]) for h in rows]
-            for k in keys:
-                ax.plot(steps, [float(h.get(k, math.nan)) for h in rows], marker=".", label=f"position {k.split('pos')[1]}")
-            if any("reward/mean" in h for h in rows):
-                ax.plot(steps, [float(h.get("reward/mean", math.nan)) for h in rows], color="black",
-                        linewidth=2, label="mean")
-            _step_ticks(ax, steps)
-            ax.set_xlabel("training step")
-            ax.set_ylabel("mean reward of the step's rollouts")
-            ax.set_title("training rollouts: reward by pack position")
-            ax.grid(True, alpha=0.3)
-            ax.legend(loc="best", fontsize=7, ncol=2)
-            fig.tight_layout()
-            buf = io.StringIO()
-            fig.savefig(buf, format="svg")
-        finally:
-            plt.close(fig)
-    return _clean_svg(buf.getvalue())
+    steps = [int(h["step"]) for h in rows]
+
+    def draw(axes: Sequence[Any]) -> None:
+        (ax,) = axes
+        for k in keys:
+            ax.plot(steps, [float(h.get(k, math.nan)) for h in rows], marker=".", label=f"position {k.split('pos')[1]}")
+        if any("reward/mean" in h for h in rows):
+            ax.plot(steps, [float(h.get("reward/mean", math.nan)) for h in rows], color="black", linewidth=2,
+                    label="mean")
+        _step_ticks(ax, steps)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("mean reward of the step's rollouts")
+        ax.set_title("training rollouts: reward by pack position")
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="best", fontsize=7, ncol=2)
+
+    return _render_svg(draw, figsize=(8.0, 4.0), rc={"axes.prop_cycle": _series_cycle(len(keys))})
