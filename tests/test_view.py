@@ -200,6 +200,22 @@ def test_find_reports_training_run_in_step_order_without_checkpoints(train_run: 
     assert folders[1].variant_label("cod") == "step 3 · cod"
 
 
+def test_find_reports_training_mixture_names_each_environment(tmp_path: Path) -> None:
+    """A mixture's evaluations (``eval/step-<n>/<env>/``): one panel per environment, unique variants."""
+    for step in (0, 2):
+        for env in ("frozenlake", "alchemy"):
+            write_report([make_lifecycle(f"{env}-0", [0.1, 0.2], env=env)], tmp_path / "eval" / f"step-{step:06d}" / env,
+                         title=env, meta={"step": step, "env": env})
+    folders = find_reports(tmp_path)
+    assert sorted(f.variant_label("cod") for f in folders) == [
+        "step 0 · alchemy · cod", "step 0 · frozenlake · cod", "step 2 · alchemy · cod", "step 2 · frozenlake · cod"]
+    panels = reward_panels(folders)
+    assert {p.title: sorted(p.curves) for p in panels} == {"alchemy": ["step 0", "step 2"],
+                                                         "frozenlake": ["step 0", "step 2"]}
+    assert sorted(gain_by_step(folders)) == ["alchemy · cod", "frozenlake · cod"]
+    assert len({v["label"] for v in load_view(tmp_path).variants}) == 4
+
+
 def test_find_reports_sorts_steps_numerically(eval_run: Path, tmp_path: Path) -> None:
     for step in (10, 2, 100):  # unpadded names, no "step" in meta: the folder name gives the step
         copy_report(eval_run, tmp_path / "eval" / f"step-{step}")

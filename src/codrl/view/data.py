@@ -59,6 +59,7 @@ class ReportFolder:
     series: str | None  # "step 3", a matrix row; None for a lone evaluation
     panel: str  # the environment, or a matrix evaluation set
     order: tuple[Any, ...] = ()
+    show_env: bool = False  # the run spans several environments: name it in variant labels
 
     @property
     def trajectories(self) -> Path:
@@ -69,6 +70,8 @@ class ReportFolder:
         parts = [self.series] if self.series else []
         if self.series and self.panel != self.env:
             parts.append(self.panel)
+        elif self.show_env:
+            parts.append(self.env)
         parts.append(mode)
         return " · ".join(parts)
 
@@ -112,6 +115,9 @@ def find_reports(run_dir: Path | str) -> list[ReportFolder]:
         raise CodrlError(f"no evaluation report under {str(root)!r}: expected a {RESULTS_JSON} written by "
                          "codrl eval, train, matrix or ralph")
     folders.sort(key=lambda f: f.order)
+    if len({f.env for f in folders}) > 1:
+        for f in folders:
+            f.show_env = True
     return folders
 
 
@@ -433,8 +439,11 @@ class ViewData:
     prefilter: EpisodeFilter
 
     def page_json(self) -> dict[str, Any]:
-        """The JSON the page's script reads."""
-        return {"run_dir": self.run_dir, "variants": self.variants, "lifecycles": self.lifecycles,
+        """The JSON the page's script reads; ``pairs`` lists, per pack and repeat, its lifecycle under
+        each variant (what the comparison view offers)."""
+        pairs = [{"pack": pack, "repeat": rep, "lcs": {str(v): i for v, i in lcs.items()}}
+                 for (pack, rep), lcs in group_by_pack(self.lifecycles).items()]
+        return {"run_dir": self.run_dir, "variants": self.variants, "lifecycles": self.lifecycles, "pairs": pairs,
                 "total_lifecycles": self.total_lifecycles, "total_episodes": self.total_episodes,
                 "shown_episodes": self.shown_episodes, "sampled": self.sampled, "max_episodes": self.max_episodes,
                 "prefilter": self.prefilter.model_dump() if self.prefilter.active else None}

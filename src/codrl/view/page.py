@@ -24,7 +24,7 @@ import jinja2
 
 from codrl import __version__
 from codrl.view.charts import gain_svg, history_svg, reward_svg
-from codrl.view.data import EpisodeFilter, ViewData, gain_by_step, group_by_pack, load_view, reward_panels, summary_rows
+from codrl.view.data import EpisodeFilter, ViewData, gain_by_step, load_view, reward_panels, summary_rows
 
 #: File name :func:`write_view` uses inside the run folder.
 VIEW_HTML = "view.html"
@@ -107,9 +107,6 @@ def render_page(view: ViewData, *, history: list[dict[str, Any]] | None = None, 
     panels = reward_panels(view.folders)
     training = _kind(view) == "training run"
     gains = gain_by_step(view.folders) if training else {}
-    data = view.page_json()
-    data["pairs"] = [{"pack": pack, "repeat": rep, "lcs": {str(v): i for v, i in lcs.items()}}
-                     for (pack, rep), lcs in group_by_pack(view.lifecycles).items()]
     if training:
         curve_help = "One panel per environment, one curve per evaluation step (light: early, dark: late)."
     elif _kind(view) == "evaluation matrix":
@@ -127,7 +124,7 @@ def render_page(view: ViewData, *, history: list[dict[str, Any]] | None = None, 
         gain_svg=gain_svg(gains) if any(len(p) > 1 for p in gains.values()) else None,
         history_svg=history_svg(history) if history else None,
         rows=summary_rows(view.folders),
-        css=_asset("view.css"), js=_asset("view.js"), data_b64=encode_data(data))
+        css=_asset("view.css"), js=_asset("view.js"), data_b64=encode_data(view.page_json()))
 
 
 def _read_history(run_dir: Path) -> list[dict[str, Any]] | None:
