@@ -155,6 +155,15 @@ def test_quickstart_page_in_browser(quickstart: Path, browser: Any, tmp_path: Pa
         if k + 1 < len(record["episodes"]):
             page.click("#task-next")
     assert page.locator("#task-next").is_disabled()
+    # The address names the open task; reopening it shows that task again, and ← steps back.
+    last = len(record["episodes"])
+    assert page.evaluate("location.hash").endswith(f"&task={last}")
+    page.reload()
+    page.wait_for_selector("body[data-ready='1']")
+    assert page.inner_text("#task-title").startswith(f"Task {last} of {last}")
+    assert pack in page.inner_text("#lc-title")
+    page.keyboard.press("ArrowLeft")
+    assert page.inner_text("#task-title").startswith(f"Task {last - 1} of {last}")
 
     # The filters agree with EpisodeFilter on every field.
     set_filter(page, variant="")

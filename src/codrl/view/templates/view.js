@@ -217,11 +217,35 @@ function taskBody(ep, compact) {
   ];
 }
 
+// The open lifecycle and task live in the address (#lc=12&task=3), so a view can be linked to.
+function saveLocation() {
+  history.replaceState(null, "", `#lc=${S.selected}&task=${S.task + 1}`);
+}
+
+function restoreLocation() {
+  const m = /^#lc=(\d+)&task=(\d+)$/.exec(location.hash);
+  const lc = m ? S.data.lifecycles[Number(m[1])] : undefined;
+  if (!lc) return false;
+  showTab("lifecycles");
+  select(Number(m[1]));
+  S.task = Math.min(Math.max(0, Number(m[2]) - 1), lc.eps.length - 1);
+  renderDetail();
+  return true;
+}
+
+function stepTask(delta) {
+  if (S.selected === null) return;
+  const n = S.data.lifecycles[S.selected].eps.length;
+  const t = S.task + delta;
+  if (t >= 0 && t < n) { S.task = t; renderDetail(); }
+}
+
 function renderDetail() {
+  saveLocation();
   const box = document.getElementById("lc-detail");
   const lc = S.data.lifecycles[S.selected];
   const ep = lc.eps[S.task];
-  const setTask = (t) => { S.task = t; renderDetail(); };
+  const setTask = (t) => stepTask(t - S.task);
   box.replaceChildren(
     el("h2", { id: "lc-title" }, `${lc.pack} · repeat ${lc.repeat} · ${S.data.variants[lc.v].label}`),
     el("div", {}, "reward by task: ", chips(lc, setTask)),
@@ -307,7 +331,12 @@ async function main() {
   applyFilters();
   initCompare();
   initSummaryLinks();
-  if (S.matches.length) select(S.matches[0]);
+  if (!restoreLocation() && S.matches.length) select(S.matches[0]);
+  document.addEventListener("keydown", (e) => {  // ← and → step through the open lifecycle's tasks
+    if (document.getElementById("lifecycles").hidden || e.target.closest("input, select, textarea")) return;
+    if (e.key === "ArrowLeft") stepTask(-1);
+    if (e.key === "ArrowRight") stepTask(1);
+  });
   loading.remove();
   document.body.dataset.readyMs = String(Math.round(performance.now()));
   document.body.dataset.ready = "1";
