@@ -298,7 +298,8 @@ def write_matrix(cfg: MatrixConfig, console: Console | None = None) -> dict[str,
         table.add_row(*r)
     console.print(table)
     plot_matrix(cfg, cells, out / "matrix.png")
-    console.print(f"wrote {out}/matrix.md, matrix.csv, matrix.json, matrix.png")
+    console.print(f"wrote {out}/matrix.md, matrix.csv, matrix.json, matrix.png; browse the cells' lifecycles with "
+                  f"`codrl view {out}`")
     return result
 
 

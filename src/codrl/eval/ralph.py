@@ -209,7 +209,7 @@ def run_ralph(backend: Backend, cfg: RalphConfig, out_dir: Path, *, console: Con
     _write_rates(out, rates, info)
     _print_rates(rates, console, env.name)
     console.print(f"wrote {out}/ralph.md, ralph.json, notes/, results.json, episodes.csv, trajectories.jsonl, "
-                  "reward_by_position.png")
+                  f"reward_by_position.png; browse the attempts with `codrl view {out}`")
     return rates
 
 

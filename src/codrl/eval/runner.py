@@ -120,5 +120,6 @@ def evaluate(backend: Backend, cfg: EvalConfig, out_dir: Path, *, title: str | N
     summary = write_report(results, Path(out_dir), title=title or f"{env.name} / {cfg.split}: reward by pack position",
                            meta=info, reward_range=reward_bounds(env, cfg.rollout))
     print_summary(summary, console)
-    console.print(f"wrote {out_dir}/results.json, episodes.csv, trajectories.jsonl, reward_by_position.png")
+    console.print(f"wrote {out_dir}/results.json, episodes.csv, trajectories.jsonl, reward_by_position.png; "
+                  f"browse the lifecycles with `codrl view {out_dir}`")
     return summary

@@ -481,4 +481,5 @@ class Trainer:
                 panels[f"{env.name}: reward by pack position during training"] = (curves, env.chance_reward)
         if panels:
             plot_panels(panels, self.out / "reward_by_position.png", title="reward by pack position during training")
-            self.console.print(f"wrote {self.out / 'reward_by_position.png'}")
+            self.console.print(f"wrote {self.out / 'reward_by_position.png'}; browse the evaluations' lifecycles "
+                               f"with `codrl view {self.out}`")
