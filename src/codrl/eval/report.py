@@ -56,6 +56,8 @@ __all__ = [
     "plot_panels",
     "print_summary",
     "small_n_label",
+    "finite_ci",
+    "fmt_number",
 ]
 
 #: Legend labels of the rollout modes.
@@ -118,7 +120,8 @@ def _fmt_signed(v: float, digits: int = 3) -> str:
     return "n/a" if v is None or not math.isfinite(v) else f"{v:+.{digits}f}"
 
 
-def _finite_ci(lo: float | None, hi: float | None) -> bool:
+def finite_ci(lo: float | None, hi: float | None) -> bool:
+    """Whether ``[lo, hi]`` is an interval (both ends given and finite)."""
     return lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi)
 
 
@@ -131,7 +134,7 @@ def _fmt_ci(
     lo: float, hi: float, digits: int = 3, *, n: int | None = None, min_packs: int = MIN_PACKS
 ) -> str:
     """`` [lo, hi]``; `` (n<3)`` when the interval is missing because ``n < min_packs``."""
-    if not _finite_ci(lo, hi):
+    if not finite_ci(lo, hi):
         if n is not None and n < min_packs:
             return f" ({small_n_label(min_packs)})"
         return ""
@@ -242,7 +245,7 @@ def _ci_runs(pts: Sequence[PositionStats]) -> list[list[PositionStats]]:
     runs: list[list[PositionStats]] = []
     current: list[PositionStats] = []
     for s in pts:
-        if _finite_ci(s.ci_low, s.ci_high):
+        if finite_ci(s.ci_low, s.ci_high):
             current.append(s)
         else:
             if current:
@@ -335,7 +338,7 @@ def _draw_curves(
         all_positions.update(xs)
         (line,) = ax.plot(xs, ys, marker="o", label=label)
         color = line.get_color()
-        with_ci = [s for s in pts if _finite_ci(s.ci_low, s.ci_high)]
+        with_ci = [s for s in pts if finite_ci(s.ci_low, s.ci_high)]
         if with_ci:
             ax.errorbar(
                 [s.position for s in with_ci],
@@ -359,7 +362,7 @@ def _draw_curves(
                     linewidth=0,
                 )
         for s in pts:
-            if not _finite_ci(s.ci_low, s.ci_high) and s.n_packs < min_packs:
+            if not finite_ci(s.ci_low, s.ci_high) and s.n_packs < min_packs:
                 small_n = True
                 ax.annotate(
                     small_n_label(min_packs),
@@ -478,6 +481,6 @@ def _ci_note(summary: Summary) -> str:
             cells.append((*summary.cod_gain_ci[mode], summary.cod_gain_n.get(mode)))
     for diffs in summary.mode_diffs.values():
         cells += [(d.ci_low, d.ci_high, d.n_packs) for d in diffs]
-    if any(not _finite_ci(lo, hi) and n is not None and n < k for lo, hi, n in cells):
+    if any(not finite_ci(lo, hi) and n is not None and n < k for lo, hi, n in cells):
         note += f"; {small_n_label(k)}: fewer than {k} packs, no interval"
     return note + "."

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from cycler import cycler  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from codrl.eval.report import plot_panels  # noqa: E402
+from codrl.eval.report import finite_ci, plot_panels  # noqa: E402
 from codrl.view.data import GainPoint, Panel  # noqa: E402
 
 _SVG_RC: dict[str, Any] = {"svg.fonttype": "none", "svg.hashsalt": "codrl-view", "font.size": 10}
@@ -86,8 +86,7 @@ def gain_svg(gains: Mapping[str, Sequence[GainPoint]]) -> str:
             ax_r.plot(steps, [p.first for p in pts], marker="o", linestyle="--", color=color, label=f"{label}: first task")
             ax_r.plot(steps, [p.last for p in pts], marker="o", color=color, label=f"{label}: last task")
             ax_g.plot(steps, [p.gain for p in pts], marker="o", color=color, label=label)
-            with_ci = [p for p in pts if p.ci_low is not None and p.ci_high is not None
-                       and math.isfinite(p.ci_low) and math.isfinite(p.ci_high)]
+            with_ci = [p for p in pts if finite_ci(p.ci_low, p.ci_high)]
             if with_ci:
                 lower = [p.gain - p.ci_low for p in with_ci]
                 upper = [p.ci_high - p.gain for p in with_ci]

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from codrl.errors import CodrlError
 from codrl.eval.metrics import PositionStats, Summary
-from codrl.eval.report import RESULTS_JSON, TRAJECTORIES_JSONL, mode_label
+from codrl.eval.report import RESULTS_JSON, TRAJECTORIES_JSONL, finite_ci, mode_label
 
 #: Folders never searched for reports (model weights, notes, TensorBoard logs).
 SKIP_DIRS = frozenset({"checkpoints", "notes", "tb", "model", ".git", "__pycache__"})
@@ -58,6 +58,7 @@ class ReportFolder:
     env: str
     series: str | None  # "step 3", a matrix row; None for a lone evaluation
     panel: str  # the environment, or a matrix evaluation set
+    step: int | None = None  # the training step of a trainer's evaluation
     order: tuple[Any, ...] = ()
     show_env: bool = False  # the run spans several environments: name it in variant labels
 
@@ -127,12 +128,12 @@ def _describe(folder: Path, rel: str, title: str, meta: dict[str, Any], summary:
     # A matrix cell first: its model may be a checkpoint named step-<n>.
     if len(parts) >= 3 and parts[-3] == "cells":  # cells/<model>/<eval set>
         return ReportFolder(folder, rel, title, meta, summary, env, parts[-2], parts[-1],
-                            (1, _natural_key(parts[-1]), _natural_key(parts[-2])))
+                            order=(1, _natural_key(parts[-1]), _natural_key(parts[-2])))
     step = _training_step(rel, meta)
     if step is not None:  # a training run's evaluation
-        return ReportFolder(folder, rel, title, meta, summary, env, f"step {step}", env, (0, env, step))
+        return ReportFolder(folder, rel, title, meta, summary, env, f"step {step}", env, step, (0, env, step))
     series = None if rel == "." else rel
-    return ReportFolder(folder, rel, title, meta, summary, env, series, env, (2, _natural_key(rel)))
+    return ReportFolder(folder, rel, title, meta, summary, env, series, env, order=(2, _natural_key(rel)))
 
 
 def _training_step(rel: str, meta: dict[str, Any]) -> int | None:
@@ -202,24 +203,34 @@ class GainPoint:
     last: float
 
 
+def _finite_points(summary: Summary, mode: str) -> list[PositionStats]:
+    """The positions of ``mode`` that have a mean reward."""
+    return [p for p in summary.positions.get(mode, []) if math.isfinite(p.mean_reward)]
+
+
+def _gain_interval(summary: Summary, mode: str, gain: float) -> tuple[float, float] | None:
+    """The interval of ``mode``'s gain, widened to hold ``gain`` (a rounding error can put the gain
+    outside a zero-width interval); None when there is none."""
+    ci = summary.cod_gain_ci.get(mode)
+    if ci is None or not finite_ci(*ci):
+        return None
+    return min(ci[0], gain), max(ci[1], gain)
+
+
 def gain_by_step(folders: Sequence[ReportFolder]) -> dict[str, list[GainPoint]]:
     """For training runs: ``"<env> · <mode>"`` -> the gain at every evaluation step, in step order."""
     out: dict[str, list[GainPoint]] = {}
     for f in folders:
-        if f.series is None or not f.series.startswith("step "):
+        if f.step is None:
             continue
-        step = int(f.series.split()[1])
         for mode in f.summary.modes:
-            pts = [p for p in f.summary.positions.get(mode, []) if math.isfinite(p.mean_reward)]
+            pts = _finite_points(f.summary, mode)
             if len(pts) < 2:
                 continue
-            ci = f.summary.cod_gain_ci.get(mode)
-            lo, hi = (ci if ci and all(math.isfinite(c) for c in ci) else (None, None))
             gain = f.summary.cod_gain.get(mode, pts[-1].mean_reward - pts[0].mean_reward)
-            if lo is not None and hi is not None:  # a rounding error can put the gain outside a zero-width interval
-                lo, hi = min(lo, gain), max(hi, gain)
+            lo, hi = _gain_interval(f.summary, mode, gain) or (None, None)
             out.setdefault(f"{f.env} · {mode}", []).append(
-                GainPoint(int(step), float(gain), lo, hi, pts[0].mean_reward, pts[-1].mean_reward))
+                GainPoint(f.step, float(gain), lo, hi, pts[0].mean_reward, pts[-1].mean_reward))
     for pts in out.values():
         pts.sort(key=lambda p: p.step)
     return out
@@ -230,9 +241,10 @@ def summary_rows(folders: Sequence[ReportFolder]) -> list[dict[str, Any]]:
     rows = []
     for f in folders:
         for mode in f.summary.modes:
-            pts = [p for p in f.summary.positions.get(mode, []) if math.isfinite(p.mean_reward)]
+            pts = _finite_points(f.summary, mode)
             overall = f.summary.overall.get(mode)
-            ci = f.summary.cod_gain_ci.get(mode)
+            gain = f.summary.cod_gain.get(mode)
+            ci = None if gain is None else _gain_interval(f.summary, mode, gain)
             rows.append({
                 "variant": f.variant_label(mode),
                 "env": f.env,
@@ -241,8 +253,8 @@ def summary_rows(folders: Sequence[ReportFolder]) -> list[dict[str, Any]]:
                 "episodes": overall.n_episodes if overall else None,
                 "first": pts[0].mean_reward if pts else None,
                 "last": pts[-1].mean_reward if pts else None,
-                "gain": f.summary.cod_gain.get(mode),
-                "gain_ci": list(ci) if ci and all(math.isfinite(c) for c in ci) else None,
+                "gain": gain,
+                "gain_ci": list(ci) if ci else None,
                 "success": overall.success_rate if overall else None,
                 "format_valid": overall.format_valid_rate if overall else None,
                 "hint_valid": overall.hint_valid_rate if overall and math.isfinite(overall.hint_valid_rate) else None,
@@ -375,8 +387,7 @@ def lifecycle_row(rec: dict[str, Any], variant: int, max_chars: int) -> dict[str
     """One ``trajectories.jsonl`` line in the page's compact form (``v`` indexes the variants)."""
     eps = [episode_row(e, max_chars) for e in rec.get("episodes", [])]
     return {"v": variant, "pack": str(rec["pack_id"]), "env": str(rec.get("env", "")),
-            "split": str(rec.get("split", "")), "repeat": int(rec.get("repeat", 0)),
-            "rewards": [e["r"] for e in eps], "eps": eps}
+            "split": str(rec.get("split", "")), "repeat": int(rec.get("repeat", 0)), "eps": eps}
 
 
 def read_trajectories(path: Path) -> Iterator[dict[str, Any]]:

@@ -81,7 +81,7 @@ def decode_data(text: str) -> Any:
 
 
 def _kind(view: ViewData) -> str:
-    if any(f.series and f.series.startswith("step ") for f in view.folders):
+    if any(f.step is not None for f in view.folders):
         return "training run"
     if any("cells/" in f.rel for f in view.folders):
         return "evaluation matrix"
@@ -105,17 +105,18 @@ def _notes(view: ViewData, max_chars: int) -> list[str]:
 def render_page(view: ViewData, *, history: list[dict[str, Any]] | None = None, max_chars: int = 6_000) -> str:
     """The HTML of one view page."""
     panels = reward_panels(view.folders)
-    training = _kind(view) == "training run"
+    kind = _kind(view)
+    training = kind == "training run"
     gains = gain_by_step(view.folders) if training else {}
     if training:
         curve_help = "One panel per environment, one curve per evaluation step (light: early, dark: late)."
-    elif _kind(view) == "evaluation matrix":
+    elif kind == "evaluation matrix":
         curve_help = "One panel per evaluation set, one curve per model."
     else:
         curve_help = "One panel per environment, one curve per context."
     run_name = Path(view.run_dir).name or view.run_dir
     return _environment().get_template("view.html.j2").render(
-        version=__version__, run_name=run_name, kind=_kind(view), folders=view.folders,
+        version=__version__, run_name=run_name, kind=kind, folders=view.folders,
         total_lifecycles=view.total_lifecycles, total_episodes=view.total_episodes,
         shown_episodes=view.shown_episodes,
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
