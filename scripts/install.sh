@@ -75,7 +75,8 @@ if [ "$WITH_SERVER" = 1 ]; then
 fi
 
 if [ "$WITH_BROWSER" = 1 ]; then
-  if command -v chromium >/dev/null || command -v chromium-browser >/dev/null || [ -n "${CODRL_CHROMIUM:-}" ]; then
+  # The names codrl.view.browser.find_chromium looks for.
+  if [ -n "${CODRL_CHROMIUM:-}" ] || command -v chromium chromium-browser google-chrome google-chrome-stable >/dev/null; then
     :
   elif command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     echo "install: installing Chromium from the system's packages (for the viewer's browser test)"

@@ -9,14 +9,11 @@ CODRL_CHROMIUM naming an executable).
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-quic"]
+from codrl.view.browser import HEADLESS_ARGS, find_chromium
 
 
 def main() -> None:
@@ -28,11 +25,11 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=1400)
     ap.add_argument("--height", type=int, default=860)
     args = ap.parse_args()
-    exe = os.environ.get("CODRL_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    exe = find_chromium()
     if exe is None:
         raise SystemExit("error: no Chromium found; run scripts/install.sh --browser or set CODRL_CHROMIUM")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=exe, args=ARGS)
+        browser = p.chromium.launch(executable_path=exe, args=list(HEADLESS_ARGS))
         page = browser.new_page(viewport={"width": args.width, "height": args.height})
         page.goto(args.page.resolve().as_uri())
         page.wait_for_selector("body[data-ready='1']", timeout=120_000)

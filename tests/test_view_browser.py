@@ -14,9 +14,7 @@ the tests skip, saying why, only where no browser is installed.
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 import subprocess
 import sys
 import time
@@ -33,27 +31,16 @@ from codrl.rollout.config import RolloutConfig
 from codrl.rollout.lifecycle import LifecycleRunner, make_jobs
 from codrl.rollout.prompts import UPDATE_SYSTEM
 from codrl.view import EpisodeFilter, hints_diff, load_view, write_view
+from codrl.view.browser import HEADLESS_ARGS, find_chromium
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic"]
 
 pytestmark = pytest.mark.slow
 
 
-def chromium_executable() -> str | None:
-    """A Chromium or Chrome binary: ``CODRL_CHROMIUM``, else the system's package."""
-    if os.environ.get("CODRL_CHROMIUM"):
-        return os.environ["CODRL_CHROMIUM"]
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        if found := shutil.which(name):
-            return found
-    return None
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    exe = chromium_executable()
+    exe = find_chromium()
     if exe is None:
         pytest.skip("no Chromium installed (scripts/install.sh --browser installs Debian's; or set CODRL_CHROMIUM)")
     try:
@@ -61,7 +48,7 @@ def browser() -> Iterator[Any]:
     except ImportError:
         pytest.skip("playwright is not installed (pip install -e '.[test]')")
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+        b = p.chromium.launch(executable_path=exe, args=list(HEADLESS_ARGS))
         yield b
         b.close()
 
