@@ -413,6 +413,16 @@ def test_episode_row_fields_and_truncation() -> None:
     assert last["hin"] == "lesson 0: got 0.0"
 
 
+def test_episode_row_final_feedback_only_where_it_is_not_the_last_turns() -> None:
+    ep = asdict(make_episode(0, 0.0))
+    ep["turns"][-1]["feedback"] = ep["feedback"] = "You fell in."
+    assert episode_row(ep, 1_000)["fb"] is None  # shown with the last turn already
+    ep["feedback"] = "Turn cap of 64 reached. Task failed."
+    assert episode_row(ep, 1_000)["fb"] == "Turn cap of 64 reached. Task failed."
+    ep["turns"] = []
+    assert episode_row(ep, 10)["fb"].startswith("Turn cap o\n")
+
+
 def test_episode_row_diff_of_long_hints_reports_no_false_removals() -> None:
     hints = "\n".join(f"lesson {i}: keep away from the holes" for i in range(20))
     ep = episode_row(asdict(make_episode(0, 0.0, hints_in=hints, hints_out=hints + "\nlesson 20: new")), 100)

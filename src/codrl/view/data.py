@@ -357,12 +357,15 @@ def episode_row(ep: dict[str, Any], max_chars: int) -> dict[str, Any]:
 
     Keys: ``p`` position, ``task``, ``r`` reward, ``er`` environment reward, ``ok`` success,
     ``fv`` format valid, ``hv`` hints valid (None when no update ran), ``hr`` hint reward,
-    ``fb`` final feedback, ``turns`` ``[observation, reply, feedback, valid, reward]``, ``hin``
+    ``turns`` ``[observation, reply, feedback, valid, reward]``, ``fb`` the episode's final
+    feedback where it is not the last turn's (a turn cap ended it; else None), ``hin``
     the hints given, ``diff`` the hints written as :func:`hints_diff` against ``hin`` (None when
     no update ran), ``ops`` curator operation counts.
     """
     hints_in = str(ep.get("hints_in") or "")
     hints_out = ep.get("hints_out")
+    turns = ep.get("turns", [])
+    final = str(ep.get("feedback", ""))
     return {
         "p": int(ep["position"]),
         "task": str(ep.get("task_id", "")),
@@ -372,10 +375,10 @@ def episode_row(ep: dict[str, Any], max_chars: int) -> dict[str, Any]:
         "fv": bool(ep.get("format_valid", True)),
         "hv": None if hints_out is None else bool(ep.get("hint_valid", True)),
         "hr": float(ep.get("hint_reward", 0.0)),
-        "fb": clip_text(str(ep.get("feedback", "")), max_chars),
         "turns": [[clip_text(str(t.get("observation", "")), max_chars), clip_text(str(t.get("reply", "")), max_chars),
                    clip_text(str(t.get("feedback", "")), max_chars), bool(t.get("valid", True)),
-                   float(t.get("reward", 0.0))] for t in ep.get("turns", [])],
+                   float(t.get("reward", 0.0))] for t in turns],
+        "fb": None if turns and final == str(turns[-1].get("feedback", "")) else clip_text(final, max_chars),
         "hin": clip_text(hints_in, max_chars),
         "diff": None if hints_out is None else [[op, clip_text(line, max_chars)]
                                                 for op, line in hints_diff(hints_in, str(hints_out))],
@@ -387,7 +390,7 @@ def lifecycle_row(rec: dict[str, Any], variant: int, max_chars: int) -> dict[str
     """One ``trajectories.jsonl`` line in the page's compact form (``v`` indexes the variants)."""
     eps = [episode_row(e, max_chars) for e in rec.get("episodes", [])]
     return {"v": variant, "pack": str(rec["pack_id"]), "env": str(rec.get("env", "")),
-            "split": str(rec.get("split", "")), "repeat": int(rec.get("repeat", 0)), "eps": eps}
+            "repeat": int(rec.get("repeat", 0)), "eps": eps}
 
 
 def read_trajectories(path: Path) -> Iterator[dict[str, Any]]:

@@ -212,6 +212,7 @@ function taskBody(ep, compact) {
       el("span", { class: `badge ${ep.ok ? "good" : "bad"}` }, ep.ok ? "success" : "failure"),
       ep.fv ? null : el("span", { class: "badge bad" }, "invalid format")),
     ...shownTurns,
+    ep.fb ? el("div", {}, el("div", { class: "label" }, "final feedback"), pre("feedback", ep.fb)) : null,
     el("h3", {}, "Hints written after this task"),
     hintsWritten(ep),
   ];
