@@ -371,9 +371,9 @@ def _two_token_counts() -> list[Experience]:
     )
 
 
-def test_compute_advantages_reweight_per_task() -> None:
+def test_compute_advantages_reweight_per_pack_position() -> None:
     exps = _two_token_counts()
-    metrics = compute_advantages(exps, AdvantageConfig(reweight="task"))
+    metrics = compute_advantages(exps, AdvantageConfig(reweight="pack_position"))
     # pack a: 0.5 e^{0.5/T} = 1.5 e^{-0.5/T}  <=>  e^{1/T} = 3  <=>  T = 1 / ln 3
     assert metrics["reweight_temperature"] == pytest.approx(1 / math.log(3), rel=1e-9)
     assert metrics["reweight_frac"] == pytest.approx(0.5)

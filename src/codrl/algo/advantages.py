@@ -19,9 +19,12 @@ Optional post-processing, in this order, over a *scope* of experiences:
    is negative, with ``T`` chosen by bisection so that the sum becomes non-negative;
 2. shift: subtract the token-weighted mean advantage of the scope when that mean is negative.
 
-Scopes: ``"task"`` = one ``(pack_id, position)`` (solve and update episodes of that position
-together), ``"taskset"`` = one ``pack_id``, ``"batch"`` = every experience passed in. A token is
-one entry of ``completion_ids``.
+Scopes: ``"pack_position"`` = one ``(pack_id, position)`` (solve and update episodes of that
+position together, over the repeats), ``"pack"`` = one ``pack_id``, ``"env"`` = one environment
+of a mixture (:attr:`Experience.env`), ``"batch"`` = every experience passed in. A token is one
+entry of ``completion_ids``. (The reference implementation calls a pack a "task" and an
+environment's dataset a "taskset"; codrl's names say what they group, and the old names
+``task``/``taskset`` are refused with the name they stand for here.)
 
 The ``"grpo"`` estimator is the per-task GRPO ablation: ``G`` is the episode's own reward only
 (``r_i`` for solve episodes, ``u_j`` for update episodes) and ``A = (G - mean) / (std + eps)``
@@ -38,12 +41,16 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from codrl.rollout.experience import EpisodeType, Experience
 
 Aggregation = Literal["mean", "window", "discounted"]
-Scope = Literal["task", "taskset", "batch"]
+Scope = Literal["pack_position", "pack", "env", "batch"]
+#: Re-weighting scopes (values of :attr:`AdvantageConfig.reweight` besides ``none``).
+SCOPES: tuple[str, ...] = ("pack_position", "pack", "env", "batch")
+#: Old scope names -> the scope they meant, for a one-line error.
+RENAMED_SCOPES: dict[str, str] = {"task": "pack_position", "taskset": "pack"}
 GroupKey = tuple[str, EpisodeType, int]  # (pack_id, episode_type, position)
 EpisodeKey = tuple[str, EpisodeType, int]  # (lifecycle_id, episode_type, position)
 
@@ -68,12 +75,21 @@ class AdvantageConfig(BaseModel):
     """Std normalisation of ``cod`` advantages (``grpo`` always normalises per group)."""
     eps: float = Field(default=1e-6, gt=0.0)
     """Added to every std before dividing."""
-    reweight: Literal["none", "task", "taskset", "batch"] = "none"
-    """Scope of the adaptive re-weighting; ``none`` turns it off."""
+    reweight: Literal["none", "pack_position", "pack", "env", "batch"] = "none"
+    """Scope of the adaptive re-weighting (``pack_position``, ``pack``, ``env``, ``batch``);
+    ``none`` turns it off. The reference's final configs re-weight the whole batch."""
     reweight_t_min: float = Field(default=0.8, gt=0.0)
     reweight_t_max: float = Field(default=100.0, gt=0.0)
     shift_negative_mean: bool = False
     """Subtract a negative token-weighted mean (scope of ``reweight``, ``batch`` if that is off)."""
+
+    @field_validator("reweight", mode="before")
+    @classmethod
+    def _renamed_scope(cls, value: object) -> object:
+        if isinstance(value, str) and value in RENAMED_SCOPES:
+            raise ValueError(f"reweight scope {value!r} was renamed: use {RENAMED_SCOPES[value]!r} "
+                             f"(allowed values: 'none', {', '.join(map(repr, SCOPES))})")
+        return value
 
     @model_validator(mode="after")
     def _check_temperatures(self) -> AdvantageConfig:
@@ -369,11 +385,15 @@ def shift_to_nonnegative_mean(
 
 def scope_key(exp: Experience, scope: Scope) -> Hashable:
     """The re-weighting scope an experience belongs to (see the module docstring)."""
-    if scope == "task":
+    if scope == "pack_position":
         return (exp.pack_id, exp.position)
-    if scope == "taskset":
+    if scope == "pack":
         return exp.pack_id
-    return ()
+    if scope == "env":
+        return exp.env
+    if scope == "batch":
+        return ()
+    raise ValueError(f"unknown re-weighting scope {scope!r}; allowed values: {', '.join(map(repr, SCOPES))}")
 
 
 def _apply_per_scope(

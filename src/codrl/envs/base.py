@@ -144,6 +144,13 @@ class CoDEnv(ABC):
     split_by: str = "task"
     #: Draws of a world before :meth:`sample_pack` gives up (``split_by = "world"``).
     max_world_tries: int = 10_000
+    #: Whether the model may see a task's reward once the task is over. True: the context step
+    #: after a task (the hints rewrite, the curator) is told the reward. False for worlds whose
+    #: reward is a function of the hidden truth that the feedback does not already reveal (PDE
+    #: Discovery scores the committed coefficients against the hidden ones): every model-visible
+    #: text then leaves the reward out, so notes cannot carry it from task to task and climb it.
+    #: Reports and the viewer still show it to people.
+    reward_visible: bool = True
 
     # -- to implement -------------------------------------------------------------------------
     @abstractmethod

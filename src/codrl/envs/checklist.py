@@ -7,8 +7,8 @@ measure that without any model:
 * **random**: replies drawn at random from the valid action space: the chance level;
 * **oracle**: reads the hidden world (``pack.world``): the attainable level;
 * **feedback learner**: sees only what a model would see (observations, feedback, its own hints
-  text) and writes what it learned into the hints; it must score higher at the last pack
-  position than at position 0;
+  text, and the task's reward only where the environment shows it to the model) and writes what
+  it learned into the hints; it must score higher at the last pack position than at position 0;
 * the same learner **without memory** (its hints are always empty): it must not improve.
 
 :func:`play_scripted` plays one lifecycle with a scripted agent, exactly as the lifecycle runner
@@ -46,8 +46,12 @@ class ScriptedAgent(Protocol):
     def act(self, hints: str, observation: str) -> str:
         """The full reply (answer tags included) to the current observation."""
 
-    def write_hints(self, hints: str, transcript: list[TurnText], reward: float) -> str:
-        """The hints for the next task, from the old hints and this task's transcript."""
+    def write_hints(self, hints: str, transcript: list[TurnText], reward: float | None) -> str:
+        """The hints for the next task, from the old hints and this task's transcript.
+
+        ``reward`` is the task's reward, or None where the environment hides it from the model
+        (:attr:`~codrl.envs.base.CoDEnv.reward_visible` False): a learner sees what a model sees.
+        """
 
 
 AgentFactory = Callable[[Pack, np.random.Generator], ScriptedAgent]
@@ -81,7 +85,7 @@ def play_scripted(env: CoDEnv, pack: Pack, make_agent: AgentFactory, rng: np.ran
             observation = step.observation or step.feedback
         rewards.append(float(reward))
         if use_hints:
-            hints = agent.write_hints(hints, transcript, reward)
+            hints = agent.write_hints(hints, transcript, reward if env.reward_visible else None)
     return rewards
 
 

@@ -31,7 +31,19 @@ class RolloutConfig(BaseModel):
     max_new_tokens_update: int = Field(64, ge=1, description="token budget of one context update (a hints block "
                                        "or a curator reply)")
     use_reply_prefix: bool = Field(True, description="prefill replies with the environment's reply prefix")
-    update_reply_prefix: str = Field("Hints:\n", description="prefill of the update-context reply")
+    update_reply_prefix: str = Field("Hints:\n", description="prefill of the update-context reply (not used with "
+                                     "update_reasoning)")
+    update_reasoning: bool = Field(False, description="the update step reasons briefly, then writes the hints "
+                                   "between '--- Start of updated hints ---' and '--- End of updated hints ---' "
+                                   "(no prefill; parsed from the last such block) instead of a prefilled "
+                                   "'Hints:' block")
+    on_hint_parse_failure: Literal["keep", "clear"] = Field(
+        "keep", description="an invalid hints block (none parsed, or shorter than hint_min_chars): keep the "
+                            "previous hints, or clear them to 'no hint available' (the reference's behaviour); "
+                            "the update episode scores -hint_penalty_coef either way (cod context only)")
+    update_length_line: int | None = Field(None, ge=1, description="tokens named by a 'Keep your whole reply "
+                                           "within N tokens.' line at the end of the update (and curator) "
+                                           "prompt; null: no such line")
     curator_reply_prefix: str = Field("Operations:\n", description="prefill of the curator reply (a header "
                                       "line the operation parser skips)")
     curator_max_lessons: int = Field(8, ge=1, description="curator mode: most lessons the list holds "
@@ -43,6 +55,10 @@ class RolloutConfig(BaseModel):
     length_penalty_coef: float = Field(0.1, ge=0.0, description="max penalty for an over-long solution")
     length_penalty_start: int = Field(24, ge=0, description="solution length (tokens, longest reply) where the ramp starts")
     length_penalty_end: int = Field(32, ge=1, description="solution length where the penalty reaches its max")
+    turn_penalty_coef: float = Field(0.0, ge=0.0, description="efficiency term of a successful solve: a task "
+                                     "reward r > 0 becomes max(0, r - turn_penalty_coef * turns_used / "
+                                     "max_turns) (failures, r <= 0, are left alone); the reference uses 0.1 "
+                                     "on FrozenLake and Alchemy")
     hint_penalty_coef: float = Field(0.1, ge=0.0, description="penalty for an unparseable or too-short hints block "
                                      "(curator: a reply with no accepted operation that is not NONE)")
     hint_min_chars: int = Field(8, ge=0, description="hints shorter than this are 'too short'")

@@ -2,7 +2,8 @@
 
 A training-free context baseline in the style of agentic context engineering and dynamic
 cheatsheets. Between tasks, instead of rewriting a free-form ``Hints:`` block, the model is shown
-the current numbered lesson list, the last task's attempt, its reward and the final feedback, and
+the current numbered lesson list, the last task's attempt, its reward (where the environment lets
+the model see it) and the final feedback, and
 answers with operations, one per line::
 
     ADD: <lesson>
@@ -279,10 +280,11 @@ def render_lessons(lessons: Sequence[str]) -> str:
 
 
 def curator_messages(env_system_prompt: str, lessons: Sequence[str], first_observation: str, turns: list[Turn],
-                     reward: float, feedback: str) -> list[Message]:
+                     reward: float | None, feedback: str, *, max_tokens: int | None = None) -> list[Message]:
     """Chat of a curator episode: the environment, the numbered lessons, the last attempt, its
-    reward and feedback, and the operation instructions."""
+    reward (left out when None: the environment hides it from the model) and feedback, and the
+    operation instructions (with a response-length line when ``max_tokens`` is given)."""
     shown = render_lessons(lessons) if lessons else ""
     user = context_user_message(env_system_prompt, "Current lessons", shown, first_observation, turns, reward,
-                                feedback, CURATOR_INSTRUCTIONS)
+                                feedback, CURATOR_INSTRUCTIONS, max_tokens)
     return [{"role": "system", "content": CURATOR_SYSTEM}, {"role": "user", "content": user}]

@@ -42,6 +42,8 @@ class Experience:
     token_exact: bool = True
     #: Version of the weights that sampled it (the number of updates they had seen).
     policy_version: int = 0
+    #: Name of the environment the pack comes from (groups a mixture by environment).
+    env: str = ""
 
     @property
     def lifecycle_id(self) -> str:
@@ -107,6 +109,9 @@ class LifecycleResult:
     mode: str  # "cod" | "nohint" | "curator" | "ralph" | "ralph-nohint" | "ralph-curator"
     episodes: list[EpisodeRecord]
     experiences: list[Experience]
+    #: Whether the model was shown each task's reward after the task (the environment's
+    #: :attr:`~codrl.envs.base.CoDEnv.reward_visible`); reports show rewards to people either way.
+    reward_visible: bool = True
 
     @property
     def task_rewards(self) -> list[float]:
@@ -125,6 +130,7 @@ class LifecycleResult:
             "split": self.split,
             "repeat": self.repeat,
             "mode": self.mode,
+            "reward_visible": self.reward_visible,
             "task_rewards": self.task_rewards,
             "episodes": [asdict(e) for e in self.episodes],
         }

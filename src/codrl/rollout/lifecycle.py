@@ -21,7 +21,14 @@ from codrl.envs.base import CoDEnv, Pack, expand_ralph, ralph_pack
 from codrl.rollout.config import CONTEXTS, RolloutConfig, result_mode
 from codrl.rollout.curator import apply_operations, curator_messages, parse_reply, render_lessons
 from codrl.rollout.experience import EpisodeRecord, Experience, LifecycleResult, Turn
-from codrl.rollout.prompts import parse_hints, ramp, solve_user_message, update_messages
+from codrl.rollout.prompts import (
+    NO_HINT,
+    parse_hints,
+    parse_hints_block,
+    ramp,
+    solve_user_message,
+    update_messages,
+)
 
 LifecycleGen = Generator[GenRequest, GenResult, LifecycleResult]
 
@@ -40,7 +47,32 @@ def _experience(pack: Pack, repeat: int, kind: str, position: int, turn: int, re
     return Experience(pack_id=pack.pack_id, repeat=repeat, episode_type=kind, position=position,  # type: ignore[arg-type]
                       turn=turn, prompt_ids=res.prompt_ids, completion_ids=res.completion_ids,
                       logprobs=res.logprobs, text=res.text, finish_reason=res.finish_reason,
-                      own_reward=own_reward, token_exact=res.token_exact)
+                      own_reward=own_reward, token_exact=res.token_exact, env=pack.env)
+
+
+def turn_penalty(reward: float, turns_used: int, max_turns: int, coef: float) -> float:
+    """The efficiency term of a solve: ``max(0, r - coef * turns_used / max_turns)`` when ``r > 0``.
+
+    A failure (``r <= 0``) is returned unchanged, so the term never turns a failure into a
+    penalty; ``max_turns`` below 1 counts as 1.
+    """
+    if reward <= 0.0 or coef == 0.0:
+        return reward
+    return max(0.0, reward - coef * turns_used / max(1, max_turns))
+
+
+def solve_reward(env_reward: float, turns_used: int, max_turns: int, longest_reply: int,
+                 cfg: RolloutConfig) -> float:
+    """The task reward credit assignment uses, from the environment's reward ``r``::
+
+        r' = max(0, r - turn_penalty_coef * turns_used / max_turns)   if r > 0, else r
+        reward = r' - length_penalty_coef * ramp(longest_reply, length_penalty_start, length_penalty_end)
+
+    ``longest_reply`` is the longest reply of the episode in tokens; the length ramp (codrl's own)
+    applies to every episode, the turn term (the reference's) only to rewarded ones.
+    """
+    reward = turn_penalty(env_reward, turns_used, max_turns, cfg.turn_penalty_coef)
+    return reward - cfg.length_penalty_coef * ramp(longest_reply, cfg.length_penalty_start, cfg.length_penalty_end)
 
 
 def hint_reward(hints: str | None, n_tokens: int, cfg: RolloutConfig) -> tuple[float, bool]:
@@ -73,7 +105,9 @@ def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mod
     (:func:`~codrl.rollout.prompts.update_messages`); ``curator`` edits a numbered lesson list
     through parsed operations (:mod:`codrl.rollout.curator`), whose rendering is the next task's
     hints block; ``nohint`` skips the update step and every task is solved with no hints. Both
-    update kinds are experiences of type ``"update"`` with their own reward. ``on_episode`` is
+    update kinds are experiences of type ``"update"`` with their own reward. The context step is
+    told the task's reward only when ``env.reward_visible``; otherwise no prompt of the lifecycle
+    contains it. ``on_episode`` is
     called with each task's record as soon as its episode is complete, after the update step
     that followed it (so ``record.hints_out`` is final). Every request
     carries ``session`` (default: a fresh id), so an engine can keep this lifecycle's KV cache
@@ -128,7 +162,7 @@ def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mod
                                    {"role": "user", "content": step.observation or step.feedback}]
         else:
             env_reward, feedback = 0.0, f"Turn cap of {cfg.max_turns_cap} reached. Task failed."
-        reward = env_reward - cfg.length_penalty_coef * ramp(longest, cfg.length_penalty_start, cfg.length_penalty_end)
+        reward = solve_reward(env_reward, len(turns), env.max_turns, longest, cfg)
         for exp in solve_exps:
             exp.own_reward = reward
         experiences.extend(solve_exps)
@@ -136,18 +170,26 @@ def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mod
                                env_reward=env_reward, reward=reward, success=env_reward >= env.success_threshold,
                                format_valid=all_valid, feedback=feedback, completion_tokens=total)
         episodes.append(record)
+        shown_reward = env_reward if env.reward_visible else None  # a hidden score never reaches the model
         if mode == "cod" and k < last:
-            msgs = update_messages(env.system_prompt, hints, first_obs, turns, env_reward, feedback)
-            res = yield request(msgs, update_params, cfg.update_reply_prefix)
-            parsed = parse_hints(cfg.update_reply_prefix + res.text)
+            msgs = update_messages(env.system_prompt, hints, first_obs, turns, shown_reward, feedback,
+                                   reasoning=cfg.update_reasoning, max_tokens=cfg.update_length_line)
+            update_prefix = "" if cfg.update_reasoning else cfg.update_reply_prefix
+            res = yield request(msgs, update_params, update_prefix)
+            parsed = (parse_hints_block(res.text) if cfg.update_reasoning
+                      else parse_hints(cfg.update_reply_prefix + res.text))
             n_tok = len(res.completion_ids) if res.token_exact else len(res.text.split())
             own, valid = hint_reward(parsed, n_tok, cfg)
             experiences.append(_experience(pack, repeat, "update", k, 0, res, own_reward=own))
             if valid and parsed is not None:
-                hints = parsed  # an invalid block keeps the previous hints: nothing learned is lost
+                hints = parsed
+            elif cfg.on_hint_parse_failure == "clear":
+                hints = NO_HINT
+            # else: an invalid block keeps the previous hints (nothing learned is lost)
             record.hints_out, record.hint_reward, record.hint_valid = hints, own, valid
         elif mode == "curator" and k < last:
-            msgs = curator_messages(env.system_prompt, lessons, first_obs, turns, env_reward, feedback)
+            msgs = curator_messages(env.system_prompt, lessons, first_obs, turns, shown_reward, feedback,
+                                    max_tokens=cfg.update_length_line)
             res = yield request(msgs, update_params, cfg.curator_reply_prefix)
             reply = parse_reply(cfg.curator_reply_prefix + res.text)
             edit = apply_operations(lessons, reply.operations, cfg.curator_max_lessons, cfg.curator_max_chars)
@@ -165,7 +207,7 @@ def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mod
     for exp in experiences:
         exp.task_rewards = list(task_rewards)
     return LifecycleResult(pack_id=pack.pack_id, env=env.name, split=pack.split, repeat=repeat, mode=mode,
-                           episodes=episodes, experiences=experiences)
+                           episodes=episodes, experiences=experiences, reward_visible=env.reward_visible)
 
 
 def make_jobs(envs_and_packs: Sequence[tuple[CoDEnv, Pack]], cfg: RolloutConfig) -> list[Job]:

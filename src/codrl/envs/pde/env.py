@@ -231,6 +231,9 @@ class PDEDiscovery(CoDEnv):
     stop_strings = ("</answer>",)
     #: A continuous reward 1/(1 + loss): >= 0.9 means a coefficient error and extra terms of at most 0.11.
     success_threshold = 0.9
+    #: The score compares the committed coefficients with the hidden ones: the model never sees it
+    #: (not in the feedback, not in the context step after a task).
+    reward_visible = False
 
     def __init__(self, name: str = "pde", variant: str = "train", term_cap: int | None = None,
                  regress_terms: int = 3, points_per_task: int = 6, turns: int = 6,
