@@ -9,7 +9,7 @@ engine exposes them.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,14 +76,21 @@ class BackendStats:
 
 
 class Backend(ABC):
-    """A generation engine. ``max_batch_size`` caps how many requests one engine call takes."""
+    """A generation engine. ``max_batch_size`` caps how many requests one engine call takes.
+
+    ``chat_template_kwargs`` are extra arguments of the model's chat template (e.g.
+    ``{"enable_thinking": False}`` for Qwen3): engines that render the template themselves pass
+    them to ``apply_chat_template``; an OpenAI-compatible endpoint receives them as the request's
+    ``chat_template_kwargs``.
+    """
 
     max_batch_size: int = 32
     #: True when results carry exact token ids and logprobs (required for training).
     token_exact: bool = True
 
-    def __init__(self) -> None:
+    def __init__(self, chat_template_kwargs: Mapping[str, Any] | None = None) -> None:
         self.stats = BackendStats()
+        self.chat_template_kwargs: dict[str, Any] = dict(chat_template_kwargs or {})
 
     @abstractmethod
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import inspect
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,14 +92,15 @@ class HFBackend(Backend):
     with no copy or sync step (cached key/value states of the old weights are dropped).
 
     ``kv_cache_mb`` bounds the memory kept for prefix reuse (0 turns reuse off: every prompt is
-    prefilled in full); ``prefill_tokens`` bounds the padded tokens of one prefill forward pass.
+    prefilled in full); ``prefill_tokens`` bounds the padded tokens of one prefill forward pass;
+    ``chat_template_kwargs`` go to every ``apply_chat_template`` call (e.g. ``enable_thinking``).
     """
 
     token_exact = True
 
     def __init__(self, model: Any, tokenizer: Any, max_batch_size: int = 32, kv_cache_mb: float = 1024,
-                 prefill_tokens: int = 4096) -> None:
-        super().__init__()
+                 prefill_tokens: int = 4096, chat_template_kwargs: Mapping[str, Any] | None = None) -> None:
+        super().__init__(chat_template_kwargs)
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
@@ -119,7 +120,8 @@ class HFBackend(Backend):
 
     @classmethod
     def from_pretrained(cls, model: str | None = None, *, device: str = "cpu", dtype: str = "float32",
-                        max_batch_size: int = 32, kv_cache_mb: float = 1024) -> HFBackend:
+                        max_batch_size: int = 32, kv_cache_mb: float = 1024,
+                        chat_template_kwargs: Mapping[str, Any] | None = None) -> HFBackend:
         """Load a model folder (or the embedded default when ``model`` is None).
 
         A LoRA checkpoint's ``model/`` folder (a peft adapter: ``adapter_config.json``, no
@@ -147,7 +149,8 @@ class HFBackend(Backend):
             raise CodrlError(f"cannot load model {model!r}: {str(e).splitlines()[0]}") from None
         lm.to(device)
         lm.eval()
-        return cls(lm, tok, max_batch_size=max_batch_size, kv_cache_mb=kv_cache_mb)
+        return cls(lm, tok, max_batch_size=max_batch_size, kv_cache_mb=kv_cache_mb,
+                   chat_template_kwargs=chat_template_kwargs)
 
     @property
     def device(self) -> torch.device:
@@ -160,7 +163,8 @@ class HFBackend(Backend):
     # -- prompts ---------------------------------------------------------------------------
     def encode_prompt(self, request: GenRequest) -> list[int]:
         """Token ids of the chat prompt with the generation prompt and the reply prefix."""
-        text = self.tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
+        text = self.tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True,
+                                                  **self.chat_template_kwargs)
         text += request.reply_prefix
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 

@@ -37,6 +37,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -174,6 +175,9 @@ class OpenAIBackend(Backend):
             timeout, an HTTP 5xx or a 429. Other HTTP errors are not retried.
         concurrency: How many requests of one :meth:`generate` call are in flight at once.
         prefill: How ``reply_prefix`` is honoured; see the module docstring.
+        chat_template_kwargs: Extra arguments of the server's chat template (e.g.
+            ``{"enable_thinking": False}``), sent as ``chat_template_kwargs`` in every request's
+            body (vLLM and the llama.cpp server read it); nothing is sent when empty.
 
     Raises:
         CodrlError: At construction, when the endpoint cannot be reached (after the retries),
@@ -193,8 +197,9 @@ class OpenAIBackend(Backend):
         max_retries: int = 2,
         concurrency: int = 8,
         prefill: PrefillMode = "none",
+        chat_template_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(chat_template_kwargs)
         if prefill not in _PREFILL_MODES:
             raise bad_choice("prefill", prefill, _PREFILL_MODES)
         if concurrency < 1:
@@ -318,6 +323,8 @@ class OpenAIBackend(Backend):
             # top_logprobs=1: some servers (llama.cpp) only return logprobs when it is set.
             kwargs["logprobs"] = True
             kwargs["top_logprobs"] = 1
+        if self.chat_template_kwargs:
+            extra = {**(extra or {}), "chat_template_kwargs": dict(self.chat_template_kwargs)}
         if extra:
             kwargs["extra_body"] = extra
         return self._client.chat.completions.create(**kwargs)

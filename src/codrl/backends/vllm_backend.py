@@ -55,7 +55,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,9 +88,12 @@ _INSECURE_ENV = "VLLM_ALLOW_INSECURE_SERIALIZATION"
 
 # -- pure helpers (no vLLM needed; unit-tested on CPU) --------------------------------------------
 
-def encode_chat_prompt(tokenizer: Any, request: GenRequest) -> list[int]:
-    """Token ids of ``request``'s chat prompt, encoded exactly like ``HFBackend.encode_prompt``."""
-    text = tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
+def encode_chat_prompt(tokenizer: Any, request: GenRequest,
+                       chat_template_kwargs: Mapping[str, Any] | None = None) -> list[int]:
+    """Token ids of ``request``'s chat prompt, encoded exactly like ``HFBackend.encode_prompt``
+    (``chat_template_kwargs`` go to ``apply_chat_template``)."""
+    text = tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True,
+                                         **(chat_template_kwargs or {}))
     text += request.reply_prefix
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -290,6 +293,9 @@ class VLLMBackend(Backend):
     strict_logprobs:
         Raise instead of warning when a request has ``0 < top_p < 1`` (vLLM's logprobs are then
         renormalised over the nucleus; see the module doc).
+    chat_template_kwargs:
+        Extra arguments of the chat template (e.g. ``{"enable_thinking": False}``), passed to
+        ``apply_chat_template`` when prompts are encoded.
     work_dir:
         Where versioned adapter/weight folders go; a temporary folder (removed by :meth:`close`)
         when None.
@@ -304,9 +310,9 @@ class VLLMBackend(Backend):
                  max_lora_rank: int = 16, lora_path: str | None = None, full_weight_sync: bool | None = None,
                  dtype: str = "auto", gpu_memory_utilization: float = 0.5, seed: int = 0,
                  max_model_len: int | None = None, enforce_eager: bool = False, strict_logprobs: bool = False,
-                 seeded: bool = True,
+                 seeded: bool = True, chat_template_kwargs: Mapping[str, Any] | None = None,
                  work_dir: str | Path | None = None, **engine_kwargs: Any) -> None:
-        super().__init__()
+        super().__init__(chat_template_kwargs)
         vllm = import_vllm()
         if lora_path is not None and not enable_lora:
             raise CodrlError("vLLM backend: lora_path needs enable_lora=True")
@@ -404,7 +410,7 @@ class VLLMBackend(Backend):
     # -- prompts ---------------------------------------------------------------------------
     def encode_prompt(self, request: GenRequest) -> list[int]:
         """Token ids of the chat prompt with the generation prompt and the reply prefix."""
-        return encode_chat_prompt(self.tokenizer, request)
+        return encode_chat_prompt(self.tokenizer, request, self.chat_template_kwargs)
 
     # -- generation ------------------------------------------------------------------------
     def _check_top_p(self, params: SamplingParams) -> None:

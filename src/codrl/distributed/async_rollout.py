@@ -54,7 +54,8 @@ class LocalRolloutEngine:
         model.eval()
         model.requires_grad_(False)
         self.backend = HFBackend(model, backend.tokenizer, max_batch_size=backend.max_batch_size,
-                                 kv_cache_mb=backend.store.budget_bytes / 2**20, prefill_tokens=backend.prefill_tokens)
+                                 kv_cache_mb=backend.store.budget_bytes / 2**20, prefill_tokens=backend.prefill_tokens,
+                                 chat_template_kwargs=backend.chat_template_kwargs)
         self.runner = LifecycleRunner(self.backend, cfg)
         self._names = [n for n, p in backend.model.named_parameters() if p.requires_grad]
         self.policy_version = 0

@@ -54,6 +54,9 @@ class ModelConfig(BaseModel):
                                  "(e.g. gpu_memory_utilization, max_model_len); see docs/vllm.md")
     kv_cache_mb: float = Field(1024, ge=0, description="memory (MiB) the rollout engine keeps to reuse the KV cache "
                                "of prompt prefixes it has seen; 0 prefills every prompt in full")
+    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra arguments of the "
+                                                 "chat template, e.g. {enable_thinking: false} for Qwen3 (passed "
+                                                 "to apply_chat_template by the transformers and vLLM engines)")
 
 
 class OptimConfig(BaseModel):

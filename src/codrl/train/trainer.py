@@ -66,7 +66,7 @@ def build_vllm(cfg: TrainConfig, tokenizer: Any) -> Backend:
     if lora is not None:
         kwargs["max_lora_rank"] = lora_rank_slot(lora.r)
     return VLLMBackend(resolve_model_path(None if cfg.model.path == "embedded" else cfg.model.path), tokenizer,
-                       **{**kwargs, **cfg.model.vllm})
+                       chat_template_kwargs=cfg.model.chat_template_kwargs, **{**kwargs, **cfg.model.vllm})
 
 
 def build_policy(cfg: TrainConfig, device: str | None = None) -> HFBackend:
@@ -74,7 +74,8 @@ def build_policy(cfg: TrainConfig, device: str | None = None) -> HFBackend:
     ``device`` (default ``cfg.model.device``)."""
     backend = HFBackend.from_pretrained(None if cfg.model.path == "embedded" else cfg.model.path,
                                         device=device or cfg.model.device, dtype=cfg.model.dtype,
-                                        max_batch_size=cfg.generation_batch_size, kv_cache_mb=cfg.model.kv_cache_mb)
+                                        max_batch_size=cfg.generation_batch_size, kv_cache_mb=cfg.model.kv_cache_mb,
+                                        chat_template_kwargs=cfg.model.chat_template_kwargs)
     model = backend.model
     if cfg.model.lora is not None:
         from peft import LoraConfig, get_peft_model
