@@ -16,6 +16,7 @@ config) prints one line ``error: ...`` naming the problem and the allowed values
 from __future__ import annotations
 
 import functools
+import json
 import sys
 import threading
 from collections.abc import Callable
@@ -53,15 +54,35 @@ def _default_out(kind: str) -> Path:
 
 
 def make_backend(model: Optional[str], endpoint: Optional[str], endpoint_model: Optional[str] = None,
-                 batch_size: int = 32, device: str = "cpu", kv_cache_mb: float = 1024) -> Any:
+                 batch_size: int = 32, device: str = "cpu", kv_cache_mb: float = 1024,
+                 chat_template_kwargs: Optional[dict[str, Any]] = None) -> Any:
     """Build the generation backend the CLI options ask for."""
     if endpoint:
         from codrl.backends.openai_backend import OpenAIBackend
 
-        return OpenAIBackend(endpoint, model=endpoint_model)
+        return OpenAIBackend(endpoint, model=endpoint_model, chat_template_kwargs=chat_template_kwargs)
     from codrl.backends.hf import HFBackend
 
-    return HFBackend.from_pretrained(model, device=device, max_batch_size=batch_size, kv_cache_mb=kv_cache_mb)
+    return HFBackend.from_pretrained(model, device=device, max_batch_size=batch_size, kv_cache_mb=kv_cache_mb,
+                                     chat_template_kwargs=chat_template_kwargs)
+
+
+_TEMPLATE_KWARGS_HELP = ("Extra chat-template arguments as a JSON object, e.g. '{\"enable_thinking\": false}' for "
+                         "Qwen3 (a local model's apply_chat_template, or an endpoint's chat_template_kwargs).")
+
+
+def _template_kwargs(value: Optional[str]) -> dict[str, Any]:
+    """``--chat-template-kwargs`` as a mapping; anything but a JSON object is a user error."""
+    if not value:
+        return {}
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise CodrlError(f"--chat-template-kwargs must be a JSON object, e.g. '{{\"enable_thinking\": false}}', "
+                         f"got {value!r}")
+    return parsed
 
 
 @app.command("eval")
@@ -93,6 +114,7 @@ def eval_cmd(
     config: Optional[Path] = typer.Option(None, help="YAML EvalConfig; command-line options given explicitly "
                                           "are ignored in favour of the file."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default runs/eval-<time>)."),
+    chat_template_kwargs: Optional[str] = typer.Option(None, "--chat-template-kwargs", help=_TEMPLATE_KWARGS_HELP),
 ) -> None:
     """Evaluate a model: mean reward per pack position (the CoD curve), with plots and records."""
     from codrl.config import load_yaml, validate
@@ -124,7 +146,8 @@ def eval_cmd(
     build_env(cfg.env, cfg.env_params)  # bad environment parameters fail before any model loads
     if kv_cache_mb < 0:
         raise CodrlError(f"--kv-cache-mb must be >= 0, got {kv_cache_mb}")
-    backend = make_backend(model, endpoint, endpoint_model, batch_size, device, kv_cache_mb)
+    template_kwargs = _template_kwargs(chat_template_kwargs)
+    backend = make_backend(model, endpoint, endpoint_model, batch_size, device, kv_cache_mb, template_kwargs)
     out_dir = out or _default_out("eval")
     evaluate(backend, cfg, out_dir, meta={"model": endpoint or model or "embedded"})
 
@@ -279,6 +302,7 @@ def ralph_cmd(
     config: Optional[Path] = typer.Option(None, help="YAML RalphConfig instead of the options above."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default runs/ralph-<time>)."),
     progress: bool = typer.Option(True, help="Show progress."),
+    chat_template_kwargs: Optional[str] = typer.Option(None, "--chat-template-kwargs", help=_TEMPLATE_KWARGS_HELP),
 ) -> None:
     """Run the Ralph loop (see RALPH_HELP)."""
     from codrl.config import load_yaml, validate
@@ -303,7 +327,8 @@ def ralph_cmd(
                                      "repeats": repeats, "contexts": chosen, "seed": seed,
                                      "split": split, "rollout": rollout}, source="options")
     ralph_env(cfg)  # a bad target or task folder fails before any model loads
-    backend = make_backend(model, endpoint, endpoint_model, batch_size, device)
+    backend = make_backend(model, endpoint, endpoint_model, batch_size, device,
+                           chat_template_kwargs=_template_kwargs(chat_template_kwargs))
     run_ralph(backend, cfg, out or _default_out("ralph"), progress=progress,
               meta={"model": endpoint or model or "embedded"})
 

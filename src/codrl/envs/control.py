@@ -26,9 +26,17 @@ horizon; the task's reward is its R. With ``attempts=k > 1`` the agent sees the 
 attempt and may answer again, up to ``k`` replies; the reward is that of the last attempt.
 
 Failures: a malformed reply (no single ``<answer>...</answer>`` pair, or an expression that the
-language rejects) ends the task at once with reward 0 and ``valid=False`` (the scored failure of
-every codrl environment). A runtime error (division by zero, a value beyond 1e6, ...) at some
-step scores 0 with ``valid=True``; the feedback names the step and shows the table up to it.
+language rejects) ends the task at once with reward ``malformed_reward`` (default 0; the reference
+study uses -0.1) and ``valid=False`` (the scored failure of every codrl environment). A runtime
+error (division by zero, a value beyond 1e6, ...) at some step scores 0 with ``valid=True``; the
+feedback names the step and shows the table up to it.
+
+Previous policy (``show_previous_policy=True``, as in the reference study's final runs): each
+task's first observation also shows the policy of the lifecycle's latest earlier task that ran
+over its whole horizon: its start, target and horizon, the expression, its reward and its signed
+terminal residuals ``x_H - x_target`` and ``v_H - v_target``. It lives in the lifecycle's
+:class:`ControlState` (from :meth:`OptimalControl.new_state`), so concurrent repeats of a pack
+never see each other's policies.
 
 World format: ``{"a": 0.8123, "b": -1.0734}`` (rounded to 4 decimals).
 Task spec format: ``{"x0": 1.23, "v0": -0.45, "x_target": 4.1, "v_target": 0.0, "horizon": 12}``
@@ -70,7 +78,7 @@ U_MAX = 1.0
 #: Bounds of the knobs.
 LIMITS: dict[str, tuple[float, float]] = {"horizon": (1, 50), "x0_max": (0.0, 100.0), "v0_max": (0.0, 100.0),
                                           "target_max": (0.0, 100.0), "a_range": (0.0, 1.5),
-                                          "b_range": (0.0, 10.0), "attempts": (1, 5)}
+                                          "b_range": (0.0, 10.0), "attempts": (1, 5), "malformed_reward": (-1.0, 0.0)}
 
 _LEAD_RE = re.compile(r"^\s*(?:u(?:\s*\([^()]{0,60}\))?\s*=(?!=))", re.IGNORECASE)
 
@@ -103,6 +111,44 @@ def extract_answer(reply: Any, max_chars: int = DEFAULT_LIMITS.max_chars) -> str
     if m:
         text = text[m.end():].strip()
     return text
+
+
+@dataclass(frozen=True)
+class PolicyRecord:
+    """A policy that ran over a whole task, as the next task's prompt shows it."""
+
+    expression: str
+    spec: dict[str, Any]
+    reward: float
+    x_residual: float  # x_H - x_target
+    v_residual: float  # v_H - v_target
+
+
+@dataclass
+class ControlState:
+    """One lifecycle's memory of the latest policy that ran over a whole task (``previous``).
+
+    Created by :meth:`OptimalControl.new_state`, changed by the episodes of that lifecycle only.
+    """
+
+    pack_id: str
+    previous: PolicyRecord | None = None
+
+
+def render_previous(record: PolicyRecord) -> str:
+    """The evidence block of ``show_previous_policy``: an earlier task's policy and how it ended."""
+    s = record.spec
+    return (
+        "Evidence from an earlier task of this environment (another start and target, the same hidden a "
+        "and b; it is not a result of the current task):\n"
+        f"  earlier start x = {_fmt(s['x0'], 2)}, v = {_fmt(s['v0'], 2)}; target x_target = "
+        f"{_fmt(s['x_target'], 2)}, v_target = {_fmt(s['v_target'], 2)}; horizon = {int(s['horizon'])}\n"
+        f"  its policy: {record.expression}\n"
+        f"  its reward: {record.reward:.4f}\n"
+        f"  terminal residuals: x_end - x_target = {record.x_residual:+.4f}, v_end - v_target = "
+        f"{record.v_residual:+.4f}\n"
+        "Adapt that policy to the current task, or write a new one if it did poorly."
+    )
 
 
 @dataclass
@@ -212,8 +258,11 @@ class OptimalControl(CoDEnv):
     :data:`PRESET_DEFAULTS`): ``horizon`` (steps per task), ``x0_max``, ``v0_max``, ``target_max``
     (start position, start velocity and target position are uniform in ``[-max, max]``),
     ``a_range`` and ``b_range`` (ranges of ``a`` and of ``|b|``), ``attempts`` (replies per task;
-    the last attempt's reward counts). Rewards: ``1 / (1 + L)``; 0 for a malformed reply (which
-    ends the task, ``valid=False``) or a runtime error of the policy.
+    the last attempt's reward counts), ``show_previous_policy`` (False: show each task the latest
+    earlier policy of the lifecycle that ran, its reward and terminal residuals) and
+    ``malformed_reward`` (0.0, in [-1, 0]: the reward of a malformed reply; the reference uses -0.1).
+    Rewards: ``1 / (1 + L)``; ``malformed_reward`` for a malformed reply (which ends the task,
+    ``valid=False``); 0 for a runtime error of the policy.
     """
 
     reply_prefix = "<answer>"
@@ -224,7 +273,8 @@ class OptimalControl(CoDEnv):
     def __init__(self, name: str = "control", preset: str = "medium", horizon: int | None = None,
                  x0_max: float | None = None, v0_max: float | None = None, target_max: float | None = None,
                  a_range: Sequence[float] | None = None, b_range: Sequence[float] | None = None,
-                 attempts: int | None = None) -> None:
+                 attempts: int | None = None, show_previous_policy: bool = False,
+                 malformed_reward: float = 0.0) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"control: name must be a non-empty string, got {name!r}")
         if preset not in PRESETS:
@@ -243,7 +293,13 @@ class OptimalControl(CoDEnv):
         self.b_range = _range(name, "b_range", knobs["b_range"], *LIMITS["b_range"])
         self.attempts = int(_number(name, "attempts", knobs["attempts"], *LIMITS["attempts"], integer=True))
         self.max_turns = self.attempts
-        # The measured chance level holds only for the preset's own defaults.
+        if not isinstance(show_previous_policy, bool):
+            raise ValueError(f"{name}: show_previous_policy must be true or false, got {show_previous_policy!r}")
+        self.show_previous_policy = show_previous_policy
+        self.malformed_reward = _number(name, "malformed_reward", malformed_reward, *LIMITS["malformed_reward"])
+        self.reward_range = (min(0.0, self.malformed_reward), 1.0)
+        # The measured chance level holds only for the preset's own defaults (the random agent's
+        # replies always parse, so malformed_reward does not change it).
         self.chance_reward = CHANCE_REWARD[preset] if all(v is None for v in given.values()) else None
         self.system_prompt = self._build_system_prompt()
 
@@ -294,14 +350,24 @@ class OptimalControl(CoDEnv):
         return {"x0": round(x0, 2) + 0.0, "v0": round(v0, 2) + 0.0, "x_target": round(xt, 2) + 0.0,
                 "v_target": 0.0, "horizon": self.horizon}
 
+    def new_state(self, pack: Pack) -> ControlState:
+        """A fresh lifecycle memory (no earlier policy yet) for one lifecycle of ``pack``."""
+        return ControlState(pack_id=pack.pack_id)
+
     def start(self, pack: Pack, task: Task, state: Any = None) -> ControlEpisode:
-        """Begin an episode of ``task`` under the dynamics of ``pack.world``."""
+        """Begin an episode of ``task`` under the dynamics of ``pack.world``; ``state`` is this
+        lifecycle's :class:`ControlState` (None: a fresh one that lives only for this episode)."""
         world = pack.world if isinstance(pack.world, dict) else {}
         try:
             a, b = float(world["a"]), float(world["b"])
         except (KeyError, TypeError, ValueError):
             raise ValueError(f"{self.name}: world needs numbers 'a' and 'b', got {pack.world!r}") from None
-        return ControlEpisode(a, b, dict(task.spec), self.attempts)
+        if state is None:
+            state = ControlState(pack_id=pack.pack_id)
+        elif not isinstance(state, ControlState) or state.pack_id != pack.pack_id:
+            raise ValueError(f"{self.name}: state must be this pack's ControlState from new_state(), got {state!r}")
+        return ControlEpisode(a, b, dict(task.spec), self.attempts, state=state,
+                              show_previous=self.show_previous_policy, malformed_reward=self.malformed_reward)
 
 
 class ControlEpisode(Episode):
@@ -313,10 +379,17 @@ class ControlEpisode(Episode):
     ``x_end``, ``v_end``, ``controls`` (applied), plus ``error``/``error_step`` for a runtime error.
     """
 
-    def __init__(self, a: float, b: float, spec: dict[str, Any], attempts: int = 1) -> None:
+    def __init__(self, a: float, b: float, spec: dict[str, Any], attempts: int = 1, *,
+                 state: ControlState | None = None, show_previous: bool = False,
+                 malformed_reward: float = 0.0) -> None:
         self.a, self.b = a, b
         self.spec = spec
         self.attempts = attempts
+        self.state = state if state is not None else ControlState(pack_id="")
+        self.show_previous = show_previous
+        self.malformed_reward = malformed_reward
+        #: The earlier policy this task shows (read once, before this task can replace it).
+        self.previous = self.state.previous if show_previous else None
         self.reset()
 
     def describe_task(self) -> str:
@@ -333,7 +406,8 @@ class ControlEpisode(Episode):
         self.attempt = 0
         self.done = False
         prefix = f"Attempt 1 of {self.attempts}. " if self.attempts > 1 else ""
-        return prefix + self.describe_task()
+        evidence = f"\n\n{render_previous(self.previous)}" if self.previous is not None else ""
+        return prefix + self.describe_task() + evidence
 
     def step(self, reply: str) -> StepResult:
         """Parse ``reply``'s expression, run it over the horizon and score it. Never raises."""
@@ -368,6 +442,10 @@ class ControlEpisode(Episode):
         else:
             info["event"] = "scored"
             reward = float(roll.reward or 0.0)
+            # the lifecycle's latest policy that ran over the whole horizon (shown to later tasks)
+            self.state.previous = PolicyRecord(text, dict(self.spec), reward,
+                                               roll.x_end - float(self.spec["x_target"]),
+                                               roll.v_end - float(self.spec["v_target"]))
         feedback = f"Your policy: {text}\n{table}"
         last = self.attempt >= self.attempts
         if last:
@@ -380,5 +458,6 @@ class ControlEpisode(Episode):
     def _invalid(self, reason: str, info: dict[str, Any]) -> StepResult:
         self.done = True
         info["event"] = "invalid"
-        feedback = f"Invalid answer: {reason}. {FORMAT_HINT} The task ended with reward 0."
-        return StepResult(None, 0.0, True, feedback, False, info)
+        reward = self.malformed_reward + 0.0
+        feedback = f"Invalid answer: {reason}. {FORMAT_HINT} The task ended with reward {reward:g}."
+        return StepResult(None, reward, True, feedback, False, info)

@@ -82,6 +82,9 @@ class ModelSpec(BaseModel):
     endpoint_model: str | None = Field(None, description="model id at the endpoint (default: its first)")
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra arguments of the chat "
+                                                 "template, e.g. {enable_thinking: false} (a local model's "
+                                                 "apply_chat_template, or an endpoint's chat_template_kwargs)")
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
@@ -162,10 +165,11 @@ def load_backend(spec: ModelSpec, batch_size: int = 32) -> Backend:
     if spec.endpoint is not None:
         from codrl.backends.openai_backend import OpenAIBackend
 
-        return OpenAIBackend(spec.endpoint, model=spec.endpoint_model)
+        return OpenAIBackend(spec.endpoint, model=spec.endpoint_model, chat_template_kwargs=spec.chat_template_kwargs)
     from codrl.backends.hf import HFBackend
 
-    return HFBackend.from_pretrained(spec.path, device=spec.device, dtype=spec.dtype, max_batch_size=batch_size)
+    return HFBackend.from_pretrained(spec.path, device=spec.device, dtype=spec.dtype, max_batch_size=batch_size,
+                                     chat_template_kwargs=spec.chat_template_kwargs)
 
 
 # -- running -------------------------------------------------------------------------------------

@@ -352,10 +352,11 @@ def clip_text(text: str, max_chars: int) -> str:
     return f"{text[:max_chars]}\n… [{len(text) - max_chars} more characters cut; see {TRAJECTORIES_JSONL}]"
 
 
-def episode_row(ep: dict[str, Any], max_chars: int) -> dict[str, Any]:
+def episode_row(ep: dict[str, Any], max_chars: int, reward_visible: bool = True) -> dict[str, Any]:
     """One episode of a ``trajectories.jsonl`` record in the page's compact form.
 
-    Keys: ``p`` position, ``task``, ``r`` reward, ``er`` environment reward, ``ok`` success,
+    Keys: ``p`` position, ``task``, ``r`` reward, ``er`` environment reward, ``rh`` True when the
+    environment hid the reward from the model (the page marks it "not shown to the model"), ``ok`` success,
     ``fv`` format valid, ``hv`` hints valid (None when no update ran), ``hr`` hint reward,
     ``turns`` ``[observation, reply, feedback, valid, reward]``, ``fb`` the episode's final
     feedback where it is not the last turn's (a turn cap ended it; else None), ``hin``
@@ -371,6 +372,7 @@ def episode_row(ep: dict[str, Any], max_chars: int) -> dict[str, Any]:
         "task": str(ep.get("task_id", "")),
         "r": float(ep.get("reward", 0.0)),
         "er": float(ep.get("env_reward", ep.get("reward", 0.0))),
+        "rh": not reward_visible,
         "ok": bool(ep.get("success", False)),
         "fv": bool(ep.get("format_valid", True)),
         "hv": None if hints_out is None else bool(ep.get("hint_valid", True)),
@@ -388,7 +390,8 @@ def episode_row(ep: dict[str, Any], max_chars: int) -> dict[str, Any]:
 
 def lifecycle_row(rec: dict[str, Any], variant: int, max_chars: int) -> dict[str, Any]:
     """One ``trajectories.jsonl`` line in the page's compact form (``v`` indexes the variants)."""
-    eps = [episode_row(e, max_chars) for e in rec.get("episodes", [])]
+    visible = bool(rec.get("reward_visible", True))
+    eps = [episode_row(e, max_chars, visible) for e in rec.get("episodes", [])]
     return {"v": variant, "pack": str(rec["pack_id"]), "env": str(rec.get("env", "")),
             "repeat": int(rec.get("repeat", 0)), "eps": eps}
 

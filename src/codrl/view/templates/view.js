@@ -209,6 +209,7 @@ function taskBody(ep, compact) {
     el("h3", {}, "Episode"),
     el("p", { class: "result" },
       el("span", { class: `chip ${rewardClass(ep)}` }, fmt(ep.r, 2)), ` reward ${fmt(ep.r, 3)} (environment ${fmt(ep.er, 3)})`,
+      ep.rh ? el("span", { class: "badge", title: "this environment hides its score from the model: no prompt contains it" }, "not shown to the model") : null,
       el("span", { class: `badge ${ep.ok ? "good" : "bad"}` }, ep.ok ? "success" : "failure"),
       ep.fv ? null : el("span", { class: "badge bad" }, "invalid format")),
     ...shownTurns,
