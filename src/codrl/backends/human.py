@@ -167,7 +167,8 @@ class NarratedEnv(CoDEnv):
         self.out = out
         self.pack_size = pack_size
         self.outcomes: list[float] = []
-        for attr in ("name", "system_prompt", "reply_prefix", "stop_strings", "max_turns", "chance_reward"):
+        for attr in ("name", "system_prompt", "reply_prefix", "stop_strings", "max_turns", "chance_reward",
+                     "reward_range", "success_threshold", "reward_visible"):
             setattr(self, attr, getattr(env, attr))
 
     def sample_world(self, rng: Any) -> dict[str, Any]:
@@ -186,10 +187,14 @@ class NarratedEnv(CoDEnv):
 
         def on_done(step: StepResult) -> None:
             self.outcomes.append(float(step.reward))
-            verdict = "solved" if step.reward >= 1.0 else "not solved"
+            if not self.reward_visible:  # the model never learns this score: neither does its stand-in
+                outcome = "its score is hidden from the model (shown when the game is over)"
+            else:
+                verdict = "solved" if step.reward >= self.success_threshold else "not solved"
+                outcome = f"reward {step.reward:g} ({verdict})"
             if not step.valid:
-                verdict += ", the reply did not parse"
-            self.out.write(f"\n## Task {k} over: reward {step.reward:g} ({verdict}).\n"
+                outcome += ", the reply did not parse"
+            self.out.write(f"\n## Task {k} over: {outcome}.\n"
                            f"## Feedback: {step.feedback}\n")
             self.out.flush()
 
