@@ -108,3 +108,55 @@ def test_lora_checkpoint_loads_merged_for_evaluation(tiny_dir: Path, tmp_path: P
         base = HFBackend.from_pretrained(str(tiny_dir)).model(input_ids=ids).logits
     assert torch.allclose(got, want, atol=1e-5)
     assert not torch.allclose(got, base, atol=1e-4)  # the adapter really changed the model
+
+
+@pytest.mark.parametrize("mode,ralph,result", [("cod", "none", "cod"), ("nohint", "none", "nohint"),
+                                               ("curator", "none", "curator"), ("cod", "first", "ralph")])
+def test_every_context_trains_and_evaluates(tiny_dir: Path, tmp_path: Path, mode: str, ralph: str,
+                                            result: str) -> None:
+    """Training in any context (and on Ralph packs) logs its evaluation by position and draws its
+    curves from the results of the context it played, not from the ``cod`` ones."""
+    rollout = {**toy_train_config(tiny_dir)["rollout"], "mode": mode, "ralph": ralph}
+    if mode == "curator":
+        rollout["max_new_tokens_update"] = 8
+    cfg = config(tiny_dir, tmp_path, rollout=rollout, eval={"packs": 2, "at_start": True, "at_end": True},
+                 log={"tensorboard": True, "progress": False})
+    trainer = Trainer(cfg)
+    logged: dict[str, float] = {}
+    trainer._log = lambda metrics, step: logged.update(metrics)  # type: ignore[method-assign]
+    history = trainer.train()
+    assert history and history[-1]["train/groups"] > 0
+    assert {f"eval/pos{i}" for i in range(3)} <= set(logged), sorted(logged)
+    summary = trainer.evals["secret_table"][1]
+    assert [p.position for p in summary.positions[result]] == [0, 1, 2]
+    assert (tmp_path / "reward_by_position.png").is_file()
+
+
+def test_signal_counts_and_adapter_delta(tiny_dir: Path, tmp_path: Path) -> None:
+    """Every step logs how many groups had reward variance; with LoRA the adapter's distance from
+    the base model starts at exactly 0 (peft's zero-initialised B) and grows once a group has a signal."""
+    from codrl.train.diagnostics import adapter_delta
+
+    cfg = config(tiny_dir, tmp_path, steps=2, model={"path": str(tiny_dir), "lora": {"r": 4, "alpha": 8}},
+                 optim={"lr": 1e-2})
+    trainer = Trainer(cfg)
+    assert adapter_delta(trainer.model) == 0.0
+    history = trainer.train()
+    for h in history:
+        assert 0 <= h["train/groups_with_signal"] <= h["train/groups"]
+        assert h["train/groups_with_signal"] == round(h["train/groups"] * (1 - h["adv/degenerate_group_frac"]))
+    assert sum(h["train/groups_with_signal"] for h in history) > 0
+    assert history[-1]["train/adapter_delta"] > 0.0
+
+
+def test_verdict_says_when_nothing_was_learned() -> None:
+    from codrl.train.diagnostics import verdict
+
+    flat = [{"train/groups": 5, "train/groups_with_signal": 0} for _ in range(3)]
+    learned, line = verdict(flat, 0.0)
+    assert not learned and line.startswith("0 of 15 groups had reward variance") and "did not change" in line
+    learned, line = verdict([{"train/groups": 5, "train/groups_with_signal": 2}, flat[0]], 0.5)
+    assert learned and "2 of 10 groups" in line and "1 of 2 steps" in line
+    learned, line = verdict([{"train/groups": 5, "train/groups_with_signal": 2}], 0.0)
+    assert not learned and "did not move" in line
+    assert verdict([{"train/groups": 5, "train/groups_with_signal": 1}], None)[0]  # full fine-tuning

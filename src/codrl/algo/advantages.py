@@ -433,7 +433,8 @@ def compute_advantages(
     Metrics: ``return_mean``/``return_std`` (over episodes), ``adv_mean``/``adv_std``/
     ``adv_abs_mean`` and ``zero_adv_frac`` (over episodes, after post-processing),
     ``num_episodes``, ``num_groups``, ``degenerate_group_frac`` (groups of one or with equal
-    returns), and, when enabled, ``reweight_frac`` (share of scopes re-weighted),
+    returns), ``groups_with_signal`` (the other groups: those whose advantages are not all 0),
+    and, when enabled, ``reweight_frac`` (share of scopes re-weighted),
     ``reweight_temperature`` (mean ``T`` over re-weighted scopes, 0 if none), ``shift_frac`` and
     ``shift_mean`` (mean subtracted amount over shifted scopes, 0 if none).
     """
@@ -494,6 +495,7 @@ def compute_advantages(
             "num_episodes": float(len(episodes)),
             "num_groups": float(len(groups)),
             "degenerate_group_frac": degenerate / len(groups),
+            "groups_with_signal": float(len(groups) - degenerate),
         }
     )
     return metrics

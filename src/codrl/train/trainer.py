@@ -46,6 +46,7 @@ from codrl.rollout.experience import Experience, LifecycleResult
 from codrl.rollout.lifecycle import Job, LifecycleRunner, job_seeds, make_jobs
 from codrl.train.checkpoint import checkpoint_path, latest_checkpoint, read_checkpoint, restore_rng, save_checkpoint
 from codrl.train.config import TrainConfig
+from codrl.train.diagnostics import adapter_delta, groups_with_signal, verdict
 from codrl.train.update import PolicyUpdate
 
 
@@ -295,6 +296,9 @@ class Trainer:
         upd = self.update(exps)
         self.step_idx += 1
         self._sync_rollout_engine()
+        delta = adapter_delta(self.model)
+        if delta is not None:
+            upd["adapter_delta"] = delta
         t2 = time.time()
         by_env = {name: [r for r in results if r.env == name] for name in sorted({r.env for r in results})}
         metrics: dict[str, Any] = {
@@ -309,6 +313,7 @@ class Trainer:
             "time/rollout_s": t1 - t0, "time/update_s": t2 - t1,
             **{f"adv/{a}": b for a, b in adv_metrics.items()},
             **{f"train/{a}": b for a, b in upd.items()},
+            **{f"train/{a}": b for a, b in groups_with_signal(adv_metrics).items()},
             **stale,
         }
         return metrics
@@ -354,8 +359,8 @@ class Trainer:
                 summary = summarize(results, reward_range=reward_bounds(env, rcfg))
             self.evals.setdefault(env.name, {})[self.step_idx] = summary
             prefix = "eval" if single else f"eval/{env.name}"
-            self._log({f"{prefix}/pos{p.position}": p.mean_reward for p in summary.positions.get("cod", [])},
-                      self.step_idx)
+            self._log({f"{prefix}/pos{p.position}": p.mean_reward
+                       for p in summary.positions.get(rcfg.result_mode, [])}, self.step_idx)
             out[env.name] = summary
         return out
 
@@ -444,10 +449,11 @@ class Trainer:
                 self.history.append(m)
                 self._log(m, self.step_idx)
                 pos = self._position_text(m)
+                signal = f"groups with signal {m.get('train/groups_with_signal', 0)}/{m.get('train/groups', 0)}"
                 bar.update(task, completed=self.step_idx,
-                           info=f"reward by position {pos} loss {m.get('train/loss', float('nan')):.4f}")
+                           info=f"reward by position {pos} {signal} loss {m.get('train/loss', float('nan')):.4f}")
                 if not cfg.log.progress:
-                    self.console.print(f"step {self.step_idx}: reward by position {pos}")
+                    self.console.print(f"step {self.step_idx}: reward by position {pos} {signal}")
                 if cfg.save_every and self.step_idx % cfg.save_every == 0:
                     self.save()
                 if cfg.eval.every and self.step_idx % cfg.eval.every == 0 and self.step_idx < cfg.steps:
@@ -460,6 +466,8 @@ class Trainer:
         if main:
             self._write_curves()
             (self.out / "history.json").write_text(json.dumps(self.history, indent=1))
+            learned, line = verdict(self.history, adapter_delta(self.model))
+            self.console.print(("" if learned else "[bold red]no learning signal:[/] ") + line)
         if self._writer is not None:
             self._writer.close()
         return self.history
@@ -478,7 +486,8 @@ class Trainer:
         for env in self.eval_envs:
             evals = self.evals.get(env.name)
             if evals:
-                curves = {f"step {s}": summ.positions.get("cod", []) for s, summ in sorted(evals.items())}
+                mode = self.cfg.rollout.result_mode  # the context the evaluations played
+                curves = {f"step {s}": summ.positions.get(mode, []) for s, summ in sorted(evals.items())}
                 panels[f"{env.name}: reward by pack position during training"] = (curves, env.chance_reward)
         if panels:
             plot_panels(panels, self.out / "reward_by_position.png", title="reward by pack position during training")
