@@ -153,6 +153,8 @@ def test_weight_change_clears_the_cache(tiny):
     out = backend.generate([req])[0]
     fresh = HFBackend(model, tok, kv_cache_mb=0).generate([req])[0]
     assert out.completion_ids == fresh.completion_ids
+    # the cached engine decodes over a stored prefix, the fresh one prefills it: other shapes, so
+    # logprobs agree to float32 rounding, not bit for bit
     np.testing.assert_allclose(out.logprobs, fresh.logprobs, atol=1e-5)
 
 

@@ -2,7 +2,8 @@
 
 A tiny random Llama-like model: the policy loss, its gradients, the logprobs and the entropy metric
 from :func:`score_tokens` (hidden states, output head chunk by chunk, checkpointed) must equal
-those from ``model(...).logits`` -> :func:`token_logprobs` -> :func:`policy_loss`.
+those from ``model(...).logits`` -> :func:`token_logprobs` -> :func:`policy_loss`, up to float32
+rounding (:data:`RTOL`, :data:`ATOL`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ from codrl.train.memory import large_frees_to_os, set_mmap_threshold
 from codrl.train.scoring import score_tokens
 
 VOCAB = 97  # distinct from every other dimension, so vocabulary-sized tensors are recognisable
+#: The lean path multiplies the output head chunk by chunk and sums gradients over chunks: other
+#: matmul shapes and reduction orders than one full-logits pass, so float32 results agree to
+#: rounding only (and differ with the CPU's kernels and thread count), never bit for bit.
+RTOL = 1e-5
+ATOL = 1e-6
 
 
 def tiny_llama(tied: bool = True, seed: int = 0) -> LlamaForCausalLM:
@@ -73,12 +79,12 @@ def assert_same(model: nn.Module, b: dict[str, torch.Tensor], temperature: float
     lp_ref, loss_ref, g_ref = loss_and_grads(model, b, temperature, lean=False, cfg=cfg)
     lp_new, loss_new, g_new = loss_and_grads(model, b, temperature, lean=True, cfg=cfg)
     scored = b["mask"].bool()
-    assert torch.allclose(lp_new[scored], lp_ref[scored], rtol=1e-5, atol=1e-6)
-    assert torch.all(lp_new[~scored] == 0)
-    assert loss_new == pytest.approx(loss_ref, rel=1e-5, abs=1e-7)
+    assert torch.allclose(lp_new[scored], lp_ref[scored], rtol=RTOL, atol=ATOL)
+    assert torch.all(lp_new[~scored] == 0)  # masked out: written as exact zeros
+    assert loss_new == pytest.approx(loss_ref, rel=RTOL, abs=ATOL / 10)
     assert g_ref and len(g_new) == len(g_ref)
     for a, r in zip(g_new, g_ref, strict=True):
-        assert torch.allclose(a, r, rtol=1e-5, atol=1e-6 * float(r.abs().max()) + 1e-9)
+        assert torch.allclose(a, r, rtol=RTOL, atol=ATOL * float(r.abs().max()) + 1e-9)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7, 1.6])
@@ -121,12 +127,12 @@ def test_entropy_matches_full_logits() -> None:
                               with_entropy=True)
     assert scores.entropy is not None and not scores.entropy.requires_grad
     # the metric is the entropy of the model's own distribution, whatever the sampling temperature
-    assert float(masked_mean(scores.entropy, b["mask"])) == pytest.approx(float(expected), rel=1e-5)
+    assert float(masked_mean(scores.entropy, b["mask"])) == pytest.approx(float(expected), rel=RTOL)
     assert torch.all(scores.entropy[~b["mask"].bool()] == 0)
     # with gradients on, the entropy is still detached and the same
     scores = score_tokens(model, b["input_ids"], b["attention_mask"], b["mask"], 0.5, with_entropy=True)
     assert scores.logprobs.requires_grad and scores.entropy is not None and not scores.entropy.requires_grad
-    assert float(masked_mean(scores.entropy, b["mask"])) == pytest.approx(float(expected), rel=1e-5)
+    assert float(masked_mean(scores.entropy, b["mask"])) == pytest.approx(float(expected), rel=RTOL)
 
 
 def test_no_vocabulary_sized_tensor_is_kept_for_backward() -> None:
@@ -152,7 +158,7 @@ def test_all_positions_without_mask_and_under_no_grad() -> None:
     with torch.no_grad():
         expected = token_logprobs(model(input_ids=ids, attention_mask=attn).logits, ids, 1.3)
         got = score_tokens(model, ids, attn, None, 1.3, chunk_size=5).logprobs
-    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(got, expected, rtol=RTOL, atol=ATOL)
 
 
 def test_final_logit_softcapping_is_applied() -> None:
@@ -196,7 +202,7 @@ def test_left_padding_keeps_the_attention_mask() -> None:
     with torch.no_grad():
         expected = token_logprobs(model(input_ids=ids, attention_mask=attn).logits, ids)
         got = score_tokens(model, ids, attn, mask).logprobs
-    assert torch.allclose(got[:, 4:], expected[:, 4:], rtol=1e-5, atol=1e-6)
+    assert torch.allclose(got[:, 4:], expected[:, 4:], rtol=RTOL, atol=ATOL)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux-only")

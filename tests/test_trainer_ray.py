@@ -53,6 +53,8 @@ def run(cfg: TrainConfig) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]
 
 
 def rewards(history: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """The step's reward metrics. Compared exactly: they depend on the sampled token ids only, and
+    every side computes them with the same code from the lifecycles in job order."""
     return [{k: v for k, v in h.items() if k.startswith("reward/")} for h in history]
 
 
