@@ -33,10 +33,10 @@ class RolloutConfig(BaseModel):
     use_reply_prefix: bool = Field(True, description="prefill replies with the environment's reply prefix")
     update_reply_prefix: str = Field("Hints:\n", description="prefill of the update-context reply (not used with "
                                      "update_reasoning)")
-    update_reasoning: bool = Field(False, description="the update step reasons briefly, then writes the hints "
-                                   "between '--- Start of updated hints ---' and '--- End of updated hints ---' "
-                                   "(no prefill; parsed from the last such block) instead of a prefilled "
-                                   "'Hints:' block")
+    update_reasoning: bool = Field(False, description="cod context: the update step reasons briefly, then writes "
+                                   "the hints between '--- Start of updated hints ---' and '--- End of updated "
+                                   "hints ---' (no prefill; parsed from the last such block) instead of a "
+                                   "prefilled 'Hints:' block")
     on_hint_parse_failure: Literal["keep", "clear"] = Field(
         "keep", description="an invalid hints block (none parsed, or shorter than hint_min_chars): keep the "
                             "previous hints, or clear them to 'no hint available' (the reference's behaviour); "
