@@ -122,7 +122,7 @@ class OffOracle(OracleAgent):
         return reply
 
 
-PDE_PACKS = 10
+PDE_PACKS = 30
 PDE_CFG = {"pack_size": 4, "repeats": 2, "use_reply_prefix": False}
 
 
@@ -166,7 +166,7 @@ def test_pde_score_never_reaches_a_later_prompt(mode: str) -> None:
     cfg = RolloutConfig(mode=mode, **PDE_CFG)
     results, backend = play(env, packs, cfg, pde_agent, curator_or_hints)
     sightings, checked = score_sightings(results, backend)
-    assert checked > 300  # 10 packs x 2 repeats, 3 finished tasks each followed by several requests
+    assert checked > 1000  # 30 packs x 2 repeats, 3 finished tasks each followed by several requests
     assert sightings == []
     updates = [req for log in backend.log.values() for req, _ in log if is_context(req)]
     assert len(updates) == PDE_PACKS * 2 * 3
