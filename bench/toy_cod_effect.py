@@ -70,6 +70,21 @@ def curve(trainer: Trainer, which: str) -> list[float]:
     return evals[step].mean_rewards("cod")
 
 
+def warm_policy(env: SecretTable, args: argparse.Namespace, seed: int, folder: Path) -> Path:
+    """The seed's policy after the reading warm-up, saved in ``folder``; a folder that already holds
+    one (``--warm-dir`` of an earlier run; the folder's name carries every setting the warm-up
+    depends on) is reused as it is."""
+    if (folder / "config.json").is_file():
+        print(f"seed {seed}: reading warm-up reused from {folder}", flush=True)
+        return folder
+    model, tok = build_tiny_policy(env, hidden=args.hidden, layers=args.layers, seed=seed)
+    t0 = time.time()
+    warm = warmup_reader(model, tok, env, steps=args.warmup_steps, seed=seed)
+    print(f"seed {seed}: reading warm-up {time.time() - t0:.0f}s, "
+          f"loss {warm['loss_first']:.2f} -> {warm['loss_final']:.2f}", flush=True)
+    return save_policy(model, tok, folder)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     hf_logging.disable_progress_bar()
@@ -79,12 +94,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     staleness = 0
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):
-            model, tok = build_tiny_policy(env, hidden=args.hidden, layers=args.layers, seed=seed)
-            t0 = time.time()
-            warm = warmup_reader(model, tok, env, steps=args.warmup_steps, seed=seed)
-            print(f"seed {seed}: reading warm-up {time.time() - t0:.0f}s, "
-                  f"loss {warm['loss_first']:.2f} -> {warm['loss_final']:.2f}", flush=True)
-            model_dir = save_policy(model, tok, Path(tmp) / f"warm-{seed}")
+            name = f"warm-s{seed}-w{args.warmup_steps}-h{args.hidden}-l{args.layers}-k{args.keys_per_pack}"
+            model_dir = warm_policy(env, args, seed, Path(args.warm_dir or tmp) / name)
             for estimator in args.estimators:
                 t0 = time.time()
                 cfg = toy_config(model_dir, Path(tmp) / f"run-{seed}-{estimator}", estimator, args, seed)
@@ -117,6 +128,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup-steps", type=int, default=800)
     p.add_argument("--eval-packs", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--warm-dir", default=None,
+                   help="keep each seed's warmed-up policy here and reuse it when one with the same seed, "
+                        "--warmup-steps, --hidden, --layers and --keys-per-pack is there")
     p.add_argument("--estimators", nargs="+", choices=("cod", "grpo"), default=["cod", "grpo"],
                    help="credit estimators to train (the comparison needs both)")
     p.add_argument("--async-lookahead", type=int, default=0,

