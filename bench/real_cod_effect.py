@@ -61,9 +61,10 @@ def arm_config(base: TrainConfig, arm: str, out: Path, args: argparse.Namespace)
         update["model"] = base.model.model_copy(update={"device": args.device})
     if args.steps:
         update["steps"] = args.steps
-    if args.quick:
-        update |= {"steps": min(base.steps, 2), "eval": base.eval.model_copy(update={"at_start": False,
-                                                                                     "at_end": False})}
+    if args.quick:  # one small step per arm: the plumbing, on the real model, in minutes
+        update |= {"steps": 1, "packs_per_step": 1, "save_every": 1,
+                   "rollout": base.rollout.model_copy(update={"pack_size": min(base.rollout.pack_size, 3)}),
+                   "eval": base.eval.model_copy(update={"at_start": False, "at_end": False})}
     return base.model_copy(update=update)
 
 
@@ -220,7 +221,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--config", default=str(ROOT / "configs" / "real_cod_cpu.yaml"),
                    help="training config shared by both arms (default configs/real_cod_cpu.yaml)")
     p.add_argument("--out", default=None, help="output folder (default runs/real_cod_effect[_quick])")
-    p.add_argument("--quick", action="store_true", help="a small version (2 steps, 8 packs of K=3) for development")
+    p.add_argument("--quick", action="store_true",
+                   help="a small version for development: one step of one pack per arm, 6 test packs of K=3")
     p.add_argument("--device", default=None, help="cpu or cuda (default: the config's model.device)")
     p.add_argument("--steps", type=int, default=None, help="override the config's training steps")
     p.add_argument("--eval-packs", type=int, default=128, help="held-out test packs per evaluation")
@@ -230,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
-        args.eval_packs, args.eval_repeats, args.eval_k = min(args.eval_packs, 8), 1, min(args.eval_k, 3)
+        args.eval_packs, args.eval_repeats, args.eval_k = min(args.eval_packs, 6), 1, min(args.eval_k, 3)
     if args.eval_k < 2:
         p.error("--eval-k must be >= 2 (a gain compares later positions with the first)")
     out = Path(args.out or ("runs/real_cod_effect_quick" if args.quick else "runs/real_cod_effect"))
