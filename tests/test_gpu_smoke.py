@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from support import load_bench  # noqa: E402
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "gpu_smoke.py"
 #: codrl dependencies outside the script's documented needs (torch, transformers, numpy, pydantic, pyyaml).
@@ -19,15 +20,6 @@ NOT_NEEDED = ("accelerate", "gguf", "matplotlib", "openai", "peft", "rich", "sci
 #: unimportable (a ``None`` entry in ``sys.modules`` makes ``import`` fail and ``find_spec`` find nothing).
 PROBE = (f"import runpy, sys; sys.modules.update(dict.fromkeys({NOT_NEEDED!r})); sys.argv = sys.argv[1:]; "
          "runpy.run_path(sys.argv[0], run_name='__main__')")
-
-
-def load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_smoke", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
 
 
 def run_bench(*args: str, timeout: float) -> dict[str, float]:
@@ -54,7 +46,7 @@ def test_tiny_cpu_run_reports_positive_rates_with_core_dependencies_only() -> No
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error shown without CUDA")
 def test_cuda_without_cuda_is_a_one_line_error() -> None:
     with pytest.raises(SystemExit) as exit_info:
-        load_bench().main(["--device", "cuda"])
+        load_bench("gpu_smoke").main(["--device", "cuda"])
     message = str(exit_info.value.code)
     assert "CUDA is not available" in message and "\n" not in message
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
+import sys
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,9 @@ from codrl.backends.openai_backend import (
     _strip_prefix,
 )
 from codrl.errors import CodrlError
+
+sys.path.insert(0, str(Path(__file__).parent))
+from support import serve_in_thread  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -159,17 +163,8 @@ class _FakeHandler(BaseHTTPRequestHandler):
 @pytest.fixture()
 def fake_server() -> Iterator[Any]:
     """A tiny in-process OpenAI-compatible server for error paths."""
-    srv: Any = ThreadingHTTPServer(("127.0.0.1", 0), _FakeHandler)
-    srv.mode = "ok"
-    srv.content = "Answer: four"
-    srv.bodies = []
-    th = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    th.start()
-    try:
+    with serve_in_thread(_FakeHandler, mode="ok", content="Answer: four", bodies=[]) as srv:
         yield srv
-    finally:
-        srv.shutdown()
-        srv.server_close()
 
 
 def test_generate_raises_after_bounded_retries(fake_server: Any) -> None:

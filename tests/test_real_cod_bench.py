@@ -4,7 +4,6 @@ every key, and a second run finds every stage cached. The effect itself is the b
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -13,18 +12,10 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
+from support import load_bench  # noqa: E402
 from toy_config import toy_train_config  # noqa: E402
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "real_cod_effect.py"
 KEYS = ("base_gain", "cod_gain", "grpo_gain", "cod_minus_grpo_late", "cod_nohint_gain", "minutes", "device")
-
-
-def load_bench():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("real_cod_effect", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_experiment_stages_result_and_cache(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -33,7 +24,7 @@ def test_experiment_stages_result_and_cache(tiny_dir: Path, tmp_path: Path, caps
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     args = ["--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "out"), "--eval-packs", "3",
             "--eval-repeats", "2", "--eval-k", "3", "--no-progress"]
-    bench = load_bench()
+    bench = load_bench("real_cod_effect")
     first = bench.main(args)
     out = capsys.readouterr().out
     last = out.strip().splitlines()[-1]

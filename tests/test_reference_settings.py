@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import copy
 import json
-import threading
+import sys
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,9 @@ from codrl.rollout.experience import Experience, LifecycleResult
 from codrl.rollout.lifecycle import LifecycleRunner, make_jobs, solve_reward, turn_penalty
 from codrl.rollout.prompts import HINTS_END, HINTS_START, NO_HINT, UPDATE_SYSTEM, parse_hints_block
 from codrl.view.data import lifecycle_row
+
+sys.path.insert(0, str(Path(__file__).parent))
+from support import serve_in_thread  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 Agent = Any  # a scripted agent: act(hints, observation) -> reply
@@ -321,15 +324,8 @@ class _TemplateServer(BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def template_server(tiny: tuple[Any, Any]) -> Iterator[str]:
-    srv: Any = ThreadingHTTPServer(("127.0.0.1", 0), _TemplateServer)
-    srv.tokenizer, srv.bodies = tiny[1], []
-    th = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    th.start()
-    try:
+    with serve_in_thread(_TemplateServer, tokenizer=tiny[1], bodies=[]) as srv:
         yield srv
-    finally:
-        srv.shutdown()
-        srv.server_close()
 
 
 def test_endpoint_requests_carry_chat_template_kwargs(template_server: Any) -> None:

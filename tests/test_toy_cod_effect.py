@@ -8,21 +8,15 @@ by a wide margin: on this budget cod's late positions reach about 0.9 while grpo
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "toy_cod_effect.py"
+sys.path.insert(0, str(Path(__file__).parent))
+from support import load_bench  # noqa: E402
+
 BUDGET = ["--seeds", "1", "--steps", "12", "--warmup-steps", "600", "--eval-packs", "48"]
-
-
-def load_bench():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("toy_cod_effect", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +32,7 @@ def result_of(out: str) -> dict[str, str]:
 @pytest.mark.slow
 def test_cod_credit_beats_per_task_grpo_on_late_positions(capsys: pytest.CaptureFixture[str],
                                                           warm_dir: str) -> None:
-    load_bench().main([*BUDGET, "--warm-dir", warm_dir])
+    load_bench("toy_cod_effect").main([*BUDGET, "--warm-dir", warm_dir])
     out = capsys.readouterr().out
     result = result_of(out)
     cod_first, cod_late, grpo_late = (float(result[k]) for k in ("cod_first", "cod_late", "grpo_late"))
@@ -51,7 +45,7 @@ def test_asynchronous_steps_still_learn_the_effect(capsys: pytest.CaptureFixture
     """Each step's rollouts played by the weights one update old, while the previous step trains:
     the late positions still clear chance by a wide margin within the same budget, and no logged
     staleness exceeds 1."""
-    load_bench().main([*BUDGET, "--warm-dir", warm_dir, "--estimators", "cod", "--async-lookahead", "1"])
+    load_bench("toy_cod_effect").main([*BUDGET, "--warm-dir", warm_dir, "--estimators", "cod", "--async-lookahead", "1"])
     out = capsys.readouterr().out
     result = result_of(out)
     assert float(result["cod_late"]) >= 0.7, out
