@@ -36,7 +36,7 @@ if [ "$#" -eq 0 ]; then
   rc2=0
   ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 OMP_NUM_THREADS=2 \
     run_pytest tests/test_distributed_torch.py tests/test_train_memory.py tests/test_kv_cache.py \
-    tests/test_resume.py -k "not embedded" || rc2=$?
+    tests/test_resume.py -k "not embedded and not lora_run" || rc2=$?
   if [ "$rc" -eq 0 ]; then rc=$rc2; fi
 fi
 exit "$rc"
