@@ -110,7 +110,8 @@ def eval_model(model: str | None, cfg: TrainConfig, folder: Path, args: argparse
     ecfg = EvalConfig(env=env.name, env_params=env.params, split="test", packs=args.eval_packs,
                       seed=args.eval_seed, contexts=list(CONTEXTS), rollout=rollout)
     backend = HFBackend.from_pretrained(model, device=args.device or cfg.model.device, dtype=cfg.model.dtype,
-                                        max_batch_size=cfg.generation_batch_size, kv_cache_mb=cfg.model.kv_cache_mb)
+                                        max_batch_size=cfg.generation_batch_size, kv_cache_mb=cfg.model.kv_cache_mb,
+                                        chat_template_kwargs=cfg.model.chat_template_kwargs)
     try:
         torch.manual_seed(args.eval_seed)
         evaluate(backend, ecfg, folder, title=f"{folder.name}: {env.name} test packs", progress=not args.no_progress)
