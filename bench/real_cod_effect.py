@@ -100,21 +100,28 @@ def eval_model(model: str | None, cfg: TrainConfig, folder: Path, args: argparse
     """Evaluate one model with both contexts on the held-out packs (cached); returns minutes spent."""
     from codrl.backends.hf import HFBackend
 
-    if (folder / "results.json").is_file() and (folder / "trajectories.jsonl").is_file():
-        print(f"[cached] {folder}")
-        return 0.0
-    t0 = time.time()
     env = cfg.envs[0]
     rollout = cfg.rollout.model_copy(update={"pack_size": args.eval_k, "repeats": args.eval_repeats,
                                              "temperature": cfg.eval.temperature})
     ecfg = EvalConfig(env=env.name, env_params=env.params, split="test", packs=args.eval_packs,
                       seed=args.eval_seed, contexts=list(CONTEXTS), rollout=rollout)
+    settings = {"model": model, "eval": ecfg.model_dump(mode="json")}
+    stamp = folder / "bench_eval.json"  # what the cached results were played with
+    if (folder / "results.json").is_file() and (folder / "trajectories.jsonl").is_file():
+        if stamp.is_file() and json.loads(stamp.read_text()) == settings:
+            print(f"[cached] {folder}")
+            return 0.0
+        print(f"[stale] {folder}: played with other settings (or of unknown ones); evaluating again")
+        for name in ("results.json", "trajectories.jsonl", "episodes.csv", stamp.name):
+            (folder / name).unlink(missing_ok=True)
+    t0 = time.time()
     backend = HFBackend.from_pretrained(model, device=args.device or cfg.model.device, dtype=cfg.model.dtype,
                                         max_batch_size=cfg.generation_batch_size, kv_cache_mb=cfg.model.kv_cache_mb,
                                         chat_template_kwargs=cfg.model.chat_template_kwargs)
     try:
         torch.manual_seed(args.eval_seed)
         evaluate(backend, ecfg, folder, title=f"{folder.name}: {env.name} test packs", progress=not args.no_progress)
+        stamp.write_text(json.dumps(settings, indent=1))
     finally:
         backend.close()
         del backend
@@ -264,7 +271,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def means_used(cfg: TrainConfig) -> list[str]:
     """The features the config uses to give a small model a learning signal (printed above the result)."""
     r = cfg.rollout
-    out = [f"world {cfg.envs[0].name}", f"group of {r.repeats} repeats", f"temperature {r.temperature}"]
+    env = cfg.envs[0]
+    world = env.name + (f" ({', '.join(f'{k}={v}' for k, v in env.params.items())})" if env.params else "")
+    out = [f"world {world}", f"group of {r.repeats} repeats", f"temperature {r.temperature}"]
     if r.use_reply_prefix:
         out.append("reply prefix (short answers)")
     out.append(f"LoRA r={cfg.model.lora.r}" if cfg.model.lora else "full fine-tuning")

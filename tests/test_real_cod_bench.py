@@ -47,3 +47,11 @@ def test_experiment_stages_result_and_cache(tiny_dir: Path, tmp_path: Path, caps
     out = capsys.readouterr().out
     assert out.count("[cached]") == 5 and "minutes=0.0" in out
     assert {k: v[0] for k, v in again.items()} == {k: v[0] for k, v in first.items()}
+
+    args[args.index("--eval-packs") + 1] = "2"  # other evaluation settings: the cached reports are stale
+    bench.main(args)
+    out = capsys.readouterr().out
+    assert out.count("[cached]") == 2 and out.count("[stale]") == 3  # the arms stay trained
+    for model in ("base", "cod", "grpo"):
+        rows = [json.loads(line) for line in (tmp_path / "out" / f"eval-{model}" / "trajectories.jsonl").open()]
+        assert len({r["pack_id"] for r in rows}) == 2 and len(rows) == 2 * 2 * 2

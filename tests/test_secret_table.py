@@ -180,3 +180,51 @@ def test_random_replies_never_raise():
         right = pack.world["table"][task.spec["key"]]
         assert r.reward == (1.0 if reply.strip() == right else 0.0)
         assert fact(task.spec["key"], right) in r.feedback.split()
+
+
+# -- the chat style (real chat models) ----------------------------------------------------------
+def test_chat_style_texts_prefix_and_parse():
+    env = make_env("secret_table", style="chat")
+    assert env.reply_prefix == "<answer>" and env.stop_strings == ("</answer>",)
+    assert "a, b, c, d" in env.system_prompt and "<answer>1</answer>" in env.system_prompt
+    assert make_env("secret_table").reply_prefix == ""  # the toy style is unchanged
+    ep, obs = hand_episode("b", env)
+    assert obs == "What is the number of letter b?"
+    res = ep.step("<answer>1 is the number")  # the number opening the tag is the answer
+    assert (res.reward, res.valid, res.done) == (1.0, True, True)
+    assert res.feedback == "Correct. The number of letter b is 1."
+    for reply, reward, valid in [("<answer>1</answer>", 1.0, True), ("<answer> 1\n", 1.0, True),
+                                 ("<answer>3</answer>", 0.0, True), ("<answer>12</answer>", 0.0, False),
+                                 ("<answer>N</answer>", 0.0, False), ("1", 0.0, False), ("", 0.0, False)]:
+        ep, _ = hand_episode("b", env)
+        res = ep.step(reply)
+        assert (res.reward, res.valid) == (reward, valid), reply
+        assert "The number of letter b is 1." in res.feedback  # every outcome reveals the entry
+    with pytest.raises(ValueError, match="style must be one of 'toy', 'chat'"):
+        make_env("secret_table", style="prose")
+
+
+@pytest.mark.parametrize("style", ["toy", "chat"])
+def test_checklist_levels(style):
+    from codrl.envs.checklist import levels
+    from codrl.envs.scripted import agents_for
+
+    env = make_env("secret_table", style=style)
+    lv = levels(env, *agents_for("secret_table"), packs=200, pack_size=4)
+    assert lv.oracle == 1.0
+    assert lv.chance == pytest.approx(0.25, abs=0.06)
+    assert lv.learner_last == 1.0  # one key per pack: the copied entry answers every later task
+    assert lv.learner_last - lv.learner_first > 0.5
+    assert abs(lv.memoryless_last - lv.memoryless_first) < 0.1  # no memory, no improvement
+
+
+def test_learner_reads_only_text():
+    from codrl.envs.checklist import reward_matrix
+    from codrl.envs.scripted import agents_for
+
+    env = make_env("secret_table", style="chat")
+    learner = agents_for("secret_table").learner
+    a = reward_matrix(env, learner, packs=20)
+    b = reward_matrix(env, lambda pack, rng: learner(Pack(pack.pack_id, pack.env, pack.split, {}, pack.tasks), rng),
+                      packs=20)
+    assert np.array_equal(a, b)

@@ -57,7 +57,7 @@ BUILTIN: dict[str, tuple[str, dict[str, Any], str]] = {
     "code_hard": ("codrl.envs.code:CodeEnv", {"name": "code_hard", "variant": "hard"},
                   "Code with a 1-based ledger API, a quantity-0 rule and one failure shown per report"),
     "secret_table": ("codrl.envs.secret_table:SecretTable", {},
-                     "SecretTable (toy): recall a hidden key -> value table; for the tiny policy"),
+                     "SecretTable: recall a hidden key -> value table (style toy: the tiny policy; chat: real models)"),
 }
 
 

@@ -22,6 +22,7 @@ policy of :mod:`codrl.backends.tiny` reads them with a word-level tokenizer.
 from __future__ import annotations
 
 import json
+import re
 import string
 from typing import Any
 
@@ -32,6 +33,7 @@ from codrl.envs.base import CoDEnv, Episode, Pack, StepResult, Task
 #: Texts of the environment (short; every word is a token of the tiny policy's vocabulary).
 SYSTEM_PROMPT = "Secret table. Answer with one value."
 FORMAT_TEXT = "Invalid. Answer with one value."
+CHAT_FORMAT_TEXT = "Invalid reply: answer with <answer>N</answer>."
 CORRECT_TEXT = "Correct."
 WRONG_TEXT = "Wrong."
 OVER_TEXT = "Over."
@@ -56,13 +58,35 @@ def observation_text(key: str) -> str:
     return f"Query: {key} ?"
 
 
+_CHAT_ANSWER_RE = re.compile(r"<answer>\s*(\d+)(?!\d)")
+
+#: Styles of the texts: ``toy`` (few distinct words, for the word-level tiny policy) and ``chat``
+#: (plain sentences and an answer tag, for real chat models).
+STYLES = ("toy", "chat")
+
+
+def chat_system_prompt(keys: tuple[str, ...], values: tuple[str, ...]) -> str:
+    """The ``chat`` style's system prompt: the rules, and the answer format."""
+    return (f"A hidden table gives each letter ({', '.join(keys)}) a number ({', '.join(values)}). "
+            "The table is the same in every task of this environment. Each task asks for the number of one "
+            "letter. After each answer you are told the right one.\n"
+            f"Reply with the number only, for example <answer>{values[0]}</answer>.")
+
+
+def chat_observation_text(key: str) -> str:
+    """The ``chat`` style's question about ``key``."""
+    return f"What is the number of letter {key}?"
+
+
 class SecretTable(CoDEnv):
     """A hidden key -> value table shared by a pack; each task asks for one key's value.
 
     Parameters: ``num_keys`` (keys ``a``, ``b``, ...; at most 26), ``num_values`` (values ``1`` ..
     ``num_values``; at least 2), ``keys_per_pack`` (how many distinct keys a pack asks about;
-    between 1 and ``num_keys``), ``name``. Rewards: 1.0 for the right value, 0.0 for a wrong or
-    malformed reply. Episodes are single-turn.
+    between 1 and ``num_keys``), ``style`` (``toy``: terse texts for the tiny policy; ``chat``:
+    sentences for a real chat model, whose reply is prefilled with ``<answer>`` so that it writes
+    one number and closes the tag), ``name``. Rewards: 1.0 for the right value, 0.0 for a wrong or
+    malformed reply. Episodes are single-turn; the feedback always reveals ``key=value``.
     """
 
     reply_prefix = ""
@@ -71,9 +95,11 @@ class SecretTable(CoDEnv):
     split_by = "world"  # the split is a property of the table
 
     def __init__(self, num_keys: int = 4, num_values: int = 4, keys_per_pack: int = 1,
-                 name: str = "secret_table", max_world_tries: int = 10_000) -> None:
+                 name: str = "secret_table", max_world_tries: int = 10_000, style: str = "toy") -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"secret_table: name must be a non-empty string, got {name!r}")
+        if style not in STYLES:
+            raise ValueError(f"{name}: style must be one of {', '.join(map(repr, STYLES))}, got {style!r}")
         num_keys = _positive_int(name, "num_keys", num_keys)
         num_values = _positive_int(name, "num_values", num_values)
         keys_per_pack = _positive_int(name, "keys_per_pack", keys_per_pack)
@@ -91,7 +117,13 @@ class SecretTable(CoDEnv):
         self.max_world_tries = max_world_tries
         self.keys: tuple[str, ...] = tuple(string.ascii_lowercase[:num_keys])
         self.values: tuple[str, ...] = tuple(str(v) for v in range(1, num_values + 1))
-        self.system_prompt = SYSTEM_PROMPT
+        self.style = style
+        if style == "chat":
+            self.system_prompt = chat_system_prompt(self.keys, self.values)
+            self.reply_prefix = "<answer>"
+            self.stop_strings = ("</answer>",)
+        else:
+            self.system_prompt = SYSTEM_PROMPT
         self.chance_reward = 1.0 / num_values
 
     # -- CoDEnv -------------------------------------------------------------------------------
@@ -113,7 +145,7 @@ class SecretTable(CoDEnv):
         key = task.spec.get("key") if isinstance(task.spec, dict) else None
         if key not in table:
             raise ValueError(f"{self.name}: task asks about key {key!r}, which the table lacks")
-        return SecretTableEpisode(str(key), table[key], self.values)
+        return SecretTableEpisode(str(key), table[key], self.values, chat=self.style == "chat")
 
     def task_key(self, world: dict[str, Any], spec: dict[str, Any]) -> str:
         """The split is decided by the table alone, so train and test never share a table."""
@@ -134,27 +166,36 @@ class SecretTableEpisode(Episode):
     ``invalid`` or ``over``), ``key``, ``answer`` (the right value) and ``guess`` (the parsed
     value, or None)."""
 
-    def __init__(self, key: str, answer: str, values: tuple[str, ...]) -> None:
+    def __init__(self, key: str, answer: str, values: tuple[str, ...], chat: bool = False) -> None:
         self.key = key
         self.answer = answer
         self.values = frozenset(values)
+        self.chat = chat
         self.done = False
 
     def reset(self) -> str:
         """Return the question."""
         self.done = False
-        return observation_text(self.key)
+        return chat_observation_text(self.key) if self.chat else observation_text(self.key)
 
     def parse(self, reply: str) -> str | None:
-        """The value a reply names, or None unless it is exactly one value token (spaces aside)."""
+        """The value a reply names, or None unless it is exactly one value token (spaces aside).
+        In the ``chat`` style the value is the whole number that opens the reply's ``<answer>`` tag
+        (what follows it is not read: the stop string usually cuts the closing tag)."""
         if not isinstance(reply, str):
             return None
         guess = reply.strip()
+        if self.chat:
+            m = _CHAT_ANSWER_RE.match(guess)
+            if m is None:
+                return None
+            guess = m.group(1)
         return guess if guess in self.values else None
 
     def step(self, reply: str) -> StepResult:
         """Score the reply and reveal the right answer. Never raises."""
-        revealed = fact(self.key, self.answer)
+        revealed = (f"The number of letter {self.key} is {self.answer}." if self.chat
+                    else fact(self.key, self.answer))
         info: dict[str, Any] = {"key": self.key, "answer": self.answer, "guess": None}
         if self.done:
             return StepResult(None, 0.0, True, f"{OVER_TEXT} {revealed}", True, {**info, "event": "over"})
@@ -162,7 +203,8 @@ class SecretTableEpisode(Episode):
         guess = self.parse(reply)
         info["guess"] = guess
         if guess is None:
-            return StepResult(None, 0.0, True, f"{FORMAT_TEXT} {revealed}", False, {**info, "event": "invalid"})
+            invalid = CHAT_FORMAT_TEXT if self.chat else FORMAT_TEXT
+            return StepResult(None, 0.0, True, f"{invalid} {revealed}", False, {**info, "event": "invalid"})
         if guess == self.answer:
             return StepResult(None, 1.0, True, f"{CORRECT_TEXT} {revealed}", True, {**info, "event": "correct"})
         return StepResult(None, 0.0, True, f"{WRONG_TEXT} {revealed}", True, {**info, "event": "wrong"})

@@ -24,6 +24,7 @@ MODULES: dict[str, str] = {
     "pde": "pde", "pde_hard": "pde",
     "diagnosis": "diagnosis",
     "code": "code", "code_hard": "code",
+    "secret_table": "secret_table",
 }
 
 
