@@ -140,11 +140,15 @@ def free_port() -> int:
 
 
 def synthetic_rows() -> list[TrainSeq]:
-    """Nine rows of different lengths, advantages of both signs, logprobs off the policy's."""
+    """Nine rows of different lengths, advantages of both signs, logprobs off the policy's; four of
+    them share their first 10 tokens (a micro-batch of them computes that prefix once)."""
     gen = torch.Generator().manual_seed(1)
+    shared = torch.randint(1, 32, (10,), generator=gen).tolist()
     exps = []
     for i, (p, c) in enumerate([(3, 2), (17, 6), (5, 3), (9, 8), (4, 2), (12, 5), (6, 4), (20, 3), (8, 7)]):
         ids = torch.randint(1, 32, (p + c,), generator=gen).tolist()
+        if i in (1, 3, 5, 7):
+            ids[:10] = shared
         lp = (-0.5 - torch.rand(c, generator=gen)).tolist()
         exps.append(Experience(pack_id=f"p{i}", repeat=0, episode_type="solve", position=0, turn=0,
                                prompt_ids=ids[:p], completion_ids=ids[p:], logprobs=lp, text="",

@@ -131,8 +131,9 @@ class TokenScorer(nn.Module):
         self.model = model
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None, mask: Tensor | None, temperature: float,
-                with_entropy: bool) -> tuple[Tensor, Tensor | None]:
-        scores = score_tokens(self.model, input_ids, attention_mask, mask, temperature, with_entropy=with_entropy)
+                with_entropy: bool, prefix_len: int = 0) -> tuple[Tensor, Tensor | None]:
+        scores = score_tokens(self.model, input_ids, attention_mask, mask, temperature, with_entropy=with_entropy,
+                              prefix_len=prefix_len)
         return scores.logprobs, scores.entropy
 
 
@@ -151,10 +152,13 @@ class TrainedModel:
         #: The module every scoring pass is called through (the scorer, or its DDP wrapper).
         self.engine: nn.Module = self.scorer
 
+    #: Whether a scoring pass may compute a shared prefix once (``prefix_len`` of :meth:`score`).
+    shares_prefix = True
+
     def score(self, input_ids: Tensor, attention_mask: Tensor | None, mask: Tensor | None, temperature: float,
-              with_entropy: bool = False) -> TokenScores:
+              with_entropy: bool = False, prefix_len: int = 0) -> TokenScores:
         """Scores of the trained tokens (see :func:`~codrl.train.scoring.score_tokens`)."""
-        logprobs, entropy = self.engine(input_ids, attention_mask, mask, temperature, with_entropy)
+        logprobs, entropy = self.engine(input_ids, attention_mask, mask, temperature, with_entropy, prefix_len)
         return TokenScores(logprobs, entropy)
 
     def gradient_sync(self, enabled: bool) -> AbstractContextManager[None]:
@@ -220,7 +224,13 @@ class FSDPModel(TrainedModel):
     final norm, head) keeps them from its forward through the backward, which recomputes the
     head's chunks. The optimizer must be built on the parameters after wrapping (they become
     DTensor shards).
+
+    No prefix sharing in the update (:attr:`shares_prefix` False): every layer call is a
+    collective, so all ranks must run the same forward calls, and a shared prefix is one more
+    call on the ranks whose micro-batch has one.
     """
+
+    shares_prefix = False
 
     def __init__(self, model: nn.Module, ctx: DistContext) -> None:
         from torch.distributed.device_mesh import init_device_mesh

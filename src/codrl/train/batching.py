@@ -76,19 +76,96 @@ def to_sequences(exps: list[Experience], merge_turns: bool = True) -> list[Train
     return out
 
 
-def micro_batches(seqs: list[TrainSeq], token_budget: int) -> list[list[TrainSeq]]:
-    """Group rows (sorted by length) so that rows x longest row <= ``token_budget``."""
-    order = sorted(seqs, key=lambda e: e.num_tokens)
-    batches: list[list[TrainSeq]] = []
-    cur: list[TrainSeq] = []
-    for e in order:
-        if cur and (len(cur) + 1) * max(e.num_tokens, cur[-1].num_tokens) > token_budget:
+#: Shortest shared prefix worth computing once (below it, rows run in full).
+MIN_SHARED_PREFIX = 8
+
+
+def _common_len(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _unscored_len(e: TrainSeq) -> int:
+    """How many leading tokens of a row no scored position depends on as its own position: a
+    shared prefix may cover them (the first trained token is predicted from the token before it)."""
+    first = next((i for i, m in enumerate(e.mask) if m), e.num_tokens)
+    return max(0, first - 1)
+
+
+def shared_prefix_len(seqs: Sequence[TrainSeq]) -> int:
+    """Length of the prefix that a micro-batch's rows can compute once (0: none worth sharing).
+
+    The longest run of leading tokens every row has, cut before the first scored position of
+    any row (:func:`codrl.train.scoring.score_tokens` with ``prefix_len``). Needs two rows or more.
+    """
+    if len(seqs) < 2:
+        return 0
+    n = min(_unscored_len(e) for e in seqs)
+    first = seqs[0].input_ids
+    for e in seqs[1:]:
+        n = min(n, _common_len(first, e.input_ids))
+    return n if n >= MIN_SHARED_PREFIX else 0
+
+
+def computed_tokens(seqs: Sequence[TrainSeq], share_prefix: bool) -> int:
+    """Tokens a micro-batch's forward computes (padding aside): every row in full, or the shared
+    prefix once and each row's rest."""
+    total = sum(e.num_tokens for e in seqs)
+    n = shared_prefix_len(seqs) if share_prefix else 0
+    return total - n * (len(seqs) - 1) if n else total
+
+
+def micro_batches(seqs: list[TrainSeq], token_budget: int, share_prefix: bool = False) -> list[list[TrainSeq]]:
+    """Cut rows into micro-batches of at most ``token_budget`` tokens of padded compute.
+
+    Rows go in order of length, and a micro-batch holds rows x longest row <= ``token_budget``.
+    With ``share_prefix`` the rows go in lexicographic order of their token ids instead, so rows
+    that share a prefix (the same system prompt, the repeats of a pack's first task) sit side by
+    side. Each run of rows sharing at least :data:`MIN_SHARED_PREFIX` tokens is cut into
+    micro-batches whose cost is the shared prefix once plus rows x (longest row - prefix); a row
+    whose prefix with the previous one is less than half the micro-batch's shared prefix starts
+    a new one, so sharing is not given up for fill. Rows that share nothing are packed by length.
+    """
+    if not share_prefix:
+        order = sorted(seqs, key=lambda e: e.num_tokens)
+        batches: list[list[TrainSeq]] = []
+        cur: list[TrainSeq] = []
+        for e in order:
+            if cur and (len(cur) + 1) * max(e.num_tokens, cur[-1].num_tokens) > token_budget:
+                batches.append(cur)
+                cur = []
+            cur.append(e)
+        if cur:
             batches.append(cur)
-            cur = []
-        cur.append(e)
-    if cur:
-        batches.append(cur)
-    return batches
+        return batches
+    clusters: list[list[TrainSeq]] = []  # runs of rows, in token order, sharing a prefix worth sharing
+    for e in sorted(seqs, key=lambda e: e.input_ids):
+        prev = clusters[-1][-1] if clusters else None
+        if prev is not None and min(_common_len(prev.input_ids, e.input_ids), _unscored_len(prev),
+                                    _unscored_len(e)) >= MIN_SHARED_PREFIX:
+            clusters[-1].append(e)
+        else:
+            clusters.append([e])
+    out: list[list[TrainSeq]] = []
+    for run in (c for c in clusters if len(c) > 1):
+        cur: list[TrainSeq] = []
+        shared = longest = 0
+        for e in run:
+            if cur:
+                n = min(shared, _common_len(cur[-1].input_ids, e.input_ids), _unscored_len(e))
+                width = max(longest, e.num_tokens)
+                if n + (len(cur) + 1) * (width - n) <= token_budget and not (len(cur) > 1 and n < shared // 2):
+                    cur.append(e)
+                    shared, longest = n, width
+                    continue
+                out.append(cur)
+            cur, shared, longest = [e], _unscored_len(e), e.num_tokens
+        out.append(cur)
+    loose = [c[0] for c in clusters if len(c) == 1]  # rows that share nothing: packed by length
+    return out + micro_batches(loose, token_budget)
 
 
 def balance_by_tokens(tokens: Sequence[int], parts: int) -> list[list[int]]:
@@ -118,14 +195,15 @@ def split_rows(seqs: list[TrainSeq], parts: int) -> list[list[TrainSeq]]:
     return [[seqs[i] for i in idx] for idx in balance_by_tokens([s.num_tokens for s in seqs], parts)]
 
 
-def rank_micro_batches(shares: list[list[TrainSeq]], token_budget: int, rank: int) -> list[list[TrainSeq]]:
+def rank_micro_batches(shares: list[list[TrainSeq]], token_budget: int, rank: int,
+                       share_prefix: bool = False) -> list[list[TrainSeq]]:
     """Micro-batches of ``shares[rank]``, padded with empty ones up to the most any rank has.
 
     ``shares`` holds every rank's rows. All ranks then run the same number of forward and backward
     passes, which a sharded model (FSDP2 all-gathers parameters in every forward) and the last
     micro-batch's gradient reduction need; an empty micro-batch stands for a zero-weighted pass.
     """
-    cut = [micro_batches(rows, token_budget) for rows in shares]
+    cut = [micro_batches(rows, token_budget, share_prefix) for rows in shares]
     mine = cut[rank]
     return mine + [[] for _ in range(max(map(len, cut)) - len(mine))]
 

@@ -160,6 +160,9 @@ class TrainConfig(BaseModel):
         "auto", description="auto: reuse rollout logprobs when the rollout policy is the trained model")
     merge_turns: bool = Field(True, description="train a multi-turn episode as one row when its turns' token ids "
                               "extend each other exactly (one forward instead of K)")
+    share_prefix: bool = Field(True, description="the update computes a prefix shared by a micro-batch's rows (the "
+                               "system prompt, a pack's first task) once instead of once per row; exact, off under "
+                               "gradient checkpointing")
     generation_batch_size: int = Field(32, ge=1)
     save_every: int = Field(1, ge=0, description="checkpoint every N steps (0 = only at the end)")
     output_dir: str = "runs/train"

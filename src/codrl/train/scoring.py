@@ -23,6 +23,7 @@ model's full logits if its forward does something else after the head (e.g. a lo
 
 from __future__ import annotations
 
+import inspect
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -139,9 +140,48 @@ def _right_padded(attention_mask: Tensor | None) -> bool:
     return bool((mask[:, 1:] <= mask[:, :-1]).all())
 
 
+def _cache_kwarg(module: nn.Module) -> str:
+    """Name of ``module``'s KV-cache argument: ``cache`` in recent transformers, else ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(type(module).forward).parameters else "past_key_values"
+
+
+def can_share_prefix(model: nn.Module) -> bool:
+    """Whether :func:`score_tokens` may run a shared prefix once for a batch (``prefix_len`` > 0).
+
+    Not under gradient checkpointing: transformers turns the KV cache off there in training mode."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):  # new name first
+        if hasattr(type(base), name) or name in vars(base):
+            return not bool(getattr(base, name))
+    return True
+
+
+def _body(fn: nn.Module, input_ids: Tensor, attention_mask: Tensor | None, prefix_len: int,
+          logits: bool) -> Tensor:
+    """Last hidden states (or logits) of ``fn`` at positions ``prefix_len`` and later.
+
+    ``prefix_len`` > 0: the first ``prefix_len`` tokens, the same in every row, run once (one row)
+    into a KV cache kept with autograd; the cache is repeated over the rows and each row's rest
+    runs on top of it. Every row's gradient reaches the shared prefix through its own copy of the
+    cache, so the gradients are those of running every row in full.
+    """
+    if prefix_len <= 0:
+        out = fn(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return out.logits if logits else out.last_hidden_state
+    kwarg = _cache_kwarg(fn.get_base_model() if hasattr(fn, "get_base_model") else fn)
+    first = fn(input_ids=input_ids[:1, :prefix_len], use_cache=True)
+    cache = getattr(first, kwarg, None)
+    if cache is None:
+        cache = first.past_key_values
+    if input_ids.shape[0] > 1:
+        cache.batch_repeat_interleave(input_ids.shape[0])
+    out = fn(input_ids=input_ids[:, prefix_len:], use_cache=True, **{kwarg: cache})
+    return out.logits if logits else out.last_hidden_state
+
+
 def score_tokens(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None, mask: Tensor | None = None,
                  temperature: float = 1.0, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                 with_entropy: bool = False) -> TokenScores:
+                 with_entropy: bool = False, prefix_len: int = 0) -> TokenScores:
     """Logprobs (and optionally entropies) of the next tokens at the positions of ``mask``.
 
     ``model`` is a causal LM (a transformers ``*ForCausalLM``, possibly peft-wrapped);
@@ -151,6 +191,11 @@ def score_tokens(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | N
     scored positions (equal up to float rounding) and 0 elsewhere. Differentiable when grad is
     enabled; memory beyond the model body's own activations is a few ``[chunk_size, V]`` float32
     tensors. A right-padded ``attention_mask`` is dropped (see the comment in the body).
+
+    ``prefix_len`` > 0 computes the first ``prefix_len`` tokens once for the whole batch (they must
+    be the same in every row, unscored, and followed by at least one token in every row; the rows
+    right-padded or unpadded): the same scores and gradients, with the prefix's compute paid once
+    instead of once per row (:func:`codrl.train.batching.shared_prefix_len` finds it).
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
@@ -164,11 +209,18 @@ def score_tokens(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | N
         # end of its row, so the mask changes nothing that is scored. Without it, attention takes
         # the fused causal path: no [B, 1, T, T] mask, no key/value copies per query head.
         attention_mask = None
-    if head is not None:
-        full = head.decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    else:
-        full = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    states = full[:, :-1][scored]  # [N, H] hidden states (or [N, V] logits) of the scored positions only
+    if prefix_len > 0:
+        if attention_mask is not None and not bool(attention_mask.all()):
+            raise ValueError("prefix_len > 0 needs right-padded (or unpadded) rows")
+        if prefix_len >= input_ids.shape[1] or bool(scored[:, :prefix_len].any()):
+            raise ValueError(f"prefix_len {prefix_len}: the shared prefix must be unscored and shorter than the rows")
+        if bool((input_ids[:, :prefix_len] != input_ids[:1, :prefix_len]).any()):
+            raise ValueError(f"prefix_len {prefix_len}: the rows do not share their first {prefix_len} tokens")
+        attention_mask = None
+    fn = head.decoder if head is not None else model
+    full = _body(fn, input_ids, attention_mask, prefix_len, logits=head is None)
+    # [N, H] hidden states (or [N, V] logits) of the scored positions only; ``full`` starts at prefix_len
+    states = full[:, :-1][scored[:, prefix_len:]]
     del full
     picked = targets[scored]
     logprobs, entropies = [], []

@@ -25,10 +25,11 @@ import torch
 from codrl.algo.losses import masked_mean, policy_loss
 from codrl.distributed.torch_dist import TrainedModel
 from codrl.rollout.experience import Experience
-from codrl.train.batching import TrainSeq, collate, filler_row, rank_micro_batches, split_rows, to_sequences
+from codrl.train.batching import (TrainSeq, collate, computed_tokens, filler_row, micro_batches, rank_micro_batches,
+                                  shared_prefix_len, split_rows, to_sequences)
 from codrl.train.config import TrainConfig
 from codrl.train.memory import large_frees_to_os
-from codrl.train.scoring import TokenScores
+from codrl.train.scoring import TokenScores, can_share_prefix
 
 
 class PolicyUpdate:
@@ -46,6 +47,8 @@ class PolicyUpdate:
         self.pad_id = pad_id
         self.parallel = parallel or TrainedModel(model)
         self.trainable = [p for g in optimizer.param_groups for p in g["params"]]
+        #: Whether micro-batches compute their rows' shared prefix once (``cfg.share_prefix``).
+        self.share_prefix = cfg.share_prefix and can_share_prefix(model) and self.parallel.shares_prefix
 
     def lr_at(self, step: int) -> float:
         """Learning rate of ``step`` (linear warm-up, then constant)."""
@@ -67,7 +70,26 @@ class PolicyUpdate:
             ctx.enter_context(self.model.disable_adapter())
         with ctx:
             return self.parallel.score(batch["input_ids"], batch["attention_mask"], batch["mask"], self.temperature,
-                                       with_entropy=with_entropy)
+                                       with_entropy=with_entropy, prefix_len=int(batch.get("prefix_len", 0)))
+
+    def _collate(self, rows: list[TrainSeq]) -> dict[str, Any]:
+        """A micro-batch's tensors, with the length of the prefix its rows compute once."""
+        batch: dict[str, Any] = collate(rows or [filler_row(self.pad_id)], self.pad_id, self._device())
+        batch["prefix_len"] = shared_prefix_len(rows) if self.share_prefix else 0
+        return batch
+
+    def context_per_trained(self, minis: list[list[TrainSeq]]) -> dict[str, float]:
+        """Context tokens the forward passes compute per trained token, with the prefix sharing
+        of this update and without it (every row in full), over all ranks' micro-batches."""
+        trained = sum(e.num_trained for mini in minis for e in mini) or 1
+        full = sum(e.num_tokens for mini in minis for e in mini)
+        done = full
+        if self.share_prefix:
+            parts = [rows for mini in minis for rows in split_rows(mini, self.parallel.ctx.world_size)]
+            done = sum(computed_tokens(mb, True) for rows in parts
+                       for mb in micro_batches(rows, self.cfg.micro_batch_tokens, True))
+        return {"context_tokens_per_trained_token": done / trained,
+                "context_tokens_per_trained_token_unshared": full / trained}
 
     def __call__(self, exps: list[Experience], step: int, rollout_logprobs: bool) -> dict[str, float]:
         """Update on advantage-scored experiences; returns metrics averaged over mini-batches
@@ -109,7 +131,8 @@ class PolicyUpdate:
             norms += self.step(step)
         self.parallel.engine.eval()
         totals = self.parallel.ctx.sum_across_ranks(sums)
-        return {**{k: v / len(minis) for k, v in totals.items()}, "grad_norm": norms / len(minis)}
+        return {**{k: v / len(minis) for k, v in totals.items()}, "grad_norm": norms / len(minis),
+                **self.context_per_trained(minis)}
 
     def accumulate(self, mini: list[TrainSeq], sums: dict[str, float] | None = None) -> dict[str, float]:
         """Forward and backward of this rank's share of mini-batch ``mini``, adding to the gradients.
@@ -122,11 +145,12 @@ class PolicyUpdate:
         """
         ctx = self.parallel.ctx
         n_tokens = sum(e.num_trained for e in mini)
-        micro = rank_micro_batches(split_rows(mini, ctx.world_size), self.cfg.micro_batch_tokens, ctx.rank)
+        micro = rank_micro_batches(split_rows(mini, ctx.world_size), self.cfg.micro_batch_tokens, ctx.rank,
+                                   self.share_prefix)
         sums = {} if sums is None else sums
         for i, rows in enumerate(micro):
             with self.parallel.gradient_sync(i == len(micro) - 1):
-                batch = collate(rows or [filler_row(self.pad_id)], self.pad_id, self._device())
+                batch = self._collate(rows)
                 ref_lp = self.score(batch, ref=True).logprobs if self._use_kl else None
                 scores = self.score(batch, with_entropy=True)
                 loss, m = policy_loss(scores.logprobs, batch["old_logprobs"], batch["advantages"], batch["mask"],
@@ -166,8 +190,8 @@ class PolicyUpdate:
         shares = [sorted((s for parts in split for s in parts[r]), key=lambda s: position[id(s)])
                   for r in range(ctx.world_size)]
         self.parallel.engine.eval()
-        for mb in rank_micro_batches(shares, self.cfg.micro_batch_tokens, ctx.rank):
-            batch = collate(mb or [filler_row(self.pad_id)], self.pad_id, self._device())
+        for mb in rank_micro_batches(shares, self.cfg.micro_batch_tokens, ctx.rank, self.share_prefix):
+            batch = self._collate(mb)
             lp = self.score(batch).logprobs.cpu()  # 0 at untrained positions, which are never used
             for r, e in enumerate(mb):
                 e.old_logprobs = [0.0] + lp[r, : e.num_tokens - 1].tolist()
