@@ -402,6 +402,18 @@ def test_sandbox_infinite_loops_time_out() -> None:
     assert time.monotonic() - t0 < 6
 
 
+def test_sandbox_unnamed_signal_is_a_scored_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A submission that kills itself with a real-time signal scores 0 with feedback, in every layer."""
+    from codrl import sandbox
+
+    body = "import os\nos.kill(os.getpid(), 40)\n"
+    _hostile(body)
+    if os.getuid() == 0:  # the uid layer reports the signal itself (it used to raise on its number)
+        monkeypatch.setattr(sandbox, "isolation", lambda: "uid")
+        res = _hostile(body)
+        assert "terminated by signal 40" in res.feedback
+
+
 def test_sandbox_fork_bomb_is_contained() -> None:
     token = f"bomb-{uuid.uuid4().hex}"
     body = f"""import os, sys

@@ -280,3 +280,13 @@ def test_sandbox_environment_is_stripped(monkeypatch: pytest.MonkeyPatch) -> Non
         "PWD",
     }
     assert set(env) <= allowed
+
+
+def test_sandbox_unknown_signal_is_reported_by_number(mode: str) -> None:
+    """A program killed by a signal with no name (a real-time one) is a reported failure, not a crash."""
+    res = _run("import os\nos.kill(os.getpid(), 40)\n", timeout_s=10)
+    assert not res.ok
+    if res.returncode < 0:  # the uid layer sees the signal itself (a namespace's init exits 128 + 40)
+        assert res.returncode == -40 and res.killed_reason == "terminated by signal 40"
+    else:
+        assert res.returncode == 128 + 40

@@ -398,7 +398,10 @@ def _exit_reason(returncode: int, stderr: str) -> str | None:
         signal.SIGSEGV: "crashed with SIGSEGV (possibly the memory limit)",
     }
     if returncode < 0:
-        sig = signal.Signals(-returncode)
+        try:
+            sig = signal.Signals(-returncode)
+        except ValueError:  # a real-time or otherwise unnamed signal: reported by number
+            return f"terminated by signal {-returncode}"
         return by_signal.get(sig, f"terminated by signal {sig.name}")
     if returncode != 0 and "MemoryError" in stderr[-2000:]:
         return "memory limit exceeded (MemoryError)"

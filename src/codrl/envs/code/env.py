@@ -192,11 +192,15 @@ class CodeEpisode(Episode):
         calls = [list(c.args) for c in self.cases]
         try:
             results, sandbox = self.env.run(self.house, code, self.spec["template"], calls, self.spy)
-        except (CodrlError, OSError) as e:  # pragma: no cover - the host could not start the sandbox
+        except Exception as e:  # noqa: BLE001 - the sandbox or its runner failed: a scored failure, never a crash
             g = grade(self.cases, DriverResults(stage_error=f"the tests could not be run ({type(e).__name__})"),
                       None, self.spec["template"], self.spy[2], 0)
             return g, {"killed": None, "seconds": 0.0}
-        g = grade(self.cases, results, sandbox, self.spec["template"], self.spy[2], self.env.tail_chars)
+        try:
+            g = grade(self.cases, results, sandbox, self.spec["template"], self.spy[2], self.env.tail_chars)
+        except Exception as e:  # noqa: BLE001 - whatever the program left, grading ends in a scored failure
+            g = grade(self.cases, DriverResults(stage_error=f"the results could not be graded ({type(e).__name__})"),
+                      None, self.spec["template"], self.spy[2], 0)
         return g, {"killed": sandbox.killed_reason, "seconds": round(sandbox.duration_s, 3)}
 
     def step(self, reply: str) -> StepResult:
