@@ -37,6 +37,11 @@ class RolloutConfig(BaseModel):
                                    "the hints between '--- Start of updated hints ---' and '--- End of updated "
                                    "hints ---' (no prefill; parsed from the last such block) instead of a "
                                    "prefilled 'Hints:' block")
+    on_env_error: Literal["fail_episode", "drop_group", "raise"] = Field(
+        "fail_episode", description="an exception in the environment's start, reset or step (e.g. a plug-in's "
+                                    "bug): fail_episode: the episode ends as a scored failure whose feedback names "
+                                    "the exception; drop_group: the same, and training leaves out every lifecycle "
+                                    "of that pack; raise: stop the run. Counted in rollout/env_errors")
     on_hint_parse_failure: Literal["keep", "clear"] = Field(
         "keep", description="an invalid hints block (none parsed, or shorter than hint_min_chars): keep the "
                             "previous hints, or clear them to 'no hint available' (the reference's behaviour); "

@@ -96,6 +96,9 @@ class EpisodeRecord:
     #: (``added``, ``revised``, ``removed``, ``rejected``, ``none`` operations and ``ignored``
     #: non-operation lines); None in the other modes or when no curator step ran.
     curator_ops: dict[str, int] | None = None
+    #: The environment raised in this task's ``start``, ``reset`` or ``step`` (the episode was
+    #: scored as a failure; ``feedback`` names the exception).
+    env_error: bool = False
 
 
 @dataclass
@@ -121,6 +124,11 @@ class LifecycleResult:
     @property
     def env_rewards(self) -> list[float]:
         return [e.env_reward for e in self.episodes]
+
+    @property
+    def env_errors(self) -> int:
+        """Episodes of this lifecycle in which the environment raised."""
+        return sum(e.env_error for e in self.episodes)
 
     def to_json(self) -> dict[str, Any]:
         """Full trajectory record (no token ids) for JSONL output."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from codrl.backends.base import Backend, GenRequest, GenResult, SamplingParams
-from codrl.envs.base import CoDEnv, Pack, expand_ralph, ralph_pack
+from codrl.envs.base import CoDEnv, Pack, StepResult, expand_ralph, ralph_pack
 from codrl.rollout.config import CONTEXTS, RolloutConfig, result_mode
 from codrl.rollout.curator import apply_operations, curator_messages, parse_reply, render_lessons
 from codrl.rollout.experience import EpisodeRecord, Experience, LifecycleResult, Turn
@@ -87,6 +87,13 @@ def hint_reward(hints: str | None, n_tokens: int, cfg: RolloutConfig) -> tuple[f
     return reward, valid
 
 
+def env_error_text(error: Exception, doing: str) -> str:
+    """Feedback of an episode whose environment raised: the exception's type and first line."""
+    detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+    return (f"The environment failed while {doing} ({type(error).__name__}{': ' + detail if detail else ''}). "
+            "The task ended with reward 0.")
+
+
 def curator_reward(valid: bool, n_tokens: int, cfg: RolloutConfig) -> float:
     """Own reward of a curator episode: 0 when it applied an operation or said NONE, else
     ``-hint_penalty_coef``; minus the same over-length ramp as a hints block (on the reply's tokens)."""
@@ -137,17 +144,37 @@ def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mod
     state = env.new_state(pack)  # this lifecycle's own world state; dropped when the generator ends
     for task in pack.tasks:
         k = task.position
-        episode = env.start(pack, task, state)
-        first_obs = episode.reset()
+        try:
+            episode = env.start(pack, task, state)
+            first_obs = episode.reset()
+        except Exception as e:  # noqa: BLE001 - the environment's bug, not the model's: see on_env_error
+            if cfg.on_env_error == "raise":
+                raise
+            record = EpisodeRecord(position=k, task_id=task.task_id, hints_in=hints, turns=[], env_reward=0.0,
+                                   reward=0.0, success=False, format_valid=True,
+                                   feedback=env_error_text(e, "starting the task"), completion_tokens=0,
+                                   env_error=True)
+            episodes.append(record)  # no episode to learn from; the context carries over unchanged
+            if on_episode is not None:
+                on_episode(record)
+            continue
         messages = [{"role": "system", "content": env.system_prompt},
                     {"role": "user", "content": solve_user_message(hints, first_obs)}]
         turns: list[Turn] = []
         solve_exps: list[Experience] = []
         env_reward, feedback, all_valid, longest, total = 0.0, "", True, 0, 0
+        env_failed = False
         for turn in range(cfg.max_turns_cap):
             res = yield request(messages, solve_params, prefix)
             reply = prefix + res.text
-            step = episode.step(reply)
+            try:
+                step = episode.step(reply)
+            except Exception as e:  # noqa: BLE001 - see on_env_error
+                if cfg.on_env_error == "raise":
+                    raise
+                env_failed = True
+                step = StepResult(None, 0.0, True, env_error_text(e, "scoring this reply"), True,
+                                  {"event": "env_error"})
             exp = _experience(pack, repeat, "solve", k, turn, res)
             solve_exps.append(exp)
             n_tok = len(res.completion_ids) if res.token_exact else len(res.text.split())
@@ -168,7 +195,8 @@ def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mod
         experiences.extend(solve_exps)
         record = EpisodeRecord(position=k, task_id=task.task_id, hints_in=hints, turns=turns,
                                env_reward=env_reward, reward=reward, success=env_reward >= env.success_threshold,
-                               format_valid=all_valid, feedback=feedback, completion_tokens=total)
+                               format_valid=all_valid, feedback=feedback, completion_tokens=total,
+                               env_error=env_failed)
         episodes.append(record)
         shown_reward = env_reward if env.reward_visible else None  # a hidden score never reaches the model
         if mode == "cod" and k < last:

@@ -291,6 +291,10 @@ class Trainer:
         results = self.rollout(self.step_idx)
         t1 = time.time()
         trained, stale = self._fresh(results)
+        env_errors = sum(r.env_errors for r in results)
+        if env_errors and self.cfg.rollout.on_env_error == "drop_group":  # a broken pack teaches nothing
+            broken = {r.pack_id for r in trained if r.env_errors}
+            trained = [r for r in trained if r.pack_id not in broken]
         exps = [e for r in trained for e in r.experiences]
         adv_metrics = compute_advantages(exps, self.cfg.advantage) if exps else {}
         upd = self.update(exps)
@@ -310,6 +314,7 @@ class Trainer:
             "hint_valid": float(np.mean([e.hint_valid for r in results for e in r.episodes if e.hints_out is not None]
                                         or [1.0])),
             "tokens/trained": sum(len(e.completion_ids) for e in exps),
+            "rollout/env_errors": env_errors,
             "time/rollout_s": t1 - t0, "time/update_s": t2 - t1,
             **{f"adv/{a}": b for a, b in adv_metrics.items()},
             **{f"train/{a}": b for a, b in upd.items()},

@@ -1,0 +1,103 @@
+"""An environment that raises (a plug-in's bug) ends the episode as a scored failure, never the run.
+
+:class:`FaultyTable` is SecretTable with seeded faults: for some tasks ``start`` raises, for others
+``step`` does. Played by the tiny policy through the real runner and trainer, each fault is an
+episode with reward 0, ``env_error`` set and feedback naming the exception; it is counted in
+``rollout/env_errors``; ``rollout.on_env_error: drop_group`` leaves the pack's lifecycles out of
+training and ``raise`` stops the run.
+"""
+
+from __future__ import annotations
+
+import sys
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from codrl.backends.hf import HFBackend
+from codrl.envs.base import Pack, Task
+from codrl.envs.secret_table import SecretTable
+from codrl.rollout.config import RolloutConfig
+from codrl.rollout.lifecycle import LifecycleRunner, make_jobs
+from codrl.train.config import TrainConfig
+from codrl.train.trainer import Trainer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from toy_config import toy_train_config  # noqa: E402
+
+pytestmark = pytest.mark.fault
+
+
+def fault(task: Task) -> str | None:
+    """Which call of ``task`` fails, seeded by its id: ``start``, ``step`` or none."""
+    return {0: "start", 1: "step"}.get(zlib.crc32(task.task_id.encode()) % 12)
+
+
+class FaultyTable(SecretTable):
+    """SecretTable whose ``start`` or episode ``step`` raises, each for a seeded twelfth of the tasks."""
+
+    def start(self, pack: Pack, task: Task, state: Any = None) -> Any:
+        if fault(task) == "start":
+            raise KeyError("world cache miss")
+        episode = super().start(pack, task, state)
+        if fault(task) == "step":
+            def broken(reply: str) -> Any:
+                raise ZeroDivisionError("division by zero in the plug-in's scorer")
+            episode.step = broken  # type: ignore[method-assign]
+        return episode
+
+
+def play(tiny_dir: Path, on_env_error: str) -> list[Any]:
+    env = FaultyTable()
+    cfg = RolloutConfig(pack_size=4, repeats=2, max_new_tokens_solve=3, max_new_tokens_update=4,
+                        update_reply_prefix="Hints:", on_env_error=on_env_error)  # type: ignore[arg-type]
+    backend = HFBackend.from_pretrained(str(tiny_dir))
+    try:
+        packs = [(env, env.sample_pack("test", 0, i, cfg.pack_size)) for i in range(10)]
+        return LifecycleRunner(backend, cfg).run(make_jobs(packs, cfg), seeds=list(range(20)))
+    finally:
+        backend.close()
+
+
+def test_faults_are_scored_failures_with_feedback(tiny_dir: Path) -> None:
+    results = play(tiny_dir, "fail_episode")
+    episodes = [e for r in results for e in r.episodes]
+    assert len(episodes) == 10 * 2 * 4  # every task of every lifecycle has its record
+    started = [e for e in episodes if e.env_error and not e.turns]
+    stepped = [e for e in episodes if e.env_error and e.turns]
+    assert started and stepped and sum(r.env_errors for r in results) == len(started) + len(stepped)
+    for e in started:
+        assert e.reward == 0.0 and "while starting the task (KeyError: 'world cache miss')" in e.feedback
+    for e in stepped:
+        assert e.env_reward == 0.0 and e.format_valid
+        assert "while scoring this reply (ZeroDivisionError: division by zero" in e.feedback
+    assert all(not e.env_error for e in episodes if e.turns and "environment failed" not in e.feedback)
+    # the context step after a failed step saw the failure, and the lifecycle went on to its last task
+    assert all(len(r.episodes) == 4 for r in results)
+
+
+def test_raise_stops_the_run(tiny_dir: Path) -> None:
+    with pytest.raises((KeyError, ZeroDivisionError)):
+        play(tiny_dir, "raise")
+
+
+@pytest.mark.parametrize("policy", ["fail_episode", "drop_group"])
+def test_trainer_counts_faults_and_drops_broken_groups(tiny_dir: Path, tmp_path: Path, policy: str) -> None:
+    data = toy_train_config(tiny_dir, steps=1, packs_per_step=4, save_every=0, output_dir=str(tmp_path / "run"),
+                            envs=[{"name": "test_env_errors:FaultyTable"}])
+    data["rollout"] = {**data["rollout"], "on_env_error": policy}
+    trainer = Trainer(TrainConfig.model_validate(data))
+    try:
+        results = trainer.rollout(0)
+        broken = {r.pack_id for r in results if r.env_errors}
+        assert broken and len(broken) < 4  # the seeded faults hit some of the step's packs, not all
+        trainer.step_idx = 0
+        metrics = trainer.step()
+    finally:
+        trainer.close()
+    assert metrics["rollout/env_errors"] == sum(r.env_errors for r in results) > 0
+    kept = [r for r in results if policy == "fail_episode" or r.pack_id not in broken]
+    assert metrics["train/groups"] == len({(e.pack_id, e.episode_type, e.position) for r in kept
+                                           for e in r.experiences})
