@@ -374,7 +374,7 @@ def _fuzz_env() -> CodeEnv:
 def _hostile(body: str, **kw: object):
     """Play ``total_value`` with hostile code; return the result and the score of an empty submission."""
     env = CodeEnv(templates=["total_value"], max_turns=1, timeout_s=kw.pop("timeout_s", 3),  # type: ignore[arg-type]
-                  call_timeout_s=0.2, cache_size=0, **kw)  # type: ignore[arg-type]
+                  call_timeout_s=kw.pop("call_timeout_s", 0.2), cache_size=0, **kw)  # type: ignore[arg-type]
     _, ep = first_episode(env)
     before = _driver_pids()
     res = ep.step(submission(body))
@@ -437,7 +437,7 @@ def total_value(lines):
 
 def test_sandbox_memory_bomb_hits_the_limit() -> None:
     body = "def total_value(lines):\n    chunks = []\n    while True:\n        chunks.append(bytearray(16 * 1024 * 1024))\n"
-    res = _hostile(body)
+    res = _hostile(body, call_timeout_s=2.5)  # time to reach the limit on a loaded machine (0.2 s timed out once)
     assert "MemoryError" in res.feedback or "memory" in res.feedback.lower()
 
 
