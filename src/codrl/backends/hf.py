@@ -24,7 +24,6 @@ training updates never serve stale states.
 
 from __future__ import annotations
 
-import inspect
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ import numpy as np
 import torch
 
 from codrl.backends.base import Backend, GenRequest, GenResult, SamplingParams, end_of_sequence_ids
-from codrl.backends.kv_cache import BatchKV, PrefixStore, model_kv_shape, shared_prefixes
+from codrl.backends.kv_cache import BatchKV, PrefixStore, cache_argument, model_kv_shape, shared_prefixes
 from codrl.backends.sampling import request_generator, sample_next
 from codrl.errors import CodrlError
 
@@ -46,14 +45,6 @@ COMPACT_FRACTION = 0.25
 ADMIT_FRACTION = 0.25
 #: A prefill chunk only takes rows whose uncached part is at least this fraction of its longest.
 PREFILL_FILL = 0.75
-
-
-def _cache_argument(model: Any) -> str:
-    """Name of the forward argument taking a KV cache (``cache`` in recent transformers, else
-    ``past_key_values``), looked up on the model under any peft wrapper."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    params = inspect.signature(type(base).forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
 
 
 @dataclass
@@ -116,7 +107,7 @@ class HFBackend(Backend):
             raise CodrlError(f"{type(model).__name__} uses sliding-window attention, which the transformers "
                              "backend does not support; serve it through an OpenAI-compatible server (--endpoint)")
         self.kv_shape = model_kv_shape(model)
-        self._cache_kwarg = _cache_argument(model)
+        self._cache_kwarg = cache_argument(model)
 
     @classmethod
     def from_pretrained(cls, model: str | None = None, *, device: str = "cpu", dtype: str = "float32",

@@ -21,7 +21,9 @@ in place (transformers' default cache concatenates, copying the whole cache ever
 
 from __future__ import annotations
 
+import inspect
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,13 +50,21 @@ class StoreStats:
     peak_bytes: int = 0
 
 
-def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
-    """Length of the longest common prefix of two token arrays."""
+def common_prefix(a: np.ndarray | Sequence[int], b: np.ndarray | Sequence[int]) -> int:
+    """Length of the longest common prefix of two token sequences (arrays or lists of ids)."""
     n = min(len(a), len(b))
     if n == 0:
         return 0
-    neq = np.flatnonzero(a[:n] != b[:n])
+    neq = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
     return int(neq[0]) if len(neq) else n
+
+
+def cache_argument(model: Any) -> str:
+    """Name of the forward argument taking a KV cache (``cache`` in recent transformers, else
+    ``past_key_values``), looked up on the model under any peft wrapper."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(type(base).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 class PrefixStore:

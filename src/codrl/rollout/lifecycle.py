@@ -89,7 +89,8 @@ def hint_reward(hints: str | None, n_tokens: int, cfg: RolloutConfig) -> tuple[f
 
 def env_error_text(error: Exception, doing: str) -> str:
     """Feedback of an episode whose environment raised: the exception's type and first line."""
-    detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+    text = str(error).strip()
+    detail = text.splitlines()[0][:200] if text else ""
     return (f"The environment failed while {doing} ({type(error).__name__}{': ' + detail if detail else ''}). "
             "The task ended with reward 0.")
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from codrl.backends.kv_cache import common_prefix
 from codrl.rollout.experience import Experience
 
 
@@ -80,14 +81,6 @@ def to_sequences(exps: list[Experience], merge_turns: bool = True) -> list[Train
 MIN_SHARED_PREFIX = 8
 
 
-def _common_len(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
 def _unscored_len(e: TrainSeq) -> int:
     """How many leading tokens of a row no scored position depends on as its own position: a
     shared prefix may cover them (the first trained token is predicted from the token before it)."""
@@ -106,7 +99,7 @@ def shared_prefix_len(seqs: Sequence[TrainSeq]) -> int:
     n = min(_unscored_len(e) for e in seqs)
     first = seqs[0].input_ids
     for e in seqs[1:]:
-        n = min(n, _common_len(first, e.input_ids))
+        n = min(n, common_prefix(first, e.input_ids))
     return n if n >= MIN_SHARED_PREFIX else 0
 
 
@@ -116,6 +109,20 @@ def computed_tokens(seqs: Sequence[TrainSeq], share_prefix: bool) -> int:
     total = sum(e.num_tokens for e in seqs)
     n = shared_prefix_len(seqs) if share_prefix else 0
     return total - n * (len(seqs) - 1) if n else total
+
+
+def _by_length(seqs: list[TrainSeq], token_budget: int) -> list[list[TrainSeq]]:
+    """Rows in order of length, cut so that a micro-batch's rows x longest row <= ``token_budget``."""
+    batches: list[list[TrainSeq]] = []
+    cur: list[TrainSeq] = []
+    for e in sorted(seqs, key=lambda e: e.num_tokens):
+        if cur and (len(cur) + 1) * max(e.num_tokens, cur[-1].num_tokens) > token_budget:
+            batches.append(cur)
+            cur = []
+        cur.append(e)
+    if cur:
+        batches.append(cur)
+    return batches
 
 
 def micro_batches(seqs: list[TrainSeq], token_budget: int, share_prefix: bool = False) -> list[list[TrainSeq]]:
@@ -130,21 +137,11 @@ def micro_batches(seqs: list[TrainSeq], token_budget: int, share_prefix: bool = 
     a new one, so sharing is not given up for fill. Rows that share nothing are packed by length.
     """
     if not share_prefix:
-        order = sorted(seqs, key=lambda e: e.num_tokens)
-        batches: list[list[TrainSeq]] = []
-        cur: list[TrainSeq] = []
-        for e in order:
-            if cur and (len(cur) + 1) * max(e.num_tokens, cur[-1].num_tokens) > token_budget:
-                batches.append(cur)
-                cur = []
-            cur.append(e)
-        if cur:
-            batches.append(cur)
-        return batches
+        return _by_length(seqs, token_budget)
     clusters: list[list[TrainSeq]] = []  # runs of rows, in token order, sharing a prefix worth sharing
     for e in sorted(seqs, key=lambda e: e.input_ids):
         prev = clusters[-1][-1] if clusters else None
-        if prev is not None and min(_common_len(prev.input_ids, e.input_ids), _unscored_len(prev),
+        if prev is not None and min(common_prefix(prev.input_ids, e.input_ids), _unscored_len(prev),
                                     _unscored_len(e)) >= MIN_SHARED_PREFIX:
             clusters[-1].append(e)
         else:
@@ -155,7 +152,7 @@ def micro_batches(seqs: list[TrainSeq], token_budget: int, share_prefix: bool = 
         shared = longest = 0
         for e in run:
             if cur:
-                n = min(shared, _common_len(cur[-1].input_ids, e.input_ids), _unscored_len(e))
+                n = min(shared, common_prefix(cur[-1].input_ids, e.input_ids), _unscored_len(e))
                 width = max(longest, e.num_tokens)
                 if n + (len(cur) + 1) * (width - n) <= token_budget and not (len(cur) > 1 and n < shared // 2):
                     cur.append(e)
@@ -165,7 +162,7 @@ def micro_batches(seqs: list[TrainSeq], token_budget: int, share_prefix: bool = 
             cur, shared, longest = [e], _unscored_len(e), e.num_tokens
         out.append(cur)
     loose = [c[0] for c in clusters if len(c) == 1]  # rows that share nothing: packed by length
-    return out + micro_batches(loose, token_budget)
+    return out + _by_length(loose, token_budget)
 
 
 def balance_by_tokens(tokens: Sequence[int], parts: int) -> list[list[int]]:

@@ -23,7 +23,6 @@ model's full logits if its forward does something else after the head (e.g. a lo
 
 from __future__ import annotations
 
-import inspect
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from codrl.algo.losses import selective_log_softmax, token_entropy
+from codrl.backends.kv_cache import cache_argument
 
 #: Positions per output-head chunk: 256 x 49,152 float32 logits are 50 MB per temporary.
 DEFAULT_CHUNK_SIZE = 256
@@ -140,11 +140,6 @@ def _right_padded(attention_mask: Tensor | None) -> bool:
     return bool((mask[:, 1:] <= mask[:, :-1]).all())
 
 
-def _cache_kwarg(module: nn.Module) -> str:
-    """Name of ``module``'s KV-cache argument: ``cache`` in recent transformers, else ``past_key_values``."""
-    return "cache" if "cache" in inspect.signature(type(module).forward).parameters else "past_key_values"
-
-
 def can_share_prefix(model: nn.Module) -> bool:
     """Whether :func:`score_tokens` may run a shared prefix once for a batch (``prefix_len`` > 0).
 
@@ -168,7 +163,7 @@ def _body(fn: nn.Module, input_ids: Tensor, attention_mask: Tensor | None, prefi
     if prefix_len <= 0:
         out = fn(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return out.logits if logits else out.last_hidden_state
-    kwarg = _cache_kwarg(fn.get_base_model() if hasattr(fn, "get_base_model") else fn)
+    kwarg = cache_argument(fn)
     first = fn(input_ids=input_ids[:1, :prefix_len], use_cache=True)
     cache = getattr(first, kwarg, None)
     if cache is None:
