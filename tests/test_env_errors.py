@@ -69,10 +69,11 @@ def test_faults_are_scored_failures_with_feedback(tiny_dir: Path) -> None:
     stepped = [e for e in episodes if e.env_error and e.turns]
     assert started and stepped and sum(r.env_errors for r in results) == len(started) + len(stepped)
     for e in started:
-        assert e.reward == 0.0 and "while starting the task (KeyError: 'world cache miss')" in e.feedback
+        assert e.reward == 0.0 and "while starting the task (KeyError)." in e.feedback
+        assert "world cache miss" not in e.feedback  # the message may quote the hidden world: never shown
     for e in stepped:
         assert e.env_reward == 0.0 and e.format_valid
-        assert "while scoring this reply (ZeroDivisionError: division by zero" in e.feedback
+        assert "while scoring this reply (ZeroDivisionError)." in e.feedback and "plug-in" not in e.feedback
     assert all(not e.env_error for e in episodes if e.turns and "environment failed" not in e.feedback)
     # the context step after a failed step saw the failure, and the lifecycle went on to its last task
     assert all(len(r.episodes) == 4 for r in results)

@@ -88,11 +88,9 @@ def hint_reward(hints: str | None, n_tokens: int, cfg: RolloutConfig) -> tuple[f
 
 
 def env_error_text(error: Exception, doing: str) -> str:
-    """Feedback of an episode whose environment raised: the exception's type and first line."""
-    text = str(error).strip()
-    detail = text.splitlines()[0][:200] if text else ""
-    return (f"The environment failed while {doing} ({type(error).__name__}{': ' + detail if detail else ''}). "
-            "The task ended with reward 0.")
+    """Feedback of an episode whose environment raised: the exception's type only. Its message stays
+    out of every model-visible text, since an environment's message may quote its hidden world."""
+    return f"The environment failed while {doing} ({type(error).__name__}). The task ended with reward 0."
 
 
 def curator_reward(valid: bool, n_tokens: int, cfg: RolloutConfig) -> float:
