@@ -23,9 +23,15 @@ builds the same architecture from ``DIR``'s config with random weights (for mach
 the embedded package, e.g. a GPU box; speed does not depend on the weights' values, though reply
 lengths do). ``--device cuda --dtype bfloat16`` runs on a GPU.
 
+Decode is memory bound, so it is also measured against this machine's read bandwidth, taken in
+the same run by a STREAM-like triad with the same torch threads: ``mem_util = (bytes a decode
+step must read / step time) / bandwidth``, where the bytes are the weights (the input embedding
+table aside unless it is also the output head) plus the live key/value states of every row (its
+real tokens, not padding), from the decode steps' attention masks.
+
 Usage: ``python bench/generation_efficiency.py [--batches 1,8,32,64 --max-new-tokens 32 --threads 1]``
 Last line: ``RESULT util_b1=... util_b8=... util_b32=... util_b64=...`` with reuse (the default engine),
-then ``util_nocache_b1=...`` and so on without. Reuse lowers utilisation while raising speed: it
+``mem_util_b1=...`` and so on (decode steps, with reuse), then ``util_nocache_b1=...`` and so on without. Reuse lowers utilisation while raising speed: it
 removes prefill work, which runs near the peak, and leaves decoding, which does not.
 """
 
@@ -41,6 +47,7 @@ import torch
 
 from codrl.backends.base import GenRequest, SamplingParams
 from codrl.backends.hf import HFBackend
+from codrl.backends.kv_cache import model_kv_shape
 from codrl.envs import make_env
 from codrl.rollout.prompts import solve_user_message
 
@@ -59,6 +66,40 @@ def matmul_peak(dtype: torch.dtype, device: str, n: int, repeats: int = 5) -> fl
     return best
 
 
+def read_bandwidth(device: str, mib: int = 256, repeats: int = 5) -> float:
+    """Best bytes/s of a STREAM-like triad ``a = b + 3 c`` over three ``mib``-MiB float32 arrays
+    (far larger than any cache) with the torch threads in force: two arrays read and one written
+    per element, counted as STREAM does (12 bytes per element)."""
+    n = mib * 2**20 // 4
+    b = torch.rand(n, device=device)
+    c = torch.rand(n, device=device)
+    a = torch.empty(n, device=device)
+    best = 0.0
+    for _ in range(repeats + 1):
+        _sync(device)
+        t = time.perf_counter()
+        torch.add(b, c, alpha=3.0, out=a)
+        _sync(device)
+        best = max(best, 12 * n / (time.perf_counter() - t))
+    return best
+
+
+def decode_weight_bytes(model: Any) -> int:
+    """Bytes of parameters a decode step reads: all of them, but the input embedding table when it
+    is not also the output head (a step looks up only its batch's rows there)."""
+    seen: set[int] = set()
+    total = 0
+    inputs = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    tied = head is not None and head.weight.data_ptr() == inputs.data_ptr()
+    for p in model.parameters():
+        if p.data_ptr() in seen or (p is inputs and not tied):
+            continue
+        seen.add(p.data_ptr())
+        total += p.numel() * p.element_size()
+    return total
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -69,8 +110,11 @@ class PhaseTimer:
     """Forward-pass wall time split into prefill (input length > 1) and decode passes."""
 
     device: str
+    kv_bytes_per_token: int = 0
     prefill_s: float = 0.0
     decode_s: float = 0.0
+    decode_steps: int = 0
+    decode_kv_bytes: int = 0  # live key/value bytes the decode steps attend over (real tokens only)
     _t: float = 0.0
 
     def attach(self, model: Any) -> list[Any]:
@@ -86,6 +130,10 @@ class PhaseTimer:
                 self.prefill_s += dt
             else:
                 self.decode_s += dt
+                self.decode_steps += 1
+                mask = kwargs.get("attention_mask")
+                live = int(mask.sum()) if mask is not None else 0
+                self.decode_kv_bytes += live * self.kv_bytes_per_token
 
         return [model.register_forward_pre_hook(pre, with_kwargs=True),
                 model.register_forward_hook(post, with_kwargs=True)]
@@ -104,12 +152,14 @@ def first_prompts(n: int, seed: int) -> list[list[dict[str, str]]]:
 
 
 def run(backend: HFBackend, chats: list[list[dict[str, str]]], max_new: int, seed: int,
-        n_params: int, peak: float, device: str) -> dict[str, float]:
-    """Two turns over ``chats`` in one batch each; FLOP utilisation overall and per phase."""
+        n_params: int, peak: float, device: str, bandwidth: float = 0.0) -> dict[str, float]:
+    """Two turns over ``chats`` in one batch each; FLOP utilisation overall and per phase, and the
+    decode steps' memory-bandwidth utilisation."""
     params = SamplingParams(temperature=1.0, max_new_tokens=max_new)
     backend.store.clear()
     s0 = dict(vars(backend.stats))
-    timer = PhaseTimer(device)
+    layers, kv_heads, head_dim = model_kv_shape(backend.model)
+    timer = PhaseTimer(device, kv_bytes_per_token=2 * layers * kv_heads * head_dim * backend.dtype.itemsize)
     hooks = timer.attach(backend.model)
     _sync(device)
     t = time.perf_counter()
@@ -136,6 +186,11 @@ def run(backend: HFBackend, chats: list[list[dict[str, str]]], max_new: int, see
         "prefill_util": prefill_flops / max(timer.prefill_s, 1e-9) / peak,
         "decode_util": decode_flops / max(timer.decode_s, 1e-9) / peak,
         "prefill_s": timer.prefill_s, "decode_s": timer.decode_s,
+        "decode_ms": 1e3 * timer.decode_s / max(timer.decode_steps, 1),
+        "decode_mb": (timer.decode_steps * decode_weight_bytes(backend.model) + timer.decode_kv_bytes)
+        / max(timer.decode_steps, 1) / 1e6,
+        "mem_util": (timer.decode_steps * decode_weight_bytes(backend.model) + timer.decode_kv_bytes)
+        / max(timer.decode_s, 1e-9) / bandwidth if bandwidth else 0.0,
     }
 
 
@@ -174,10 +229,12 @@ def main() -> None:
     n_params = sum(p.numel() for p in backend.model.parameters())
     n = args.peak_n or (2048 if args.device == "cpu" else 8192)
     peak = matmul_peak(backend.dtype, args.device, n)
+    bandwidth = read_bandwidth(args.device)
     print(f"device {args.device} ({torch.cuda.get_device_name() if args.device.startswith('cuda') else os.cpu_count()}"
           f"{'' if args.device.startswith('cuda') else ' cpus'}), dtype {args.dtype}, torch threads "
           f"{torch.get_num_threads()}; {n_params / 1e6:.1f}M parameters; measured matmul peak "
-          f"{peak / 1e9:.1f} GFLOP/s ({n}x{n}); load average {os.getloadavg()[0]:.2f}")
+          f"{peak / 1e9:.1f} GFLOP/s ({n}x{n}); measured triad bandwidth {bandwidth / 1e9:.1f} GB/s; decode weights "
+          f"{decode_weight_bytes(backend.model) / 1e6:.0f} MB; load average {os.getloadavg()[0]:.2f}")
     batches = [int(b) for b in args.batches.split(",")]
     chats = first_prompts(max(batches), args.seed)
     run(backend, chats[:1], 4, args.seed, n_params, peak, args.device)  # warm-up
@@ -185,18 +242,19 @@ def main() -> None:
     for b in batches:
         for reuse in (True, False):
             backend.store.budget_bytes = 4 * 2**30 if reuse else 0
-            r = run(backend, chats[:b], args.max_new_tokens, args.seed, n_params, peak, args.device)
+            r = run(backend, chats[:b], args.max_new_tokens, args.seed, n_params, peak, args.device, bandwidth)
             rows.append((b, reuse, r))
             print(f"  batch {b:>3} reuse {'on ' if reuse else 'off'}: {r['wall_s']:.1f}s", flush=True)
     print()
     print(f"{'batch':>5} {'reuse':>5} {'prefilled':>9} {'cached':>7} {'generated':>9} {'wall s':>7} {'gen tok/s':>9} "
-          f"{'util':>6} {'prefill util':>12} {'decode util':>11}")
+          f"{'util':>6} {'prefill util':>12} {'decode util':>11} {'ms/step':>7} {'MB/step':>7} {'mem util':>8}")
     for b, reuse, r in rows:
         print(f"{b:>5} {'on' if reuse else 'off':>5} {r['prefilled']:>9} {r['cached']:>7} {r['generated']:>9} "
               f"{r['wall_s']:>7.1f} {r['gen_tok_s']:>9.1f} {r['util']:>6.2f} {r['prefill_util']:>12.2f} "
-              f"{r['decode_util']:>11.2f}")
+              f"{r['decode_util']:>11.2f} {r['decode_ms']:>7.1f} {r['decode_mb']:>7.0f} {r['mem_util']:>8.2f}")
     print(f"load average at end {os.getloadavg()[0]:.2f}")
     print("RESULT " + " ".join(f"util_b{b}={r['util']:.2f}" for b, reuse, r in rows if reuse) + " "
+          + " ".join(f"mem_util_b{b}={r['mem_util']:.2f}" for b, reuse, r in rows if reuse) + " "
           + " ".join(f"util_nocache_b{b}={r['util']:.2f}" for b, reuse, r in rows if not reuse))
 
 

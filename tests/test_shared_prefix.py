@@ -16,7 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from codrl.train.batching import TrainSeq, computed_tokens, micro_batches, shared_prefix_len
+from codrl.train.batching import (TrainSeq, computed_tokens, micro_batches, plan_tokens, prefix_plan,
+                                  recurring_prefixes, shared_prefix_len)
 from codrl.train.config import TrainConfig
 from codrl.train.scoring import score_tokens
 from codrl.train.update import PolicyUpdate
@@ -43,7 +44,7 @@ def rows_with_prefixes(vocab: int, seed: int = 0) -> list[TrainSeq]:
     def toks(n: int) -> list[int]:
         return [rng.randrange(1, vocab) for _ in range(n)]
 
-    solve_sys, update_sys, task = toks(20), toks(24), toks(6)
+    solve_sys, update_sys, task = toks(20), toks(24), toks(12)
     rows = []
     for r in range(4):  # repeats of task 0: the whole prompt is shared
         rows.append(seq(solve_sys + task + toks(3 + r), len(solve_sys) + len(task), adv=(-1) ** r * 0.5))
@@ -87,13 +88,38 @@ def test_share_prefix_groups_rows_by_prefix_and_keeps_every_row() -> None:
     shared = micro_batches(rows, 120, share_prefix=True)
     assert sorted(map(id, (r for mb in shared for r in mb))) == sorted(map(id, rows))
     for mb in shared:  # the budget holds for the shared cost
-        n = shared_prefix_len(mb)
-        assert len(mb) == 1 or n + len(mb) * (max(r.num_tokens for r in mb) - n) <= 120
+        assert len(mb) == 1 or plan_tokens(prefix_plan(mb), mb, padded=True) <= 120
     assert sum(computed_tokens(mb, True) for mb in shared) < sum(computed_tokens(mb, False) for mb in plain)
 
 
+def test_prefix_plan_is_a_tree_of_shared_runs() -> None:
+    """The solve rows share their system prompt, and the repeats their whole first prompt on top
+    of it: two nested nodes; the update rows share theirs; the odd row runs alone at the root."""
+    rows = rows_with_prefixes(101)
+    plan = prefix_plan(rows)
+    assert plan.start == plan.end == 0 and plan.batches == [[10]]  # shares nothing
+    spans = sorted((n.start, n.end, tuple(sorted(n.rows()))) for n in plan.walk()[1:])
+    assert spans == [(0, 20, tuple(range(7))), (0, 24, (7, 8, 9)), (20, 31, (0, 1, 2, 3))]
+    assert sorted(plan.rows()) == list(range(len(rows)))
+    flat = sum(r.num_tokens for r in rows)
+    one_prefix = computed_tokens(rows[:7], True) + computed_tokens(rows[7:10], True) + rows[10].num_tokens
+    assert plan_tokens(plan, rows) < flat
+    assert plan_tokens(plan, rows) <= one_prefix  # nesting never computes more
+    assert plan_tokens(plan, rows, padded=True) >= plan_tokens(plan, rows)
+
+
+def test_passes_trade_padding_against_their_number() -> None:
+    from codrl.train.batching import MIN_SHARED_PREFIX, _batch_by_padding
+
+    assert _batch_by_padding([0, 1, 2], [5, 5, 6]) == [[0, 1, 2]]  # one pass: 3 padded tokens < one more pass
+    assert _batch_by_padding([0, 1, 2, 3], [4, 300, 5, 298]) == [[0, 2], [1, 3]]
+    assert _batch_by_padding([0, 1], [4, 300]) == [[0], [1]]  # 296 padded tokens cost more than a pass
+    assert _batch_by_padding([7], [3]) == [[7]]
+    assert MIN_SHARED_PREFIX > 1
+
+
 # -- exactness -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("budget", [64, 160, 100_000])
+@pytest.mark.parametrize("budget", [64, 80, 160, 100_000])
 def test_update_gradients_equal_the_unshared_update(budget: int) -> None:
     """PolicyUpdate.accumulate with and without sharing: the same loss and LoRA gradients."""
     model = tiny_lora_llama()
@@ -112,6 +138,8 @@ def test_update_gradients_equal_the_unshared_update(budget: int) -> None:
             ratio = update.context_per_trained([rows])
             assert ratio["context_tokens_per_trained_token"] < ratio["context_tokens_per_trained_token_unshared"]
     (loss0, g0), (loss1, g1) = results
+    if budget == 80:  # the solve rows' system prompt recurs in several micro-batches: computed once
+        assert recurring_prefixes(micro_batches(rows, budget, share_prefix=True))
     assert loss1 == pytest.approx(loss0, rel=REL, abs=1e-7)
     assert any(float(g.abs().max()) > 0 for g in g0)
     for a, b in zip(g0, g1, strict=True):
@@ -122,7 +150,7 @@ def test_score_tokens_with_a_shared_prefix_equals_the_full_rows() -> None:
     model = tiny_lora_llama()
     rows = rows_with_prefixes(101)[:4]  # the repeats: their whole prompt is shared
     n = shared_prefix_len(rows)
-    assert n == 25
+    assert n == 31
     from codrl.train.batching import collate
 
     b = collate(rows, 0, torch.device("cpu"))
@@ -135,6 +163,35 @@ def test_score_tokens_with_a_shared_prefix_equals_the_full_rows() -> None:
     bad[1, 3] = 7 if int(bad[1, 3]) != 7 else 8
     with pytest.raises(ValueError, match="do not share"):
         score_tokens(model, bad, b["attention_mask"], b["mask"], 0.7, prefix_len=n)
+
+
+@pytest.mark.parametrize("entropy", [False, True])
+def test_score_tokens_with_a_prefix_tree_equals_the_full_rows(entropy: bool) -> None:
+    """Nested shared prefixes, rows that share nothing and padded passes: the same logprobs and
+    entropies as every row in full, and the same gradients."""
+    from codrl.train.batching import collate
+
+    model = tiny_lora_llama()
+    rows = rows_with_prefixes(101, seed=3)
+    plan = prefix_plan(rows)
+    assert len(plan.walk()) >= 4
+    b = collate(rows, 0, torch.device("cpu"))
+    params = [p for p in model.parameters() if p.requires_grad]
+    out = []
+    for p in (None, plan):
+        model.zero_grad(set_to_none=True)
+        s = score_tokens(model, b["input_ids"], b["attention_mask"], b["mask"], 0.7, with_entropy=entropy, plan=p)
+        (s.logprobs * torch.linspace(-1, 1, s.logprobs.numel()).view_as(s.logprobs)).sum().backward()
+        out.append((s, [q.grad.clone() for q in params]))
+    (full, g0), (tree, g1) = out
+    torch.testing.assert_close(tree.logprobs, full.logprobs, rtol=REL, atol=1e-6)
+    if entropy:
+        torch.testing.assert_close(tree.entropy, full.entropy, rtol=REL, atol=1e-6)
+    for a, c in zip(g0, g1, strict=True):
+        assert float((a - c).abs().max()) <= REL * (float(a.abs().max()) + 1e-12)
+    wrong = prefix_plan(rows[:-1])
+    with pytest.raises(ValueError, match="covers rows"):
+        score_tokens(model, b["input_ids"], b["attention_mask"], b["mask"], 0.7, plan=wrong)
 
 
 #: float32 bound on the 30-layer embedded model: the shared path's attention runs with an explicit

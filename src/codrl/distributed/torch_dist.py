@@ -33,9 +33,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from codrl.train.batching import PrefixNode
 from codrl.train.checkpoint import Snapshot, check_names, local_snapshot, restore_local, trainable_state
 from codrl.train.config import DistributedConfig
-from codrl.train.scoring import TokenScores, score_tokens
+from codrl.train.scoring import HeldPrefixes, TokenScores, score_tokens
 
 T = TypeVar("T")
 
@@ -131,9 +132,10 @@ class TokenScorer(nn.Module):
         self.model = model
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None, mask: Tensor | None, temperature: float,
-                with_entropy: bool, prefix_len: int = 0) -> tuple[Tensor, Tensor | None]:
+                with_entropy: bool, plan: PrefixNode | None = None, held: HeldPrefixes | None = None
+                ) -> tuple[Tensor, Tensor | None]:
         scores = score_tokens(self.model, input_ids, attention_mask, mask, temperature, with_entropy=with_entropy,
-                              prefix_len=prefix_len)
+                              plan=plan, held=held)
         return scores.logprobs, scores.entropy
 
 
@@ -152,13 +154,18 @@ class TrainedModel:
         #: The module every scoring pass is called through (the scorer, or its DDP wrapper).
         self.engine: nn.Module = self.scorer
 
-    #: Whether a scoring pass may compute a shared prefix once (``prefix_len`` of :meth:`score`).
+    #: Whether a scoring pass may compute shared prefixes once (``plan`` of :meth:`score`).
     shares_prefix = True
+    #: Whether an update's micro-batches may share a prefix computed once for all of them
+    #: (:class:`~codrl.train.scoring.HeldPrefixes`): in one process only, since a replicated or
+    #: sharded model's gradient synchronisation needs every backward to be its micro-batch's own.
+    holds_prefixes = True
 
     def score(self, input_ids: Tensor, attention_mask: Tensor | None, mask: Tensor | None, temperature: float,
-              with_entropy: bool = False, prefix_len: int = 0) -> TokenScores:
+              with_entropy: bool = False, plan: PrefixNode | None = None, held: HeldPrefixes | None = None
+              ) -> TokenScores:
         """Scores of the trained tokens (see :func:`~codrl.train.scoring.score_tokens`)."""
-        logprobs, entropy = self.engine(input_ids, attention_mask, mask, temperature, with_entropy, prefix_len)
+        logprobs, entropy = self.engine(input_ids, attention_mask, mask, temperature, with_entropy, plan, held)
         return TokenScores(logprobs, entropy)
 
     def gradient_sync(self, enabled: bool) -> AbstractContextManager[None]:
@@ -191,6 +198,8 @@ class TrainedModel:
 
 class DDPModel(TrainedModel):
     """Replicated on every rank; DDP averages the gradients in the last micro-batch's backward."""
+
+    holds_prefixes = False
 
     def __init__(self, model: nn.Module, ctx: DistContext) -> None:
         super().__init__(model, ctx)

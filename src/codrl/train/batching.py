@@ -89,7 +89,7 @@ def _unscored_len(e: TrainSeq) -> int:
 
 
 def shared_prefix_len(seqs: Sequence[TrainSeq]) -> int:
-    """Length of the prefix that a micro-batch's rows can compute once (0: none worth sharing).
+    """Length of the prefix that all of a micro-batch's rows can compute once (0: none worth sharing).
 
     The longest run of leading tokens every row has, cut before the first scored position of
     any row (:func:`codrl.train.scoring.score_tokens` with ``prefix_len``). Needs two rows or more.
@@ -103,12 +103,124 @@ def shared_prefix_len(seqs: Sequence[TrainSeq]) -> int:
     return n if n >= MIN_SHARED_PREFIX else 0
 
 
+@dataclass
+class PrefixNode:
+    """One node of a micro-batch's prefix tree (:func:`prefix_plan`).
+
+    The node's tokens ``[start, end)`` are the same in every row below it and are computed once,
+    in a pass of one row (``row``, an index into the micro-batch), on top of the parent's KV cache.
+    ``batches`` are the rows whose own tokens start at ``end``: each batch is one pass of those
+    rows' remaining tokens on top of this node's cache. The root has ``start == end == 0`` (no
+    tokens, no cache): its batches are rows that share nothing worth sharing.
+    """
+
+    start: int
+    end: int
+    row: int
+    children: list[PrefixNode]
+    batches: list[list[int]]
+
+    def walk(self) -> list[PrefixNode]:
+        """This node and all below it, parents before children."""
+        out = [self]
+        for c in self.children:
+            out.extend(c.walk())
+        return out
+
+    def rows(self) -> list[int]:
+        """Every row below this node (its batches' and its children's)."""
+        return [r for n in self.walk() for b in n.batches for r in b]
+
+
+def _batch_by_padding(rows: list[int], own: list[int]) -> list[list[int]]:
+    """Rows (with ``own`` tokens each, in the same order) cut into passes that minimise padded
+    tokens plus :data:`MIN_SHARED_PREFIX` tokens' worth of overhead per pass (rows in order of
+    length, contiguous runs; exact by dynamic programming)."""
+    order = sorted(range(len(rows)), key=lambda i: own[i])
+    n = len(order)
+    best = [0] + [1 << 62] * n  # best[j]: cost of the first j rows of ``order``
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        width = own[order[j - 1]]
+        for i in range(j):
+            c = best[i] + MIN_SHARED_PREFIX + (j - i) * width
+            if c < best[j]:
+                best[j], cut[j] = c, i
+    out: list[list[int]] = []
+    j = n
+    while j:
+        out.append(sorted(rows[order[k]] for k in range(cut[j], j)))
+        j = cut[j]
+    return out[::-1]
+
+
+def prefix_plan(seqs: Sequence[TrainSeq]) -> PrefixNode:
+    """How a micro-batch's rows compute their shared prefixes once: a tree of shared token runs.
+
+    Rows in lexicographic order of their token ids; every run of rows sharing at least
+    :data:`MIN_SHARED_PREFIX` more tokens than their parent node (never past any of their first
+    scored positions) becomes a child node, recursively, so the system prompt shared by all rows
+    is computed once, the repeats' shared first prompt once on top of it, and so on. Each node's
+    remaining rows are cut into passes by :func:`_batch_by_padding`.
+    """
+    order = sorted(range(len(seqs)), key=lambda i: seqs[i].input_ids)
+    limit = [_unscored_len(e) for e in seqs]
+    adj = [min(common_prefix(seqs[a].input_ids, seqs[b].input_ids), limit[a], limit[b])
+           for a, b in zip(order, order[1:])]  # adj[k]: shared tokens of order[k] and order[k+1]
+
+    def build(lo: int, hi: int, start: int, end: int) -> PrefixNode:
+        # order[lo:hi] share their first ``end`` tokens; the node computes [start, end)
+        node = PrefixNode(start, end, order[lo] if end > start else -1, [], [])
+        loose: list[int] = []
+        k = lo
+        while k < hi:
+            j = k
+            while j + 1 < hi and adj[j] >= end + MIN_SHARED_PREFIX:
+                j += 1
+            if j > k:  # order[k..j] share at least MIN_SHARED_PREFIX more tokens
+                node.children.append(build(k, j + 1, end, min(adj[k:j])))
+            else:
+                loose.append(order[k])
+            k = j + 1
+        if loose:
+            node.batches = _batch_by_padding(loose, [seqs[r].num_tokens - end for r in loose])
+        return node
+
+    return build(0, len(order), 0, 0)
+
+
+def plan_tokens(plan: PrefixNode, seqs: Sequence[TrainSeq], padded: bool = False) -> int:
+    """Tokens a micro-batch's forward computes under ``plan``: each node's tokens once, and each
+    row's own rest (``padded``: each pass's rows x its longest row, as the tensors are)."""
+    total = 0
+    for n in plan.walk():
+        total += n.end - n.start
+        for b in n.batches:
+            own = [seqs[r].num_tokens - n.end for r in b]
+            total += len(b) * max(own) if padded else sum(own)
+    return total
+
+
+def recurring_prefixes(micro: Sequence[Sequence[TrainSeq]]) -> set[tuple[int, ...]]:
+    """The top prefixes (tokens of a root child of :func:`prefix_plan`) found in more than one
+    micro-batch of ``micro``: those an update may compute once for all of them
+    (:class:`codrl.train.scoring.HeldPrefixes`)."""
+    seen: dict[tuple[int, ...], int] = {}
+    for rows in micro:
+        if len(rows) < 2:
+            continue
+        for node in prefix_plan(rows).children:
+            key = tuple(rows[node.row].input_ids[: node.end])
+            seen[key] = seen.get(key, 0) + 1
+    return {k for k, n in seen.items() if n > 1}
+
+
 def computed_tokens(seqs: Sequence[TrainSeq], share_prefix: bool) -> int:
-    """Tokens a micro-batch's forward computes (padding aside): every row in full, or the shared
-    prefix once and each row's rest."""
-    total = sum(e.num_tokens for e in seqs)
-    n = shared_prefix_len(seqs) if share_prefix else 0
-    return total - n * (len(seqs) - 1) if n else total
+    """Tokens a micro-batch's forward computes (padding aside): every row in full, or each shared
+    prefix once (:func:`prefix_plan`) and each row's rest."""
+    if not share_prefix or len(seqs) < 2:
+        return sum(e.num_tokens for e in seqs)
+    return plan_tokens(prefix_plan(seqs), seqs)
 
 
 def _by_length(seqs: list[TrainSeq], token_budget: int) -> list[list[TrainSeq]]:
@@ -129,12 +241,11 @@ def micro_batches(seqs: list[TrainSeq], token_budget: int, share_prefix: bool = 
     """Cut rows into micro-batches of at most ``token_budget`` tokens of padded compute.
 
     Rows go in order of length, and a micro-batch holds rows x longest row <= ``token_budget``.
-    With ``share_prefix`` the rows go in lexicographic order of their token ids instead, so rows
-    that share a prefix (the same system prompt, the repeats of a pack's first task) sit side by
-    side. Each run of rows sharing at least :data:`MIN_SHARED_PREFIX` tokens is cut into
-    micro-batches whose cost is the shared prefix once plus rows x (longest row - prefix); a row
-    whose prefix with the previous one is less than half the micro-batch's shared prefix starts
-    a new one, so sharing is not given up for fill. Rows that share nothing are packed by length.
+    With ``share_prefix`` the rows that share a prefix (the same system prompt, the repeats of a
+    pack's first task) go in lexicographic order of their token ids, so that they sit side by
+    side, and a micro-batch takes rows while the padded tokens of its prefix tree
+    (:func:`prefix_plan`, :func:`plan_tokens`) stay within the budget. Rows that share nothing
+    with any other are packed by length.
     """
     if not share_prefix:
         return _by_length(seqs, token_budget)
@@ -147,19 +258,13 @@ def micro_batches(seqs: list[TrainSeq], token_budget: int, share_prefix: bool = 
         else:
             clusters.append([e])
     out: list[list[TrainSeq]] = []
-    for run in (c for c in clusters if len(c) > 1):
-        cur: list[TrainSeq] = []
-        shared = longest = 0
-        for e in run:
-            if cur:
-                n = min(shared, common_prefix(cur[-1].input_ids, e.input_ids), _unscored_len(e))
-                width = max(longest, e.num_tokens)
-                if n + (len(cur) + 1) * (width - n) <= token_budget and not (len(cur) > 1 and n < shared // 2):
-                    cur.append(e)
-                    shared, longest = n, width
-                    continue
-                out.append(cur)
-            cur, shared, longest = [e], _unscored_len(e), e.num_tokens
+    cur: list[TrainSeq] = []
+    for e in (e for c in clusters if len(c) > 1 for e in c):
+        if cur and plan_tokens(prefix_plan(cur + [e]), cur + [e], padded=True) > token_budget:
+            out.append(cur)
+            cur = []
+        cur.append(e)
+    if cur:
         out.append(cur)
     loose = [c[0] for c in clusters if len(c) == 1]  # rows that share nothing: packed by length
     return out + _by_length(loose, token_budget)

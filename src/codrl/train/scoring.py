@@ -23,8 +23,10 @@ model's full logits if its forward does something else after the head (e.g. a lo
 
 from __future__ import annotations
 
+import copy
 import warnings
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +36,7 @@ from torch.utils.checkpoint import checkpoint
 
 from codrl.algo.losses import selective_log_softmax, token_entropy
 from codrl.backends.kv_cache import cache_argument
+from codrl.train.batching import PrefixNode
 
 #: Positions per output-head chunk: 256 x 49,152 float32 logits are 50 MB per temporary.
 DEFAULT_CHUNK_SIZE = 256
@@ -151,32 +154,132 @@ def can_share_prefix(model: nn.Module) -> bool:
     return True
 
 
-def _body(fn: nn.Module, input_ids: Tensor, attention_mask: Tensor | None, prefix_len: int,
-          logits: bool) -> Tensor:
-    """Last hidden states (or logits) of ``fn`` at positions ``prefix_len`` and later.
+def _fork(cache: Any) -> Any:
+    """A cache holding the same key/value tensors as ``cache`` that can grow (or be repeated over
+    rows) without changing ``cache``: transformers' cache layers replace their tensors on update."""
+    new = copy.copy(cache)
+    new.layers = [copy.copy(layer) for layer in cache.layers]
+    return new
 
-    ``prefix_len`` > 0: the first ``prefix_len`` tokens, the same in every row, run once (one row)
-    into a KV cache kept with autograd; the cache is repeated over the rows and each row's rest
-    runs on top of it. Every row's gradient reaches the shared prefix through its own copy of the
-    cache, so the gradients are those of running every row in full.
+
+class HeldPrefixes:
+    """Top-level prefix caches held across the micro-batches of one update (one process).
+
+    When a prefix tree's top node (say the system prompt all solve rows share) recurs in several
+    micro-batches, it is computed once: :func:`score_tokens` keeps its key/value states, with
+    autograd, under the node's tokens, and hands later micro-batches detached copies that collect
+    their gradients. :meth:`backward` then runs the held prefixes' backward once, with those
+    gradients summed, so the gradients are the same as recomputing the prefix per micro-batch.
+    Only for ``keys`` known in advance to recur (:func:`codrl.train.batching.recurring_prefixes`),
+    so that no other prefix's activations are held longer than its micro-batch.
     """
-    if prefix_len <= 0:
-        out = fn(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        return out.logits if logits else out.last_hidden_state
+
+    def __init__(self, keys: set[tuple[int, ...]]) -> None:
+        self.keys = keys
+        self._held: dict[tuple[int, ...], tuple[list[Tensor], Any]] = {}
+
+    def get(self, key: tuple[int, ...], compute: Callable[[], Any]) -> Any:
+        """The cache of prefix ``key``: computed by ``compute`` once, then detached copies."""
+        if key not in self.keys:
+            return compute()
+        if key not in self._held:
+            cache = compute()
+            leaf = _fork(cache)
+            graph = []
+            for layer in leaf.layers:
+                graph += [layer.keys, layer.values]
+                layer.keys = layer.keys.detach().requires_grad_(layer.keys.requires_grad)
+                layer.values = layer.values.detach().requires_grad_(layer.values.requires_grad)
+            self._held[key] = (graph, leaf)
+        return _fork(self._held[key][1])
+
+    def backward(self) -> None:
+        """Backward of every held prefix with the gradients its copies collected; then forget them."""
+        outs, grads = [], []
+        for graph, leaf in self._held.values():
+            for t, held in zip(graph, (x for layer in leaf.layers for x in (layer.keys, layer.values)), strict=True):
+                if held.grad is not None:
+                    outs.append(t)
+                    grads.append(held.grad)
+        self._held.clear()
+        if outs:
+            torch.autograd.backward(outs, grads)
+
+
+def _tree_states(fn: nn.Module, input_ids: Tensor, lengths: list[int], plan: PrefixNode, scored: Tensor,
+                 logits: bool, held: HeldPrefixes | None = None) -> Tensor:
+    """Last hidden states (or logits) of ``fn`` at the scored positions, row-major (``[N, H]``),
+    computing each node of the prefix tree ``plan`` once.
+
+    A node's tokens run in one row on top of its parent's KV cache, kept with autograd; each
+    batch of rows then runs its own tokens on top of a copy of the cache repeated over its rows.
+    Every row's gradient reaches a shared prefix through its own copy, so the gradients are those
+    of running every row in full. A top node's cache may come from ``held`` instead.
+    """
     kwarg = cache_argument(fn)
-    first = fn(input_ids=input_ids[:1, :prefix_len], use_cache=True)
-    cache = getattr(first, kwarg, None)
-    if cache is None:
-        cache = first.past_key_values
-    if input_ids.shape[0] > 1:
-        cache.batch_repeat_interleave(input_ids.shape[0])
-    out = fn(input_ids=input_ids[:, prefix_len:], use_cache=True, **{kwarg: cache})
-    return out.logits if logits else out.last_hidden_state
+    width = scored.shape[1]
+    states: list[Tensor] = []
+    keys: list[Tensor] = []  # flat index row * width + position of each state, to restore row-major order
+
+    def first(ids: Tensor) -> Any:
+        out = fn(input_ids=ids, use_cache=True)
+        cache = getattr(out, kwarg, None)
+        return out.past_key_values if cache is None else cache  # older transformers: past_key_values
+
+    def visit(node: PrefixNode, cache: Any) -> None:
+        if node.end > node.start:
+            ids = input_ids[node.row: node.row + 1, node.start: node.end]
+            if cache is None and held is not None:
+                cache = held.get(tuple(ids[0].tolist()), lambda: first(ids))
+            elif cache is None:
+                cache = first(ids)
+            else:
+                cache = _fork(cache)
+                fn(input_ids=ids, use_cache=True, **{kwarg: cache})
+        for child in node.children:
+            visit(child, cache)
+        for rows in node.batches:
+            stop = max(lengths[r] for r in rows)
+            ids = input_ids[rows, node.end: stop]
+            if cache is None:
+                out = fn(input_ids=ids, use_cache=False)
+            else:
+                mine = _fork(cache)
+                if len(rows) > 1:
+                    mine.batch_repeat_interleave(len(rows))
+                out = fn(input_ids=ids, use_cache=True, **{kwarg: mine})
+            hidden = out.logits if logits else out.last_hidden_state
+            sel = scored[rows, node.end: stop]
+            hidden = hidden[:, : sel.shape[1]]
+            states.append(hidden[sel])
+            r, t = sel.nonzero(as_tuple=True)
+            keys.append(torch.tensor(rows, device=sel.device)[r] * width + t + node.end)
+
+    visit(plan, None)
+    order = torch.argsort(torch.cat(keys))
+    return torch.cat(states)[order]
+
+
+def _check_plan(plan: PrefixNode, input_ids: Tensor, scored: Tensor) -> None:
+    """Raise ValueError unless ``plan`` fits the batch: every row once, each node's tokens the same
+    in all rows below it, unscored, and followed by at least one token."""
+    rows = sorted(plan.rows())
+    if rows != list(range(input_ids.shape[0])):
+        raise ValueError(f"the prefix plan covers rows {rows}, the batch has {input_ids.shape[0]}")
+    for node in plan.walk()[1:]:
+        below = node.rows()
+        if node.end >= input_ids.shape[1] or bool(scored[below, : node.end].any()):
+            raise ValueError(f"prefix [{node.start}, {node.end}): a shared prefix must be unscored and shorter "
+                             "than the rows")
+        seg = input_ids[below, node.start: node.end]
+        if bool((seg != input_ids[node.row, node.start: node.end]).any()):
+            raise ValueError(f"prefix [{node.start}, {node.end}): the rows do not share these tokens")
 
 
 def score_tokens(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None, mask: Tensor | None = None,
                  temperature: float = 1.0, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                 with_entropy: bool = False, prefix_len: int = 0) -> TokenScores:
+                 with_entropy: bool = False, prefix_len: int = 0, plan: PrefixNode | None = None,
+                 held: HeldPrefixes | None = None) -> TokenScores:
     """Logprobs (and optionally entropies) of the next tokens at the positions of ``mask``.
 
     ``model`` is a causal LM (a transformers ``*ForCausalLM``, possibly peft-wrapped);
@@ -187,10 +290,14 @@ def score_tokens(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | N
     enabled; memory beyond the model body's own activations is a few ``[chunk_size, V]`` float32
     tensors. A right-padded ``attention_mask`` is dropped (see the comment in the body).
 
-    ``prefix_len`` > 0 computes the first ``prefix_len`` tokens once for the whole batch (they must
-    be the same in every row, unscored, and followed by at least one token in every row; the rows
-    right-padded or unpadded): the same scores and gradients, with the prefix's compute paid once
-    instead of once per row (:func:`codrl.train.batching.shared_prefix_len` finds it).
+    ``plan`` (:func:`codrl.train.batching.prefix_plan`) computes each prefix that several rows
+    share once (it must be the same in those rows, unscored, and followed by at least one token in
+    each; the rows right-padded or unpadded): the same scores and gradients, with a shared
+    prefix's compute paid once instead of once per row. ``prefix_len`` > 0 is the plan with one
+    prefix, the first ``prefix_len`` tokens of every row
+    (:func:`codrl.train.batching.shared_prefix_len` finds it). ``held`` keeps top prefixes that
+    recur in later calls (see :class:`HeldPrefixes`; its :meth:`~HeldPrefixes.backward` must run
+    after the last of them).
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
@@ -199,24 +306,27 @@ def score_tokens(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | N
     targets = input_ids[:, 1:]
     scored = torch.ones_like(targets, dtype=torch.bool) if mask is None else mask[:, : targets.shape[1]].bool()
     head = _find_head(model, input_ids, attention_mask)
+    if prefix_len > 0 and plan is None:
+        plan = PrefixNode(0, 0, -1, [PrefixNode(0, prefix_len, 0, [], [list(range(input_ids.shape[0]))])], [])
+    lengths = [input_ids.shape[1]] * input_ids.shape[0]
     if _right_padded(attention_mask):
         # Causal attention: a real token only sees earlier positions, never the padding at the
         # end of its row, so the mask changes nothing that is scored. Without it, attention takes
         # the fused causal path: no [B, 1, T, T] mask, no key/value copies per query head.
-        attention_mask = None
-    if prefix_len > 0:
-        if attention_mask is not None and not bool(attention_mask.all()):
-            raise ValueError("prefix_len > 0 needs right-padded (or unpadded) rows")
-        if prefix_len >= input_ids.shape[1] or bool(scored[:, :prefix_len].any()):
-            raise ValueError(f"prefix_len {prefix_len}: the shared prefix must be unscored and shorter than the rows")
-        if bool((input_ids[:, :prefix_len] != input_ids[:1, :prefix_len]).any()):
-            raise ValueError(f"prefix_len {prefix_len}: the rows do not share their first {prefix_len} tokens")
+        lengths = attention_mask.sum(1).tolist()
         attention_mask = None
     fn = head.decoder if head is not None else model
-    full = _body(fn, input_ids, attention_mask, prefix_len, logits=head is None)
-    # [N, H] hidden states (or [N, V] logits) of the scored positions only; ``full`` starts at prefix_len
-    states = full[:, :-1][scored[:, prefix_len:]]
-    del full
+    if plan is not None:
+        if attention_mask is not None:
+            raise ValueError("a prefix plan needs right-padded (or unpadded) rows")
+        _check_plan(plan, input_ids, scored)
+        # [N, H] hidden states (or [N, V] logits) of the scored positions only, row-major
+        states = _tree_states(fn, input_ids, lengths, plan, scored, logits=head is None, held=held)
+    else:
+        out = fn(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        full = out.logits if head is None else out.last_hidden_state
+        states = full[:, :-1][scored]
+        del full, out
     picked = targets[scored]
     logprobs, entropies = [], []
     for states_c, targets_c in zip(torch.split(states, chunk_size), torch.split(picked, chunk_size), strict=True):

@@ -25,11 +25,11 @@ import torch
 from codrl.algo.losses import masked_mean, policy_loss
 from codrl.distributed.torch_dist import TrainedModel
 from codrl.rollout.experience import Experience
-from codrl.train.batching import (TrainSeq, collate, computed_tokens, filler_row, micro_batches, rank_micro_batches,
-                                  shared_prefix_len, split_rows, to_sequences)
+from codrl.train.batching import (TrainSeq, collate, computed_tokens, filler_row, micro_batches, prefix_plan,
+                                  rank_micro_batches, recurring_prefixes, split_rows, to_sequences)
 from codrl.train.config import TrainConfig
 from codrl.train.memory import large_frees_to_os
-from codrl.train.scoring import TokenScores, can_share_prefix
+from codrl.train.scoring import HeldPrefixes, TokenScores, can_share_prefix
 
 
 class PolicyUpdate:
@@ -60,22 +60,24 @@ class PolicyUpdate:
         t = self.cfg.rollout.temperature
         return t if t > 0 else 1.0
 
-    def score(self, batch: dict[str, torch.Tensor], ref: bool = False, with_entropy: bool = False) -> TokenScores:
+    def score(self, batch: dict[str, torch.Tensor], ref: bool = False, with_entropy: bool = False,
+              held: HeldPrefixes | None = None) -> TokenScores:
         """Logprobs of the batch's trained tokens under the policy, or under the reference (base
         model, adapters off, no grad). Scored from hidden states chunk by chunk (no [B, T, V]
-        logits kept); positions outside ``batch["mask"]`` get 0."""
+        logits kept); positions outside ``batch["mask"]`` get 0. ``held``: top prefixes shared
+        with other micro-batches of this update (policy scores in one process only)."""
         ctx = contextlib.ExitStack()
         if ref:
             ctx.enter_context(torch.no_grad())
             ctx.enter_context(self.model.disable_adapter())
         with ctx:
             return self.parallel.score(batch["input_ids"], batch["attention_mask"], batch["mask"], self.temperature,
-                                       with_entropy=with_entropy, prefix_len=int(batch.get("prefix_len", 0)))
+                                       with_entropy=with_entropy, plan=batch.get("plan"), held=held)
 
     def _collate(self, rows: list[TrainSeq]) -> dict[str, Any]:
-        """A micro-batch's tensors, with the length of the prefix its rows compute once."""
+        """A micro-batch's tensors, with the plan of the prefixes its rows compute once."""
         batch: dict[str, Any] = collate(rows or [filler_row(self.pad_id)], self.pad_id, self._device())
-        batch["prefix_len"] = shared_prefix_len(rows) if self.share_prefix else 0
+        batch["plan"] = prefix_plan(rows) if self.share_prefix and len(rows) > 1 else None
         return batch
 
     def context_per_trained(self, minis: list[list[TrainSeq]]) -> dict[str, float]:
@@ -148,11 +150,16 @@ class PolicyUpdate:
         micro = rank_micro_batches(split_rows(mini, ctx.world_size), self.cfg.micro_batch_tokens, ctx.rank,
                                    self.share_prefix)
         sums = {} if sums is None else sums
+        # One process: a top prefix that recurs in several micro-batches is computed once for all.
+        held = None
+        if self.share_prefix and self.parallel.holds_prefixes and ctx.world_size == 1:
+            keys = recurring_prefixes(micro)
+            held = HeldPrefixes(keys) if keys else None
         for i, rows in enumerate(micro):
             with self.parallel.gradient_sync(i == len(micro) - 1):
                 batch = self._collate(rows)
                 ref_lp = self.score(batch, ref=True).logprobs if self._use_kl else None
-                scores = self.score(batch, with_entropy=True)
+                scores = self.score(batch, with_entropy=True, held=held)
                 loss, m = policy_loss(scores.logprobs, batch["old_logprobs"], batch["advantages"], batch["mask"],
                                       self.cfg.loss, num_tokens=n_tokens, ref_logprobs=ref_lp)
                 (loss * (ctx.world_size if rows else 0.0)).backward()
@@ -166,6 +173,8 @@ class PolicyUpdate:
                     sums[k] = sums.get(k, 0.0) + w * float(v)
             sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
             del scores, ref_lp, loss
+        if held is not None:
+            held.backward()
         return sums
 
     def step(self, step: int) -> float:
