@@ -74,7 +74,16 @@ Run: ``python bench/vs_trl.py [--steps 3 --prompts 2 --warmup 1 --threads 1 --ro
 7 minutes on 2 CPU cores with the defaults, twice that with ``--rounds 2``);
 ``python bench/vs_trl.py --quick`` is a 1-step, 1-prompt, 16-token sanity run (about a minute).
 The last line printed is ``RESULT speedup=<codrl/TRL step tok/s>
-train_speedup=<codrl/TRL update tok/s> mem_ratio=<codrl/TRL peak RSS>``.
+train_speedup=<codrl/TRL update tok/s> mem_ratio=<codrl/TRL peak RSS>``, then the same three for
+the multi-turn workload with the suffix ``_multiturn``.
+
+Multi-turn workload (``--workloads multi``): each sampled conversation gets a second turn, the
+fixed feedback :data:`FEEDBACK` after the first reply, and a second reply; the reward is
+:func:`reward_of` the second reply, and both replies are trained (the feedback tokens are not).
+TRL drives it through ``GRPOTrainer``'s documented custom-rollout hook ``rollout_func`` (two
+transformers ``generate`` calls; the feedback tokens masked with its ``env_mask``), codrl through
+``HFBackend.generate`` with a session per conversation (the second turn's prompt is served from
+the first turn's KV cache) and its multi-turn rows (the turns of an episode trained as one row).
 """
 
 from __future__ import annotations
@@ -96,6 +105,8 @@ LORA_R, LORA_ALPHA, LORA_TARGETS = 8, 16, ["q_proj", "v_proj"]
 LR = 1e-5
 SEED = 0
 CHILD_TAG = "VS_TRL_JSON "
+#: The second turn's user message of the multi-turn workload (the same after every first reply).
+FEEDBACK = "Check your arithmetic once more, then give the final number again inside <answer></answer> tags."
 
 #: (a, op, b): the questions, used in this order (step s takes prompts s*P .. s*P+P-1, cycling).
 QUESTIONS = [(23, "+", 58), (91, "-", 37), (12, "*", 7), (46, "+", 79), (84, "-", 29), (9, "*", 13),
@@ -247,8 +258,8 @@ def run_trl(args: argparse.Namespace, model_dir: str, rec: Recorder) -> None:
         def on_step_end(self, args, state, control, **kw):
             rec.end()
 
-    def reward(completions, answer, **kw) -> list[float]:
-        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+    def reward(completions, answer, final_text=None, **kw) -> list[float]:
+        texts = final_text or [c[-1]["content"] if isinstance(c, list) else c for c in completions]
         rs = [reward_of(t, a) for t, a in zip(texts, answer, strict=True)]
         rec.rewards.extend(rs)
         return rs
@@ -259,9 +270,60 @@ def run_trl(args: argparse.Namespace, model_dir: str, rec: Recorder) -> None:
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     batch = args.prompts * args.group
+
+    def sample(trainer: GRPOTrainer, prompt_ids: list[list[int]]) -> list[list[int]]:
+        """One sampled reply per prompt with transformers ``generate`` (left-padded batch), cut
+        after the first end-of-turn token, as TRL's own transformers path does."""
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        width = max(map(len, prompt_ids))
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids])
+        attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids])
+        t = time.perf_counter()
+        with torch.no_grad():
+            out = trainer.model.generate(input_ids=ids, attention_mask=attn, do_sample=True, temperature=1.0,
+                                         top_p=1.0, top_k=0, max_new_tokens=args.max_new_tokens, pad_token_id=pad)
+        rec.cur["generate_s"] += time.perf_counter() - t
+        replies = []
+        for row in out[:, width:].tolist():
+            cut = next((i + 1 for i, x in enumerate(row) if x in trainer.eos_token_ids), len(row))
+            replies.append(row[:cut])
+        rec.cur["truncated"] += sum(1 for r in replies if not r or r[-1] not in trainer.eos_token_ids)
+        return replies
+
+    def two_turns(prompts: list, trainer: GRPOTrainer) -> dict[str, list]:
+        """The multi-turn workload through TRL's custom-rollout hook (``rollout_func``): a reply, a
+        fixed feedback message, a second reply. The completion is both replies and the feedback's
+        tokens between them, which ``env_mask`` keeps out of the loss."""
+        firsts = [tok.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False)
+                  for p in prompts]
+        # The feedback's tokens after an assistant turn: the template's end of turn, the user
+        # message and the next assistant header (the same after any reply).
+        probe = prompts[0] + [{"role": "assistant", "content": "x"}]
+        closed = tok.apply_chat_template(probe, tokenize=True, return_dict=False)
+        full = tok.apply_chat_template(probe + [{"role": "user", "content": FEEDBACK}], add_generation_prompt=True,
+                                       tokenize=True, return_dict=False)
+        closed = closed[: max(i for i, x in enumerate(closed) if x == tok.eos_token_id) + 1]
+        feedback = full[len(closed):]
+        eos = tok.eos_token_id
+        r1 = sample(trainer, firsts)
+        closing = [[] if r and r[-1] == eos else [eos] for r in r1]  # a cut-off reply is closed for turn 2
+        r2 = sample(trainer, [p + a + c + feedback for p, a, c in zip(firsts, r1, closing, strict=True)])
+        completion = [a + c + feedback + b for a, c, b in zip(r1, closing, r2, strict=True)]
+        env_mask = [[1] * len(a) + [0] * (len(c) + len(feedback)) + [1] * len(b)
+                    for a, c, b in zip(r1, closing, r2, strict=True)]
+        rec.cur["tokens"] += sum(len(a) + len(b) for a, b in zip(r1, r2, strict=True))
+        rec.cur["prompt_tokens"] += sum(map(len, firsts))
+        rec.add_prompts(firsts)
+        rec.cur["rows"] += 2 * len(firsts)
+        texts = [tok.decode(b, skip_special_tokens=True) for b in r2]
+        return {"prompt_ids": firsts, "completion_ids": completion, "env_mask": env_mask,
+                # unused without vLLM (on-policy: TRL's ratio is 1 and it scores the tokens itself)
+                "logprobs": [[0.0] * len(c) for c in completion], "final_text": texts}
+
     cfg = GRPOConfig(
         output_dir=tempfile.mkdtemp(prefix="vs_trl_"), use_cpu=True, bf16=False, fp16=False, seed=SEED,
-        num_generations=args.group, max_completion_length=args.max_new_tokens,
+        num_generations=args.group,
+        max_completion_length=args.max_new_tokens * args.turns + (64 if args.turns > 1 else 0),
         temperature=1.0, top_p=1.0, top_k=0,
         per_device_train_batch_size=batch, gradient_accumulation_steps=1, num_iterations=1,
         max_steps=n_steps, shuffle_dataset=False, beta=0.0, loss_type="dapo", epsilon=0.2, epsilon_high=0.2,
@@ -274,7 +336,7 @@ def run_trl(args: argparse.Namespace, model_dir: str, rec: Recorder) -> None:
         model=model, reward_funcs=[reward], args=cfg, train_dataset=data, processing_class=tok,
         peft_config=LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules=LORA_TARGETS,
                                task_type="CAUSAL_LM"),
-        callbacks=[StepTimer()],
+        callbacks=[StepTimer()], rollout_func=two_turns if args.turns > 1 else None,
     )
     trainer.train()
     if len(rec.steps) != n_steps:
@@ -321,23 +383,33 @@ def run_codrl(args: argparse.Namespace, model_dir: str, rec: Recorder) -> None:
         prompts = [question(i) for i in step_prompts(step, args.prompts)]
         rec.rollout_begin()
         t = time.perf_counter()
-        reqs = [GenRequest(messages=msgs, sampling=sampling) for msgs, _ in prompts for _ in range(args.group)]
-        results = backend.generate(reqs)
+        reqs = [GenRequest(messages=msgs, sampling=sampling, session=f"s{step}r{k}")
+                for k, (msgs, _) in enumerate((m for m in prompts for _ in range(args.group)))]
+        turns = [backend.generate(reqs)]
+        if args.turns > 1:  # the same conversation continued, as a lifecycle's multi-turn episode is
+            turns.append(backend.generate([
+                GenRequest(messages=q.messages + [{"role": "assistant", "content": a.text},
+                                                  {"role": "user", "content": FEEDBACK}],
+                           sampling=sampling, session=q.session) for q, a in zip(reqs, turns[0], strict=True)]))
+        for q in reqs:
+            backend.release(q.session)
         rec.cur["generate_s"] += time.perf_counter() - t
         exps = []
-        for k, res in enumerate(results):
+        for k, final in enumerate(turns[-1]):
             p, g = divmod(k, args.group)
-            r = reward_of(res.text, prompts[p][1])
+            r = reward_of(final.text, prompts[p][1])
             rec.rewards.append(r)
-            exps.append(Experience(pack_id=f"s{step}p{p}", repeat=g, episode_type="solve", position=0, turn=0,
-                                   prompt_ids=res.prompt_ids, completion_ids=res.completion_ids,
-                                   logprobs=res.logprobs, text=res.text, finish_reason=res.finish_reason,
-                                   own_reward=r, task_rewards=[r]))
+            for turn, res in enumerate(t[k] for t in turns):
+                exps.append(Experience(pack_id=f"s{step}p{p}", repeat=g, episode_type="solve", position=0, turn=turn,
+                                       prompt_ids=res.prompt_ids, completion_ids=res.completion_ids,
+                                       logprobs=res.logprobs, text=res.text, finish_reason=res.finish_reason,
+                                       own_reward=r, task_rewards=[r]))
         compute_advantages(exps, cfg.advantage)
         rec.rollout_end()
+        results = [res for t in turns for res in t]
         rec.cur["tokens"] += sum(len(r.completion_ids) for r in results)
-        rec.cur["prompt_tokens"] += sum(len(r.prompt_ids) for r in results)
-        rec.add_prompts([r.prompt_ids for r in results])
+        rec.cur["prompt_tokens"] += sum(len(r.prompt_ids) for r in turns[0])
+        rec.add_prompts([r.prompt_ids for r in turns[0]])
         rec.cur["rows"] += len(results)
         rec.cur["truncated"] += sum(r.finish_reason == "length" for r in results)
         trainer.update(exps)
@@ -361,7 +433,7 @@ def child(args: argparse.Namespace) -> None:
 def run_side(side: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, os.path.abspath(__file__), "--side", side, "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--prompts", str(args.prompts), "--group", str(args.group),
-           "--max-new-tokens", str(args.max_new_tokens), "--threads", str(args.threads)]
+           "--max-new-tokens", str(args.max_new_tokens), "--threads", str(args.threads), "--turns", str(args.turns)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "OMP_NUM_THREADS": str(args.threads)}
     print(f"== {side}: {' '.join(cmd[1:])}", flush=True)
@@ -393,7 +465,8 @@ def rates(s: dict[str, Any]) -> dict[str, float]:
             "update_cpu": s["tokens"] / s["update_cpu_s"], "gen_cpu": s["tokens"] / s["rollout_cpu_s"]}
 
 
-def report(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
+def report(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict[str, float]:
+    """Print one workload's comparison table; return its ratios."""
     c, t = res["codrl"], res["trl"]
     rc, rt = rates(c), rates(t)
     gib = 1024 ** 2
@@ -427,7 +500,8 @@ def report(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
     import trl
 
     print()
-    print(f"workload: {args.prompts} prompts x group {args.group} per step, max {args.max_new_tokens} new tokens, "
+    print(f"workload: {'two turns (reply, fixed feedback, reply)' if args.turns > 1 else 'single turn'}; "
+          f"{args.prompts} prompts x group {args.group} per step, max {args.max_new_tokens} new tokens per reply, "
           f"{args.warmup} warm-up + {args.steps} measured steps x {args.rounds} round(s), LoRA r={LORA_R} on "
           f"{'/'.join(LORA_TARGETS)}, beta 0, torch threads {c['threads']} (both sides)")
     print(f"versions: torch {torch.__version__}, trl {trl.__version__}; load average {os.getloadavg()[0]:.2f}")
@@ -437,8 +511,8 @@ def report(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
         print(f"{name:{w}}  {a:>14}  {b:>14}  {'' if ratio is None else f'{ratio:9.3f}'}")
     if t["prompt_hash"] != c["prompt_hash"]:
         print("WARNING: the two sides saw different prompt token ids (chat template applied differently)")
-    print(f"RESULT speedup={rc['step'] / rt['step']:.3f} train_speedup={rc['update'] / rt['update']:.3f} "
-          f"mem_ratio={c['peak_rss_kib'] / t['peak_rss_kib']:.3f}")
+    return {"speedup": rc["step"] / rt["step"], "train_speedup": rc["update"] / rt["update"],
+            "mem_ratio": c["peak_rss_kib"] / t["peak_rss_kib"]}
 
 
 def main() -> None:
@@ -453,25 +527,37 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1,
                     help="run each side this many times, alternating the order (codrl first in odd rounds)")
     ap.add_argument("--quick", action="store_true", help="sanity run: 1 step, 1 prompt, 16 new tokens, no warm-up")
+    ap.add_argument("--workloads", default="single,multi",
+                    help="comma-separated: single (one reply per prompt), multi (reply, feedback, reply)")
+    ap.add_argument("--turns", type=int, default=1, help=argparse.SUPPRESS)  # internal: a child's workload
     args = ap.parse_args()
     if args.quick:
         args.steps, args.warmup, args.prompts, args.max_new_tokens = 1, 0, 1, 16
     if min(args.steps, args.prompts, args.group, args.max_new_tokens, args.threads, args.rounds) < 1 or args.warmup < 0:
         ap.error("--steps, --prompts, --group, --max-new-tokens, --threads and --rounds must be >= 1, --warmup >= 0")
+    workloads = [w for w in args.workloads.split(",") if w]
+    if not workloads or set(workloads) - {"single", "multi"}:
+        ap.error(f"--workloads: a comma-separated list of single, multi; got {args.workloads!r}")
     if args.side:
         child(args)
         return
     t0 = time.perf_counter()
-    runs: dict[str, list[dict[str, Any]]] = {"codrl": [], "trl": []}
-    for r in range(args.rounds):
-        for side in ("codrl", "trl") if r % 2 == 0 else ("trl", "codrl"):
-            out = run_side(side, args)
-            runs[side].append(out)
-            x = rates(out)
-            print(f"   round {r + 1} {side}: step {x['step']:.1f} tok/s, update {x['update']:.1f} tok/s, "
-                  f"CPU share {out['cpu_s'] / out['wall_s']:.0%}", flush=True)
+    result: dict[str, float] = {}
+    for workload in workloads:
+        args.turns = 2 if workload == "multi" else 1
+        runs: dict[str, list[dict[str, Any]]] = {"codrl": [], "trl": []}
+        for r in range(args.rounds):
+            for side in ("codrl", "trl") if r % 2 == 0 else ("trl", "codrl"):
+                out = run_side(side, args)
+                runs[side].append(out)
+                x = rates(out)
+                print(f"   {workload} round {r + 1} {side}: step {x['step']:.1f} tok/s, update {x['update']:.1f} "
+                      f"tok/s, CPU share {out['cpu_s'] / out['wall_s']:.0%}", flush=True)
+        ratios = report({side: merge(rs) for side, rs in runs.items()}, args)
+        suffix = "_multiturn" if workload == "multi" else ""
+        result.update({k + suffix: v for k, v in ratios.items()})
     print(f"\ntotal bench time {time.perf_counter() - t0:.0f}s")
-    report({side: merge(rs) for side, rs in runs.items()}, args)
+    print("RESULT " + " ".join(f"{k}={v:.3f}" for k, v in result.items()))
 
 
 if __name__ == "__main__":
