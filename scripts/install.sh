@@ -74,6 +74,23 @@ if [ "$WITH_SERVER" = 1 ]; then
   python -m codrl.backends.llama_server --check  # one real chat completion, or one line saying why not
 fi
 
+# bubblewrap: the sandbox's strongest layer for model-written code (a minimal read-only root,
+# codrl.sandbox). Without it the sandbox uses the namespace or uid layer (docs/sandbox.md).
+if ! command -v bwrap >/dev/null; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "install: installing bubblewrap from the system's packages (the sandbox's minimal root)"
+    if ! { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap \
+        || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; }; } \
+        >/tmp/codrl-apt-bwrap.log 2>&1; then
+      tail -5 /tmp/codrl-apt-bwrap.log >&2
+      echo "install: warning: bubblewrap could not be installed; model code runs in a weaker sandbox layer" >&2
+    fi
+  else
+    echo "install: warning: no bubblewrap (bwrap) and no root apt-get to install it; model code runs in a" \
+      "weaker sandbox layer (docs/sandbox.md)" >&2
+  fi
+fi
+
 if [ "$WITH_BROWSER" = 1 ]; then
   # The names codrl.view.browser.find_chromium looks for.
   if [ -n "${CODRL_CHROMIUM:-}" ] || command -v chromium chromium-browser google-chrome google-chrome-stable >/dev/null; then

@@ -500,7 +500,7 @@ def test_sandbox_network_is_blocked() -> None:
     body = ("import socket\ndef total_value(lines):\n"
             "    socket.create_connection(('1.1.1.1', 53), timeout=1)\n    return 'connected'\n")
     res = _hostile(body)
-    if sandbox.isolation_for(["python3"]) != "namespaces":
+    if sandbox.isolation_for([sandbox.python()]) not in ("bwrap", "namespaces"):
         pytest.skip("no network namespace here; the network is NOT blocked (see docs/sandbox.md)")
     assert "returned 'connected'" not in res.feedback and "raised OSError(" in res.feedback
 
@@ -575,3 +575,53 @@ def test_checklist_levels(name: str) -> None:
     assert lv.learner_last - lv.learner_first > 0.15  # conventions learned from reports pay off
     assert abs(lv.memoryless_last - lv.memoryless_first) < 0.12
     assert lv.learner_last - lv.memoryless_last > 0.15
+
+
+# -- unguessable worlds ------------------------------------------------------------------------------------
+def test_sandbox_world_reconstruction_scores_no_more_than_empty() -> None:
+    """A submission that hunts for what would let it rebuild its world (the project's source and
+    generator, this environment's packages, the world key) finds none of it, and scores as an
+    empty submission does."""
+    import codrl
+    from codrl.envs.world_key import default_key_path
+
+    targets = [str(Path(codrl.__file__).resolve().parent), str(default_key_path()), str(Path(np.__file__).parent)]
+    body = f"""import house, importlib, os
+FOUND = []
+for name in ("codrl", "numpy", "codrl.envs.code.world"):
+    try:
+        importlib.import_module(name)
+        FOUND.append(name)
+    except Exception:
+        pass
+for path in {targets!r}:
+    try:
+        open(path, "rb").read() if os.path.isfile(path) else os.listdir(path)
+        FOUND.append(path)
+    except OSError:
+        pass
+def total_value(lines):
+    raise RuntimeError("found: " + repr(FOUND))
+"""
+    res = _hostile(body)
+    assert "found: []" in res.feedback, res.feedback
+
+
+def test_worlds_come_from_the_secret_key(tmp_path: Path) -> None:
+    """Packs of the code world depend on the key, not only on (name, split, seed, index): another
+    key gives other worlds, the same key the same ones; the fingerprint names the key, not the key."""
+    from codrl.envs.world_key import fingerprint, load_key
+
+    a, b = tmp_path / "a.key", tmp_path / "b.key"
+    a.write_bytes(bytes(range(32)))
+    b.write_bytes(bytes(range(1, 33)))
+    pa = CodeEnv(world_key=str(a)).sample_pack("test", 0, 0, 2)
+    assert CodeEnv(world_key=str(a)).sample_pack("test", 0, 0, 2).world == pa.world
+    worlds_b = [CodeEnv(world_key=str(b)).sample_pack("test", 0, i, 1).world for i in range(4)]
+    assert any(w != pa.world for w in worlds_b)
+    fp = CodeEnv(world_key=str(a)).world_key_fingerprint()
+    assert fp == fingerprint(load_key(str(a))) and len(fp) == 12 and fp not in a.read_bytes().hex()
+    with pytest.raises(ValueError, match="does not exist"):
+        CodeEnv(world_key=str(tmp_path / "missing.key")).sample_pack("test", 0, 0, 1)
+    with pytest.raises(ValueError, match="world_key"):
+        CodeEnv(world_key="")

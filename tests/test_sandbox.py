@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import textwrap
@@ -28,17 +29,20 @@ from codrl.sandbox import TRUNCATION_MARKER, run_sandboxed
 sys.path.insert(0, str(Path(__file__).parent))
 from host_checks import pids_with  # noqa: E402
 
-PY = sys.executable
+PY = sandbox.python()
 ROOT = os.getuid() == 0
+NETWORK_ISOLATED = ("bwrap", "namespaces")
 
 
-@pytest.fixture(params=["auto", "uid"])
+@pytest.fixture(params=["auto", "namespaces", "uid"])
 def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Run the test with the best isolation here, then with the uid-only fallback (root only)."""
-    if request.param == "uid":
-        if not ROOT:
-            pytest.skip("uid fallback needs root")
-        monkeypatch.setattr(sandbox, "isolation", lambda: "uid")
+    """Run the test with the best isolation here, then with each weaker root layer (root only)."""
+    if request.param != "auto":
+        if request.param not in sandbox._layers():
+            pytest.skip(f"the {request.param} layer does not work here")
+        if request.param == sandbox.isolation():
+            pytest.skip(f"the {request.param} layer is this machine's best: run as 'auto'")
+        monkeypatch.setattr(sandbox, "isolation", lambda: request.param)
     yield request.param
 
 
@@ -198,7 +202,7 @@ def test_sandbox_network_socket_fails() -> None:
         print("connected")
     """
     res = _run(code, timeout_s=3)
-    if sandbox.isolation_for([PY]) != "namespaces":
+    if sandbox.isolation_for([PY]) not in NETWORK_ISOLATED:
         pytest.skip("no network namespace here; network is NOT blocked (see docs/sandbox.md)")
     assert res.returncode != 0 and "network blocked" in res.stderr
     assert "connected" not in res.stdout
@@ -290,3 +294,147 @@ def test_sandbox_unknown_signal_is_reported_by_number(mode: str) -> None:
         assert res.returncode == -40 and res.killed_reason == "terminated by signal 40"
     else:
         assert res.returncode == 128 + 40
+
+
+# -- the minimal root (bwrap): nothing of the host is reachable --------------------------------------
+needs_bwrap = pytest.mark.skipif("bwrap" not in sandbox._layers(),
+                                 reason="bubblewrap (bwrap) is not installed or may not create namespaces here "
+                                        "(scripts/install.sh installs it on Debian/Ubuntu as root)")
+
+
+@needs_bwrap
+def test_sandbox_minimal_root_shows_no_host_files() -> None:
+    """No project source, no site-packages, no home, no /run, /var or host /tmp: nothing to read."""
+    import codrl
+
+    secrets = [str(Path(codrl.__file__).resolve().parent), str(Path.home()), "/run", "/var", "/work", "/srv",
+               str(Path(pytest.__file__).resolve().parent), str(Path(__file__).resolve())]
+    code = f"""
+        import json, os
+        print(json.dumps({{"seen": [p for p in {secrets!r} if os.path.exists(p)], "root": sorted(os.listdir("/"))}}))
+    """
+    res = _run(code, timeout_s=5)
+    assert res.ok, res.stderr
+    out = json.loads(res.stdout)
+    assert out["seen"] == []
+    assert set(out["root"]) <= {"bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sandbox-src", "sbin",
+                                "tmp", "usr"}
+
+
+@needs_bwrap
+def test_sandbox_sees_no_host_processes() -> None:
+    res = _run("import os\nprint(len([p for p in os.listdir('/proc') if p.isdigit()]))\n", timeout_s=5)
+    assert res.ok, res.stderr
+    assert int(res.stdout) <= 4  # its own few processes (bwrap's init, the shell's exec, python)
+
+
+@needs_bwrap
+def test_sandbox_cannot_create_user_namespaces() -> None:
+    """``unshare -r`` (a user namespace, the start of most kernel attacks) fails inside."""
+    code = """
+        import subprocess
+        r = subprocess.run(["unshare", "-r", "true"], capture_output=True, text=True)
+        print("unshare rc", r.returncode)
+    """
+    res = _run(code, timeout_s=5)
+    assert res.ok, res.stderr
+    assert "unshare rc 0" not in res.stdout and "unshare rc" in res.stdout
+
+
+@needs_bwrap
+def test_sandbox_reaches_no_host_sockets(tmp_path: Path) -> None:
+    """A host TCP listener on 127.0.0.1, an abstract unix socket and a path unix socket: none reachable."""
+    import socket
+
+    tcp = socket.socket()
+    tcp.bind(("127.0.0.1", 0))
+    tcp.listen()
+    abstract = socket.socket(socket.AF_UNIX)
+    name = f"codrl-test-{os.getpid()}"
+    abstract.bind("\0" + name)
+    abstract.listen()
+    path = tmp_path / "host.sock"
+    unix = socket.socket(socket.AF_UNIX)
+    unix.bind(str(path))
+    unix.listen()
+    os.chmod(tmp_path, 0o755)
+    os.chmod(path, 0o777)
+    code = f"""
+        import socket
+        def attempt(family, addr):
+            s = socket.socket(family)
+            s.settimeout(1)
+            try:
+                s.connect(addr)
+                return "reached"
+            except OSError as e:
+                return "blocked"
+        print(attempt(socket.AF_INET, ("127.0.0.1", {tcp.getsockname()[1]})),
+              attempt(socket.AF_UNIX, "\\0{name}"), attempt(socket.AF_UNIX, {str(path)!r}))
+    """
+    try:
+        res = _run(code, timeout_s=5)
+    finally:
+        for s in (tcp, abstract, unix):
+            s.close()
+    assert res.ok, res.stderr
+    assert res.stdout.split() == ["blocked", "blocked", "blocked"]
+
+
+@needs_bwrap
+def test_sandbox_leaves_no_files_in_shared_dirs() -> None:
+    token = f"leftover-{uuid.uuid4().hex}"
+    code = f"""
+        import os
+        for d in ("/tmp", "/var/tmp", "/dev/shm"):
+            try:
+                with open(os.path.join(d, "{token}"), "w") as f:
+                    f.write("x")
+            except OSError:
+                pass
+    """
+    res = _run(code, timeout_s=5)
+    assert res.returncode == 0, res.stderr
+    assert not [d for d in ("/tmp", "/var/tmp", "/dev/shm") if os.path.exists(os.path.join(d, token))]
+
+
+@needs_bwrap
+def test_sandbox_weaker_layer_is_never_silent() -> None:
+    """A program the minimal root cannot run is an error naming why, unless the caller allows a
+    weaker layer; then it runs in the next one. A read-only bind makes it runnable there."""
+    folder = Path(tempfile.mkdtemp(prefix="codrl-bind-"))  # readable by the sandbox's own uid
+    try:
+        folder.chmod(0o755)
+        outside = folder / "tool"
+        outside.write_text("#!/bin/sh\necho ran\n")
+        outside.chmod(0o755)
+        with pytest.raises(CodrlError, match="not inside the minimal root"):
+            run_sandboxed({}, [str(outside)], timeout_s=5)
+        assert sandbox.isolation_for([str(outside)], allow_weaker=True) in ("namespaces", "uid", "rlimits")
+        assert sandbox.isolation_for([str(outside)], binds=[str(folder)]) == "bwrap"
+        res = run_sandboxed({}, [str(outside)], timeout_s=5, binds=[str(folder)])
+        assert res.ok and res.stdout == "ran\n", res.stderr
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_sandbox_disk_is_bounded(mode: str) -> None:
+    """Many files, each under the per-file cap: the work dir's tmpfs (``disk_mb``) stops them."""
+    if sandbox.isolation_for([PY]) not in NETWORK_ISOLATED:
+        pytest.skip("only the bwrap and namespace layers bound the total (docs/sandbox.md)")
+    code = """
+        import sys
+        written = 0
+        try:
+            for i in range(64):
+                with open(f"f{i}.bin", "wb") as f:
+                    f.write(b"x" * 1024 * 1024)
+                written += 1
+        except OSError as e:
+            print("stopped after", written, type(e).__name__)
+            sys.exit(0)
+        print("wrote", written)
+    """
+    res = _run(code, timeout_s=10, disk_mb=8, max_file_mb=4)
+    assert res.ok, res.stderr
+    assert res.stdout.startswith("stopped after") and int(res.stdout.split()[2]) < 9

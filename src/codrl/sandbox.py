@@ -6,6 +6,15 @@ directory; the host process never passes it to ``eval``/``exec``.
 
 Layers, strongest first (each is used when it works on this machine, see :func:`isolation`):
 
+* **A minimal root** (bubblewrap, ``bwrap``): the command sees a fresh root holding only
+  read-only binds of ``/usr`` (and the ``/bin``, ``/lib*`` links into it), a few files of ``/etc``,
+  a fresh ``/proc``, a minimal ``/dev`` and a size-limited tmpfs work dir (``/tmp``, the cwd and
+  ``HOME``) holding a copy of the files: nothing of the host's home directories, project
+  checkouts, ``/run``, ``/tmp`` or ``/var``. All namespaces are new (user, PID, mount, network,
+  IPC, UTS, cgroup), the user namespace cannot be nested (``--disable-userns``), capabilities are
+  dropped, the run is its own session and dies with its supervisor. On a root host bwrap itself
+  runs as a dedicated uid (below). Programs run from the host's ``/usr``: use :func:`python` for a
+  Python interpreter that exists in there.
 * **Namespaces** (root with ``unshare`` and ``setpriv``): new PID, mount and network namespaces.
   The command runs as PID 1 of its PID namespace, so when it exits or is killed the kernel kills
   every process it left behind (double forks and ``setsid`` included). The network namespace has
@@ -18,7 +27,12 @@ Layers, strongest first (each is used when it works on this machine, see :func:`
 * **rlimits** (always): CPU seconds, address space, process count, file size, no core dumps.
 * **A new session/process group** (always): the whole group is SIGKILLed on timeout and return.
 
-Without root, only the last two apply (see ``docs/sandbox.md`` for what is NOT protected).
+Without root, the minimal root still applies where the kernel lets users create namespaces;
+otherwise only the last two do (see ``docs/sandbox.md`` for what is NOT protected).
+
+A run never gets a weaker layer than :func:`isolation` silently: a command that cannot run in the
+strongest layer (a program outside ``/usr`` under bwrap, or inside a directory the namespace layer
+hides) raises :class:`~codrl.errors.CodrlError`, unless the caller passes ``allow_weaker=True``.
 """
 
 from __future__ import annotations
@@ -31,6 +45,7 @@ import selectors
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -94,50 +109,99 @@ class SandboxResult:
         return self.returncode == 0 and self.killed_reason is None
 
 
-@functools.lru_cache(maxsize=1)
-def isolation() -> str:
-    """Return the strongest layer that works here: ``"namespaces"``, ``"uid"`` or ``"rlimits"``.
+#: Files of the host's ``/etc`` bound read-only into the minimal root (the dynamic loader's
+#: cache and config, the time zone, the user and group names, Debian's alternatives links).
+_ETC = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/passwd", "/etc/group",
+        "/etc/alternatives")
+#: Top-level directories of the host the minimal root takes (merged-/usr links or read-only binds).
+_ROOT_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+#: Inside the minimal root: the copy of the files (writable tmpfs) and the host work dir (read-only).
+_BW_WORK, _BW_SRC = "/tmp", "/sandbox-src"
+_BW_START = 'cp -a "$0"/. . && exec "$@"'
 
-    Probed once by actually running ``unshare``, because the binary may exist while the kernel or
-    a container policy refuses namespaces.
+
+@functools.lru_cache(maxsize=1)
+def _layers() -> tuple[str, ...]:
+    """The layers that work on this machine, strongest first (probed once, by running them)."""
+    out: list[str] = []
+    if shutil.which("bwrap") and _probe(_bwrap_prefix(65534 if os.getuid() == 0 else None, network=False, binds=())
+                                        + ["/bin/sh", "-c", "cd /tmp && true"]):
+        out.append("bwrap")
+    if os.getuid() == 0:
+        if shutil.which("unshare") and shutil.which("setpriv") and _probe(
+                ["unshare", "--pid", "--fork", "--mount", "--mount-proc", "--net", "--kill-child", "sh", "-c",
+                 "mount -t tmpfs none /tmp && setpriv --reuid=65534 true"]):
+            out.append("namespaces")
+        out.append("uid")
+    out.append("rlimits")
+    return tuple(out)
+
+
+def _probe(argv: list[str]) -> bool:
+    """Whether ``argv`` runs and exits 0 within 10 s (the binary may exist while the kernel or a
+    container policy refuses namespaces)."""
+    try:
+        return subprocess.run(argv, capture_output=True, timeout=10, check=False).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def isolation() -> str:
+    """The strongest layer that works here: ``"bwrap"``, ``"namespaces"``, ``"uid"`` or ``"rlimits"``.
+
+    Probed once by actually running each layer's tools.
     """
-    if os.getuid() != 0:
-        return "rlimits"
-    if shutil.which("unshare") and shutil.which("setpriv"):
-        probe = [
-            "unshare",
-            "--pid",
-            "--fork",
-            "--mount",
-            "--mount-proc",
-            "--net",
-            "--kill-child",
-            "sh",
-            "-c",
-            "mount -t tmpfs none /tmp && setpriv --reuid=65534 true",
-        ]
-        try:
-            done = subprocess.run(probe, capture_output=True, timeout=10, check=False)
-            if done.returncode == 0:
-                return "namespaces"
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return "uid"
+    return _layers()[0]
 
 
 #: Directories namespace mode hides behind empty mounts (``/tmp`` behind the private work dir).
 _HIDDEN = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+#: Where programs may live for the minimal root (besides read-only ``binds``).
+_BW_VISIBLE = ("/usr/", "/bin/", "/sbin/", "/lib/", "/lib64/")
 
 
-def isolation_for(command: Sequence[str]) -> str:
-    """The layer :func:`run_sandboxed` uses for ``command``: :func:`isolation`, except that a
-    program living in a directory namespace mode hides (e.g. an interpreter of a virtualenv under
-    ``/tmp``) could not start there, so it runs with the uid layer instead."""
+def _program(command: Sequence[str]) -> str:
+    """The command's program as an absolute path (looked up on the sandbox's ``PATH``)."""
+    found = shutil.which(command[0], path=BASE_ENV["PATH"]) if "/" not in command[0] else command[0]
+    return os.path.abspath(found or command[0])
+
+
+def _weaker(mode: str) -> str:
+    """The next layer below ``mode`` that works here."""
+    layers = ("bwrap", "namespaces", "uid", "rlimits")
+    return next(m for m in layers[layers.index(mode) + 1:] if m in _layers() or m == "rlimits")
+
+
+def isolation_for(command: Sequence[str], binds: Sequence[str] = (), allow_weaker: bool = False) -> str:
+    """The layer :func:`run_sandboxed` uses for ``command``: :func:`isolation`, unless its program
+    cannot run there: a program outside ``/usr`` (and ``binds``) under the minimal root, or one in
+    a directory the namespace layer hides (e.g. an interpreter of a virtualenv under ``/tmp``).
+    Then the next layer down is used if ``allow_weaker``; otherwise :class:`CodrlError` says why."""
     mode = isolation()
-    program = shutil.which(command[0]) or command[0]
-    if mode == "namespaces" and any(os.path.abspath(program).startswith(d + "/") for d in _HIDDEN):
-        return "uid"
-    return mode
+    program = _program(command)
+    while True:
+        if mode == "bwrap":
+            inside = [d if d.endswith("/") else d + "/" for d in (*_BW_VISIBLE, *binds)]
+            why = None if any(program.startswith(d) for d in inside) else (
+                f"{program} is not inside the minimal root (only /usr and the binds are); run a program from "
+                "/usr (codrl.sandbox.python() for Python) or bind its directory read-only")
+        elif mode == "namespaces":
+            why = (f"{program} lives in a directory the namespace layer hides"
+                   if any(program.startswith(d + "/") for d in _HIDDEN) else None)
+        else:
+            return mode
+        if why is None:
+            return mode
+        if not allow_weaker:
+            raise CodrlError(f"sandbox: the {mode} layer cannot run this command: {why} (or pass "
+                             "allow_weaker=True to accept a weaker layer)")
+        mode = _weaker(mode)
+
+
+def python() -> str:
+    """A Python interpreter for sandboxed programs: the system ``python3`` (standard library only)
+    where it exists, which every layer can run; else this process's interpreter."""
+    return shutil.which("python3", path="/usr/bin:/bin") or sys.executable
 
 
 def run_sandboxed(
@@ -152,20 +216,29 @@ def run_sandboxed(
     max_file_mb: int = 16,
     disk_mb: int = 64,
     network: bool = False,
+    binds: Sequence[str] = (),
+    allow_weaker: bool = False,
 ) -> SandboxResult:
     """Write ``files`` into a fresh temp dir, run ``command`` there contained, and clean up.
 
     ``network=True`` skips the network namespace (the other layers stay). ``disk_mb`` bounds the
-    tmpfs work dir in namespace mode. Raises :class:`CodrlError` for a bad file name or command.
+    tmpfs work dir in the bwrap and namespace layers. ``binds``: host paths the minimal root also
+    shows, read-only (another interpreter, its packages); on a root host bwrap runs as the
+    sandbox's own uid, so they must be readable by other users. ``allow_weaker``: run in a weaker
+    layer when the strongest cannot run the command (:func:`isolation_for`) instead of raising.
+    Raises :class:`CodrlError` for a bad file name or command.
     """
     if not command:
         raise CodrlError("sandbox command: must not be empty")
-    mode = isolation_for(command)
+    for b in binds:
+        if not os.path.isabs(b) or not os.path.exists(b):
+            raise CodrlError(f"sandbox binds: {b!r} must be an existing absolute path")
+    mode = isolation_for(command, binds, allow_weaker)
     uid = _pick_uid() if mode != "rlimits" else None
     workdir = Path(tempfile.mkdtemp(prefix="codrl-sandbox-"))
     try:
         _write_files(workdir, files, uid)
-        argv, cwd, home = _build_argv(mode, list(command), workdir, uid, disk_mb, network)
+        argv, cwd, home = _build_argv(mode, list(command), workdir, uid, disk_mb, network, binds)
         env = dict(BASE_ENV, HOME=home)
         limits = _Limits(cpu_s, memory_mb, max_procs, max_file_mb, count_own=uid is None)
         run_as = uid if mode == "uid" and not _SETPRIV else None
@@ -178,7 +251,7 @@ def run_sandboxed(
             uid,
             timeout_s,
             max_output_bytes,
-            shell_status=mode == "namespaces",
+            shell_status=mode in ("namespaces", "bwrap"),
         )
     finally:
         if uid is not None:
@@ -210,8 +283,12 @@ def _build_argv(
     uid: int | None,
     disk_mb: int,
     network: bool,
+    binds: Sequence[str] = (),
 ) -> tuple[list[str], str, str]:
     """Return (argv, cwd, HOME) for the chosen isolation mode."""
+    if mode == "bwrap":
+        argv = [*_bwrap_prefix(uid, network, binds, disk_mb, workdir), "/bin/sh", "-c", _BW_START, _BW_SRC, *command]
+        return argv, str(workdir), _BW_WORK
     if mode == "uid" and _SETPRIV and uid is not None:
         return [*_setpriv_argv(uid), *command], str(workdir), str(workdir)
     if mode != "namespaces":
@@ -235,6 +312,33 @@ def _build_argv(
 
 
 _SETPRIV = shutil.which("setpriv") is not None
+
+
+def _bwrap_prefix(uid: int | None, network: bool, binds: Sequence[str], disk_mb: int = 1,
+                  workdir: Path | None = None) -> list[str]:
+    """bwrap (run as ``uid`` on a root host) with the minimal root, up to the command."""
+    argv = _setpriv_argv(uid) if uid is not None else []
+    argv += ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
+             "--cap-drop", "ALL"]
+    if network:
+        argv.append("--share-net")
+    argv += ["--ro-bind", "/usr", "/usr"]
+    for d in _ROOT_DIRS:
+        path = "/" + d
+        if os.path.islink(path):
+            argv += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            argv += ["--ro-bind", path, path]
+    argv += ["--dir", "/etc"]
+    for f in _ETC:
+        if os.path.exists(f):
+            argv += ["--ro-bind", f, f]
+    argv += ["--proc", "/proc", "--dev", "/dev", "--size", str(disk_mb * 1024 * 1024), "--tmpfs", _BW_WORK]
+    if workdir is not None:
+        argv += ["--ro-bind", str(workdir), _BW_SRC]
+    for b in binds:  # after the tmpfs, which would hide a bind under /tmp
+        argv += ["--ro-bind", b, b]
+    return [*argv, "--remount-ro", "/", "--chdir", _BW_WORK, "--setenv", "HOME", _BW_WORK]
 
 
 def _setpriv_argv(uid: int) -> list[str]:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from codrl.envs.world_key import fingerprint, load_key, secret_seed
 from codrl.errors import bad_choice
 
 SPLITS = ("train", "test")
@@ -144,6 +145,12 @@ class CoDEnv(ABC):
     split_by: str = "task"
     #: Draws of a world before :meth:`sample_pack` gives up (``split_by = "world"``).
     max_world_tries: int = 10_000
+    #: Whether pack worlds are drawn from a secret (:mod:`codrl.envs.world_key`) rather than from
+    #: the guessable (name, split, seed, index): set by worlds that run model-written code, which
+    #: could otherwise search for its own world and rebuild the expected answers.
+    secret_worlds: bool = False
+    #: Key file of the secret (None: the installation's default key); see :mod:`codrl.envs.world_key`.
+    world_key: str | None = None
     #: Whether the model may see a task's reward once the task is over. True: the context step
     #: after a task (the hints rewrite, the curator) is told the reward. False for worlds whose
     #: reward is a function of the hidden truth that the feedback does not already reveal (PDE
@@ -195,8 +202,14 @@ class CoDEnv(ABC):
             raise bad_choice("split", split, SPLITS)
         if size < 1:
             raise ValueError(f"pack size must be >= 1, got {size}")
+        if self.secret_worlds:
+            return np.random.default_rng(secret_seed(load_key(self.world_key), self.name, split, seed, index))
         name_key = int(hashlib.sha256(self.name.encode()).hexdigest()[:8], 16)
         return np.random.default_rng([name_key, SPLITS.index(split), seed, index])
+
+    def world_key_fingerprint(self) -> str | None:
+        """The public fingerprint of the key this environment's worlds come from (None: no secret)."""
+        return fingerprint(load_key(self.world_key)) if self.secret_worlds else None
 
     def make_pack(self, split: str, seed: int, index: int, world: dict[str, Any],
                   specs: list[dict[str, Any]]) -> Pack:

@@ -116,6 +116,8 @@ def evaluate(backend: Backend, cfg: EvalConfig, out_dir: Path, *, title: str | N
     info = {"env": env.name, "split": cfg.split, "packs": cfg.packs, "pack_size": cfg.rollout.pack_size,
             "repeats": cfg.rollout.repeats, "seed": cfg.seed, "chance_reward": env.chance_reward,
             "seconds": round(time.time() - t0, 1), "config": cfg.model_dump(mode="json")}
+    if env.secret_worlds:  # which secret the worlds came from (a fingerprint, never the key)
+        info["world_key"] = env.world_key_fingerprint()
     info.update(meta or {})
     summary = write_report(results, Path(out_dir), title=title or f"{env.name} / {cfg.split}: reward by pack position",
                            meta=info, reward_range=reward_bounds(env, cfg.rollout))

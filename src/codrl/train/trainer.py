@@ -440,6 +440,9 @@ class Trainer:
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
             dump_yaml(cfg, self.out / "config.yaml")
+            keys = {e.name: e.world_key_fingerprint() for e in self.eval_envs if e.secret_worlds}
+            if keys:  # which secret the worlds came from (a fingerprint, never the key)
+                (self.out / "world_keys.json").write_text(json.dumps(keys, indent=1) + "\n")
         if resume:
             self.resume()
         self._open_logs()

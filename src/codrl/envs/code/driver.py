@@ -24,12 +24,11 @@ for one call (a forged line and the real one) void the whole run.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from codrl.sandbox import SandboxResult, run_sandboxed
+from codrl.sandbox import SandboxResult, python, run_sandboxed
 
 #: Prefix of the driver's result lines on its result channel (the sandbox's stdout).
 RESULT_MARK = "@@codrl-result@@ "
@@ -339,7 +338,9 @@ def run_driver(house_src: str, code: str, function: str, calls: Sequence[Sequenc
                "call_s": limits.call_timeout_s, "import_s": limits.import_timeout_s}
     files = {"house.py": house_src, "solution.py": code, "calls.json": json.dumps(payload),
              "driver.py": DRIVER_SOURCE}
-    result = run_sandboxed(files, [sys.executable, "-I", "-S", "driver.py"], timeout_s=limits.timeout_s,
+    # The system python3 (standard library only) where there is one: it runs in every layer,
+    # the minimal root included, and sees none of this environment's packages.
+    result = run_sandboxed(files, [python(), "-I", "-S", "driver.py"], timeout_s=limits.timeout_s,
                            cpu_s=limits.cpu_s, memory_mb=limits.memory_mb, max_procs=limits.max_procs,
                            max_output_bytes=limits.max_output_bytes)
     return parse_driver_output(result.stdout, len(calls)), result

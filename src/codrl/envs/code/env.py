@@ -83,6 +83,9 @@ class CodeEnv(CoDEnv):
     * ``memory_mb``: address-space limit of the test run, 64-4096 (default 256).
     * ``templates``: task templates to draw from, a non-empty subset of
       :data:`~codrl.envs.code.tasks.TEMPLATE_NAMES`.
+    * ``world_key``: a key file for the secret the pack worlds are drawn from (default: this
+      installation's key, see :mod:`codrl.envs.world_key`). Model code runs in these worlds, so
+      they are never drawn from a guessable seed.
     * ``cache_size``: test runs remembered per environment, 0-100000 (default 512; 0 turns it off).
       A run is a pure function of the house code, the submission and the test inputs, so an
       identical submission (common among the samples of one group) reuses the earlier result;
@@ -94,6 +97,7 @@ class CodeEnv(CoDEnv):
     reply_prefix = "<answer>\n```python\n"
     stop_strings = STOP_STRINGS
     success_threshold = 1.0
+    secret_worlds = True
     #: Mean reward of the scripted random agent (valid programs written with random conventions,
     #: sometimes parsing records by hand), 30 test packs x 4 tasks, seed 0: base 0.244, hard 0.231.
     #: It is well above 0 because the fraction of tests passed is the reward: an empty list or an
@@ -103,7 +107,8 @@ class CodeEnv(CoDEnv):
     def __init__(self, name: str = "code", variant: str = "base", max_turns: int | None = None,
                  max_failures_shown: int | None = None, tail_chars: int | None = None, timeout_s: float = 10.0,
                  call_timeout_s: float = 1.0, memory_mb: int = 256,
-                 templates: Sequence[str] = TEMPLATE_NAMES, cache_size: int = 512) -> None:
+                 templates: Sequence[str] = TEMPLATE_NAMES, cache_size: int = 512,
+                 world_key: str | None = None) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"code: name must be a non-empty string, got {name!r}")
         if variant not in VARIANTS:
@@ -128,6 +133,9 @@ class CodeEnv(CoDEnv):
         self.limits = Limits(timeout_s=timeout, cpu_s=max(1, int(np.ceil(timeout / 2))), memory_mb=memory,
                              call_timeout_s=call_timeout, import_timeout_s=min(2 * call_timeout + 1, timeout))
         self.cache_size = _number("cache_size", cache_size, 0, 100_000, True)
+        if world_key is not None and (not isinstance(world_key, str) or not world_key):
+            raise ValueError(f"code: world_key must be the path of a key file, got {world_key!r}")
+        self.world_key = world_key
         self._cache: OrderedDict[str, tuple[DriverResults, SandboxResult]] = OrderedDict()
         self._lock = threading.Lock()
         self.system_prompt = SYSTEM_PROMPT
