@@ -438,3 +438,40 @@ def test_sandbox_disk_is_bounded(mode: str) -> None:
     res = _run(code, timeout_s=10, disk_mb=8, max_file_mb=4)
     assert res.ok, res.stderr
     assert res.stdout.startswith("stopped after") and int(res.stdout.split()[2]) < 9
+
+
+@needs_bwrap
+@pytest.mark.skipif(sandbox.seccomp_filter() is None, reason="libseccomp is not available (no seccomp filter)")
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the probe uses x86_64 system call numbers")
+def test_sandbox_seccomp_denies_kernel_attack_surface() -> None:
+    """ptrace, io_uring, unshare, keyring, eBPF, userfaultfd and mount fail with EPERM; ordinary
+    process creation still works."""
+    code = """
+        import ctypes, errno, subprocess
+        libc = ctypes.CDLL(None, use_errno=True)
+        def call(nr, *args):
+            return "ok" if libc.syscall(nr, *args) >= 0 else errno.errorcode[ctypes.get_errno()]
+        calls = {"ptrace": (101, 0, 0, 0, 0), "io_uring_setup": (425, 1, 0), "unshare": (272, 0x00020000),
+                 "keyctl": (250, 0), "bpf": (321, 0, 0, 0), "userfaultfd": (323, 0), "mount": (165, 0, 0, 0, 0, 0)}
+        print(" ".join(f"{k}={call(*v)}" for k, v in calls.items()))
+        print("child", subprocess.run(["true"]).returncode)
+    """
+    res = _run(code, timeout_s=5)
+    assert res.ok, res.stderr
+    got = dict(x.split("=") for x in res.stdout.splitlines()[0].split())
+    assert got == {k: "EPERM" for k in got}
+    assert "child 0" in res.stdout
+
+
+def test_sandbox_open_files_are_capped(mode: str) -> None:
+    code = """
+        files = []
+        try:
+            for _ in range(5000):
+                files.append(open("/dev/null"))
+        except OSError as e:
+            print("stopped at", len(files), e.errno)
+    """
+    res = _run(code, timeout_s=5, max_open_files=64)
+    assert res.ok, res.stderr
+    assert res.stdout.startswith("stopped at") and int(res.stdout.split()[2]) < 64

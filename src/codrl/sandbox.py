@@ -37,6 +37,7 @@ hides) raises :class:`~codrl.errors.CodrlError`, unless the caller passes ``allo
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import random
@@ -107,6 +108,51 @@ class SandboxResult:
     def ok(self) -> bool:
         """True when the command exited 0 on its own."""
         return self.returncode == 0 and self.killed_reason is None
+
+
+#: System calls a program in the minimal root may not make (they fail with EPERM): new namespaces
+#: and mounts, tracing other processes, kernel attack surface an untrusted program never needs
+#: (eBPF, perf events, userfaultfd, io_uring, the kernel keyring, module loading).
+DENIED_SYSCALLS = ("mount", "umount2", "pivot_root", "unshare", "setns", "ptrace", "process_vm_readv",
+                   "process_vm_writev", "bpf", "perf_event_open", "userfaultfd", "io_uring_setup", "io_uring_enter",
+                   "io_uring_register", "keyctl", "add_key", "request_key", "kexec_load", "init_module",
+                   "finit_module", "delete_module")
+_CLONE_NEWUSER = 0x10000000
+
+
+@functools.lru_cache(maxsize=1)
+def seccomp_filter() -> bytes | None:
+    """The minimal root's seccomp filter as BPF (libseccomp through ``pyseccomp``), or None where
+    libseccomp is not available. Allows everything but :data:`DENIED_SYSCALLS` and ``clone`` of a
+    new user namespace; ``clone3`` answers ENOSYS (its flags are out of a filter's sight; the C
+    library then falls back to ``clone``)."""
+    try:
+        import pyseccomp as sc
+    except (ImportError, OSError, RuntimeError):
+        return None
+    flt = sc.SyscallFilter(sc.ALLOW)
+    for name in DENIED_SYSCALLS:
+        try:
+            flt.add_rule(sc.ERRNO(errno.EPERM), name)
+        except (OSError, ValueError, RuntimeError):  # a call this architecture does not have
+            pass
+    flt.add_rule(sc.ERRNO(errno.EPERM), "clone", sc.Arg(0, sc.MASKED_EQ, _CLONE_NEWUSER, _CLONE_NEWUSER))
+    flt.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
+    with tempfile.TemporaryFile() as tmp:
+        flt.export_bpf(tmp)
+        tmp.seek(0)
+        return tmp.read()
+
+
+def _seccomp_fd() -> int | None:
+    """A file descriptor holding :func:`seccomp_filter` for bwrap to read (None: no filter)."""
+    bpf = seccomp_filter()
+    if bpf is None:
+        return None
+    fd = os.memfd_create("codrl-seccomp", 0)  # not close-on-exec: bwrap reads it after exec
+    os.write(fd, bpf)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 #: Files of the host's ``/etc`` bound read-only into the minimal root (the dynamic loader's
@@ -214,6 +260,7 @@ def run_sandboxed(
     max_procs: int = 32,
     max_output_bytes: int = 1_000_000,
     max_file_mb: int = 16,
+    max_open_files: int = 256,
     disk_mb: int = 64,
     network: bool = False,
     binds: Sequence[str] = (),
@@ -221,6 +268,7 @@ def run_sandboxed(
 ) -> SandboxResult:
     """Write ``files`` into a fresh temp dir, run ``command`` there contained, and clean up.
 
+    ``max_open_files`` bounds each process's open files (``RLIMIT_NOFILE``).
     ``network=True`` skips the network namespace (the other layers stay). ``disk_mb`` bounds the
     tmpfs work dir in the bwrap and namespace layers. ``binds``: host paths the minimal root also
     shows, read-only (another interpreter, its packages); on a root host bwrap runs as the
@@ -238,21 +286,27 @@ def run_sandboxed(
     workdir = Path(tempfile.mkdtemp(prefix="codrl-sandbox-"))
     try:
         _write_files(workdir, files, uid)
-        argv, cwd, home = _build_argv(mode, list(command), workdir, uid, disk_mb, network, binds)
+        seccomp = _seccomp_fd() if mode == "bwrap" else None
+        argv, cwd, home = _build_argv(mode, list(command), workdir, uid, disk_mb, network, binds, seccomp)
         env = dict(BASE_ENV, HOME=home)
-        limits = _Limits(cpu_s, memory_mb, max_procs, max_file_mb, count_own=uid is None)
+        limits = _Limits(cpu_s, memory_mb, max_procs, max_file_mb, max_open_files, count_own=uid is None)
         run_as = uid if mode == "uid" and not _SETPRIV else None
-        return _supervise(
-            argv,
-            cwd,
-            env,
-            limits,
-            run_as,
-            uid,
-            timeout_s,
-            max_output_bytes,
-            shell_status=mode in ("namespaces", "bwrap"),
-        )
+        try:
+            return _supervise(
+                argv,
+                cwd,
+                env,
+                limits,
+                run_as,
+                uid,
+                timeout_s,
+                max_output_bytes,
+                shell_status=mode in ("namespaces", "bwrap"),
+                pass_fds=() if seccomp is None else (seccomp,),
+            )
+        finally:
+            if seccomp is not None:
+                os.close(seccomp)
     finally:
         if uid is not None:
             _kill_uid(uid)
@@ -284,10 +338,12 @@ def _build_argv(
     disk_mb: int,
     network: bool,
     binds: Sequence[str] = (),
+    seccomp_fd: int | None = None,
 ) -> tuple[list[str], str, str]:
     """Return (argv, cwd, HOME) for the chosen isolation mode."""
     if mode == "bwrap":
-        argv = [*_bwrap_prefix(uid, network, binds, disk_mb, workdir), "/bin/sh", "-c", _BW_START, _BW_SRC, *command]
+        argv = [*_bwrap_prefix(uid, network, binds, disk_mb, workdir, seccomp_fd), "/bin/sh", "-c", _BW_START,
+                _BW_SRC, *command]
         return argv, str(workdir), _BW_WORK
     if mode == "uid" and _SETPRIV and uid is not None:
         return [*_setpriv_argv(uid), *command], str(workdir), str(workdir)
@@ -315,7 +371,7 @@ _SETPRIV = shutil.which("setpriv") is not None
 
 
 def _bwrap_prefix(uid: int | None, network: bool, binds: Sequence[str], disk_mb: int = 1,
-                  workdir: Path | None = None) -> list[str]:
+                  workdir: Path | None = None, seccomp_fd: int | None = None) -> list[str]:
     """bwrap (run as ``uid`` on a root host) with the minimal root, up to the command."""
     argv = _setpriv_argv(uid) if uid is not None else []
     argv += ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
@@ -338,6 +394,8 @@ def _bwrap_prefix(uid: int | None, network: bool, binds: Sequence[str], disk_mb:
         argv += ["--ro-bind", str(workdir), _BW_SRC]
     for b in binds:  # after the tmpfs, which would hide a bind under /tmp
         argv += ["--ro-bind", b, b]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
     return [*argv, "--remount-ro", "/", "--chdir", _BW_WORK, "--setenv", "HOME", _BW_WORK]
 
 
@@ -363,6 +421,7 @@ class _Limits:
     memory_mb: int
     max_procs: int
     max_file_mb: int
+    max_open_files: int
     count_own: bool  # RLIMIT_NPROC is per uid: without a private uid, add the user's processes
 
     def preexec(self) -> Callable[[], None]:
@@ -377,6 +436,7 @@ class _Limits:
             resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
             resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.max_open_files, self.max_open_files))
 
         return apply
 
@@ -432,6 +492,7 @@ def _supervise(
     timeout_s: float,
     max_output_bytes: int,
     shell_status: bool,
+    pass_fds: tuple[int, ...] = (),
 ) -> SandboxResult:
     """Start the child in a new session, pump its output, and kill its group on every exit."""
     start = time.monotonic()
@@ -450,6 +511,7 @@ def _supervise(
         group=run_as,
         extra_groups=[] if run_as is not None else None,
         close_fds=True,
+        pass_fds=pass_fds,
     )
     assert proc.stdout is not None and proc.stderr is not None
     cap = _Capture(proc, max_output_bytes)

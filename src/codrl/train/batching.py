@@ -201,10 +201,9 @@ def plan_tokens(plan: PrefixNode, seqs: Sequence[TrainSeq], padded: bool = False
     return total
 
 
-def recurring_prefixes(micro: Sequence[Sequence[TrainSeq]]) -> set[tuple[int, ...]]:
-    """The top prefixes (tokens of a root child of :func:`prefix_plan`) found in more than one
-    micro-batch of ``micro``: those an update may compute once for all of them
-    (:class:`codrl.train.scoring.HeldPrefixes`)."""
+def top_prefix_counts(micro: Sequence[Sequence[TrainSeq]]) -> dict[tuple[int, ...], int]:
+    """In how many micro-batches of ``micro`` each top prefix (the tokens of a root child of
+    :func:`prefix_plan`) appears."""
     seen: dict[tuple[int, ...], int] = {}
     for rows in micro:
         if len(rows) < 2:
@@ -212,7 +211,13 @@ def recurring_prefixes(micro: Sequence[Sequence[TrainSeq]]) -> set[tuple[int, ..
         for node in prefix_plan(rows).children:
             key = tuple(rows[node.row].input_ids[: node.end])
             seen[key] = seen.get(key, 0) + 1
-    return {k for k, n in seen.items() if n > 1}
+    return seen
+
+
+def recurring_prefixes(micro: Sequence[Sequence[TrainSeq]]) -> set[tuple[int, ...]]:
+    """The top prefixes found in more than one micro-batch of ``micro``: those an update may
+    compute once for all of them (:class:`codrl.train.scoring.HeldPrefixes`)."""
+    return {k for k, n in top_prefix_counts(micro).items() if n > 1}
 
 
 def computed_tokens(seqs: Sequence[TrainSeq], share_prefix: bool) -> int:

@@ -26,7 +26,8 @@ from codrl.algo.losses import masked_mean, policy_loss
 from codrl.distributed.torch_dist import TrainedModel
 from codrl.rollout.experience import Experience
 from codrl.train.batching import (TrainSeq, collate, computed_tokens, filler_row, micro_batches, prefix_plan,
-                                  rank_micro_batches, recurring_prefixes, split_rows, to_sequences)
+                                  rank_micro_batches, recurring_prefixes, split_rows, to_sequences,
+                                  top_prefix_counts)
 from codrl.train.config import TrainConfig
 from codrl.train.memory import large_frees_to_os
 from codrl.train.scoring import HeldPrefixes, TokenScores, can_share_prefix
@@ -49,6 +50,11 @@ class PolicyUpdate:
         self.trainable = [p for g in optimizer.param_groups for p in g["params"]]
         #: Whether micro-batches compute their rows' shared prefix once (``cfg.share_prefix``).
         self.share_prefix = cfg.share_prefix and can_share_prefix(model) and self.parallel.shares_prefix
+
+    @property
+    def _holds_prefixes(self) -> bool:
+        """Whether a top prefix recurring in several micro-batches is computed once per mini-batch."""
+        return self.share_prefix and self.parallel.holds_prefixes and self.parallel.ctx.world_size == 1
 
     def lr_at(self, step: int) -> float:
         """Learning rate of ``step`` (linear warm-up, then constant)."""
@@ -88,8 +94,12 @@ class PolicyUpdate:
         done = full
         if self.share_prefix:
             parts = [rows for mini in minis for rows in split_rows(mini, self.parallel.ctx.world_size)]
-            done = sum(computed_tokens(mb, True) for rows in parts
-                       for mb in micro_batches(rows, self.cfg.micro_batch_tokens, True))
+            done = 0
+            for rows in parts:
+                micro = micro_batches(rows, self.cfg.micro_batch_tokens, True)
+                done += sum(computed_tokens(mb, True) for mb in micro)
+                if self._holds_prefixes:  # a recurring top prefix is computed once per mini-batch
+                    done -= sum((n - 1) * len(k) for k, n in top_prefix_counts(micro).items())
         return {"context_tokens_per_trained_token": done / trained,
                 "context_tokens_per_trained_token_unshared": full / trained}
 
@@ -152,7 +162,7 @@ class PolicyUpdate:
         sums = {} if sums is None else sums
         # One process: a top prefix that recurs in several micro-batches is computed once for all.
         held = None
-        if self.share_prefix and self.parallel.holds_prefixes and ctx.world_size == 1:
+        if self._holds_prefixes:
             keys = recurring_prefixes(micro)
             held = HeldPrefixes(keys) if keys else None
         for i, rows in enumerate(micro):
