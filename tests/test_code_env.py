@@ -12,8 +12,9 @@ import os
 import re
 import tempfile
 import time
-import uuid
 import sys
+import uuid
+from unittest import mock
 from pathlib import Path
 
 import numpy as np
@@ -379,15 +380,24 @@ def _hostile(body: str, **kw: object):
                   call_timeout_s=kw.pop("call_timeout_s", 0.2), cache_size=0, **kw)  # type: ignore[arg-type]
     _, ep = first_episode(env)
     before = _driver_pids()
-    res = ep.step(submission(body))
-    _, ep0 = first_episode(env)
-    empty = ep0.step(submission("import house\n")).reward
+    uids: list[int] = []  # the throwaway uids of this test's runs (root hosts): no other test's processes
+    pick = sandbox._pick_uid
+    with mock.patch.object(sandbox, "_pick_uid", lambda: uids.append(pick()) or uids[-1]):
+        res = ep.step(submission(body))
+        _, ep0 = first_episode(env)
+        empty = ep0.step(submission("import house\n")).reward
     assert res.valid and res.done and res.reward <= empty == 0.0, res.feedback
+
+    def leftovers() -> list[int]:
+        if uids:
+            return [p for u in uids for p in sandbox._uid_pids(u)]
+        return sorted(set(_driver_pids()) - set(before))  # without root: any new driver process
+
     for _ in range(40):  # killed processes are reaped by the host's init shortly after
-        if not set(_driver_pids()) - set(before):
+        if not leftovers():
             break
         time.sleep(0.05)
-    assert not set(_driver_pids()) - set(before)
+    assert not leftovers()
     return res
 
 
