@@ -120,6 +120,7 @@ def test_folder_without_test_command_is_a_clear_error(tmp_path: Path) -> None:
     ({"prompt__md": "p", "task__yaml": "test_comand: x\n"}, "field test_comand: Extra inputs.*allowed fields: test_command"),
     ({"prompt__md": "p", "task__yaml": "test_command: x\ntimeout_s: -1\n"}, "field timeout_s"),
     ({"prompt__md": "p", "task__yaml": "test_command: x\nsolution_file: ../out.py\n"}, "field solution_file"),
+    ({"prompt__md": "p", "task__yaml": "test_command: x\nbinds: [relative/dir]\n"}, "field binds"),
     ({"prompt__md": "p", "task__yaml": "- a list\n"}, "expected a mapping"),
     ({"prompt__md": "  ", "task__yaml": "test_command: x\n"}, "the prompt is empty"),
 ])

@@ -60,6 +60,9 @@ class UserTaskSpec(BaseModel):
     memory_mb: int = Field(1024, ge=64, description="address-space limit of one test run")
     max_output_kb: int = Field(256, ge=1, description="output kept per stream; a command printing more is stopped")
     max_turns: int = Field(1, ge=1, le=20, description="submissions per attempt (the test report comes back between them)")
+    binds: list[str] = Field(default_factory=list, description=(
+        "host paths the test command needs besides the system's /usr (another interpreter, its packages), "
+        "shown read-only inside the sandbox's minimal root; they must be readable by other users"))
 
     @field_validator("solution_file")
     @classmethod
@@ -67,6 +70,14 @@ class UserTaskSpec(BaseModel):
         p = PurePosixPath(v)
         if not v or p.is_absolute() or ".." in p.parts:
             raise ValueError(f"must be a relative path inside the task folder, got {v!r}")
+        return v
+
+    @field_validator("binds")
+    @classmethod
+    def _absolute(cls, v: list[str]) -> list[str]:
+        bad = [b for b in v if not b.startswith("/") or ".." in PurePosixPath(b).parts]
+        if bad:
+            raise ValueError(f"must be absolute host paths without '..', got {bad}")
         return v
 
 
@@ -207,7 +218,7 @@ class _UserEpisode(Episode):
         files[env.spec.solution_file] = str(code)
         res = run_sandboxed(files, ["sh", "-c", env.spec.test_command or "false"], timeout_s=env.spec.timeout_s,
                             cpu_s=env.spec.cpu_s, memory_mb=env.spec.memory_mb,
-                            max_output_bytes=env.spec.max_output_kb * 1024, max_procs=64)
+                            max_output_bytes=env.spec.max_output_kb * 1024, max_procs=64, binds=env.spec.binds)
         reward, feedback = score_test_run(res)
         info = {"returncode": res.returncode, "killed_reason": res.killed_reason, "seconds": round(res.duration_s, 3)}
         if reward >= 1.0 or self.turn >= env.max_turns:
