@@ -475,3 +475,36 @@ def test_sandbox_open_files_are_capped(mode: str) -> None:
     res = _run(code, timeout_s=5, max_open_files=64)
     assert res.ok, res.stderr
     assert res.stdout.startswith("stopped at") and int(res.stdout.split()[2]) < 64
+
+
+def _whole_run_cgroup() -> bool:
+    cg = sandbox.RunCgroup.create(64, 0, 4)
+    if cg is None:
+        return False
+    ok = "memory" in cg.folders
+    cg.remove()
+    return ok
+
+
+@pytest.mark.skipif(not _whole_run_cgroup(), reason="no writable cgroup v1 memory hierarchy here (root needed): "
+                                                    "memory stays limited per process (RLIMIT_AS)")
+def test_sandbox_memory_is_limited_for_the_whole_run(mode: str) -> None:
+    """Four processes of 150 MiB each, every one under the per-process limit of 256 MiB: together
+    they pass the run's limit (256 + 64 MiB), and some are killed. No cgroup is left behind."""
+    code = """
+        import os
+        kids = []
+        for _ in range(4):
+            pid = os.fork()
+            if pid == 0:
+                block = bytearray(150 * 1024 * 1024)
+                for i in range(0, len(block), 4096):
+                    block[i] = 1
+                os._exit(0)
+            kids.append(pid)
+        print(sorted(os.waitstatus_to_exitcode(os.waitpid(k, 0)[1]) for k in kids))
+    """
+    res = _run(code, timeout_s=20, memory_mb=256, disk_mb=64)
+    assert res.returncode == 0, res.stderr
+    assert "-9" in res.stdout  # SIGKILLed by the cgroup's out-of-memory killer
+    assert not list(Path("/sys/fs/cgroup").glob("*/**/codrl-sandbox-*"))

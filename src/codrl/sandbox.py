@@ -37,6 +37,7 @@ hides) raises :class:`~codrl.errors.CodrlError`, unless the caller passes ``allo
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -50,6 +51,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -291,8 +293,11 @@ def run_sandboxed(
         env = dict(BASE_ENV, HOME=home)
         limits = _Limits(cpu_s, memory_mb, max_procs, max_file_mb, max_open_files, count_own=uid is None)
         run_as = uid if mode == "uid" and not _SETPRIV else None
+        cgroup = RunCgroup.create(memory_mb, disk_mb, max_procs) if mode != "rlimits" and run_as is None else None
+        if cgroup is not None:
+            argv = [*cgroup.enter_argv(), *argv]
         try:
-            return _supervise(
+            res = _supervise(
                 argv,
                 cwd,
                 env,
@@ -304,9 +309,15 @@ def run_sandboxed(
                 shell_status=mode in ("namespaces", "bwrap"),
                 pass_fds=() if seccomp is None else (seccomp,),
             )
+            if cgroup is not None and not res.timed_out and res.returncode != 0 and cgroup.memory_exceeded():
+                res = dataclasses.replace(res, killed_reason=f"memory limit of the whole run exceeded "
+                                          f"({memory_mb} MiB + {disk_mb} MiB work dir, cgroup)")
+            return res
         finally:
             if seccomp is not None:
                 os.close(seccomp)
+            if cgroup is not None:
+                cgroup.remove()
     finally:
         if uid is not None:
             _kill_uid(uid)
@@ -411,6 +422,101 @@ def _setpriv_argv(uid: int) -> list[str]:
         "--bounding-set=-all",
         "--",
     ]
+
+
+#: Processes the run's own wrappers (the cgroup shell, setpriv, bwrap and its init) may add.
+_WRAPPER_PROCS = 4
+#: Enters the cgroups given first (their count, then their folders), then runs the command.
+_CG_ENTER = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1/cgroup.procs" || exit 125; shift; n=$((n-1)); done; exec "$@"'
+
+
+def _cgroup_v1_dir(controller: str) -> Path | None:
+    """This process's cgroup v1 folder of ``controller`` (mounted at /sys/fs/cgroup/<name>), or None."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, names, path = line.split(":", 2)
+        if controller in names.split(","):
+            mount = Path("/sys/fs/cgroup") / names
+            if not mount.is_dir():
+                mount = Path("/sys/fs/cgroup") / controller
+            folder = mount / path.lstrip("/")
+            return folder if folder.is_dir() else None
+    return None
+
+
+class RunCgroup:
+    """Whole-run limits in cgroup v1 (a root host where the memory, pids and cpu hierarchies are
+    writable): the run's processes together may hold ``memory_mb`` + ``disk_mb`` MiB (the work
+    dir's tmpfs pages count too), run ``max_procs`` tasks, and use one CPU. Where a controller is
+    missing or not writable, its limit stays per process (rlimits)."""
+
+    def __init__(self, folders: dict[str, Path]) -> None:
+        self.folders = folders
+
+    @classmethod
+    def create(cls, memory_mb: int, disk_mb: int, max_procs: int) -> RunCgroup | None:
+        if os.getuid() != 0:
+            return None
+        name = f"codrl-sandbox-{os.getpid()}-{random.getrandbits(40):010x}"
+        settings = {"memory": {"memory.limit_in_bytes": (memory_mb + disk_mb) * 1024 * 1024},
+                    "pids": {"pids.max": max_procs + _WRAPPER_PROCS},
+                    "cpu": {"cpu.cfs_period_us": 100_000, "cpu.cfs_quota_us": 100_000}}
+        made = cls({})
+        for controller, values in settings.items():
+            base = _cgroup_v1_dir(controller)
+            if base is None:
+                continue
+            try:
+                (base / name).mkdir()
+                made.folders[controller] = base / name
+                for f, v in values.items():
+                    (base / name / f).write_text(str(v))
+            except OSError:
+                made.folders.pop(controller, None)
+                with contextlib.suppress(OSError):
+                    (base / name).rmdir()
+        return made if made.folders else None
+
+    def enter_argv(self) -> list[str]:
+        """A prefix that moves the command's first process into the cgroups, then runs it."""
+        return ["sh", "-c", _CG_ENTER, "cgroup", str(len(self.folders)), *map(str, self.folders.values())]
+
+    def memory_exceeded(self) -> bool:
+        """Whether the run hit its whole-run memory limit (the cgroup counted a failure or an OOM kill)."""
+        folder = self.folders.get("memory")
+        if folder is None:
+            return False
+        try:
+            oom = dict(line.split() for line in (folder / "memory.oom_control").read_text().splitlines())
+            return int(oom.get("oom_kill", 0)) > 0 or int((folder / "memory.failcnt").read_text()) > 0
+        except (OSError, ValueError):
+            return False
+
+    def remove(self) -> None:
+        """Kill what is left in the cgroups and delete them."""
+        for folder in self.folders.values():
+            for _ in range(50):
+                try:
+                    pids = [int(x) for x in (folder / "cgroup.procs").read_text().split()]
+                except OSError:
+                    break
+                if not pids:
+                    break
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal.SIGKILL)
+                time.sleep(0.01)
+            for _ in range(50):
+                try:
+                    folder.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:  # busy until the killed processes are reaped
+                    time.sleep(0.01)
 
 
 @dataclass(frozen=True)
