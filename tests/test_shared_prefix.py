@@ -119,7 +119,7 @@ def test_passes_trade_padding_against_their_number() -> None:
 
 
 # -- exactness -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("budget", [64, 80, 160, 100_000])
+@pytest.mark.parametrize("budget", [64, 72, 160, 100_000])
 def test_update_gradients_equal_the_unshared_update(budget: int) -> None:
     """PolicyUpdate.accumulate with and without sharing: the same loss and LoRA gradients."""
     model = tiny_lora_llama()
@@ -138,7 +138,7 @@ def test_update_gradients_equal_the_unshared_update(budget: int) -> None:
             ratio = update.context_per_trained([rows])
             assert ratio["context_tokens_per_trained_token"] < ratio["context_tokens_per_trained_token_unshared"]
     (loss0, g0), (loss1, g1) = results
-    if budget == 80:  # the solve rows' system prompt recurs in several micro-batches: computed once
+    if budget == 72:  # the solve rows' system prompt recurs in several micro-batches: computed once
         assert recurring_prefixes(micro_batches(rows, budget, share_prefix=True))
     assert loss1 == pytest.approx(loss0, rel=REL, abs=1e-7)
     assert any(float(g.abs().max()) > 0 for g in g0)

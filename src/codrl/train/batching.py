@@ -132,17 +132,22 @@ class PrefixNode:
         return [r for n in self.walk() for b in n.batches for r in b]
 
 
+#: Longest run of rows one pass of :func:`_batch_by_padding` considers (bounds its work to
+#: rows x this; a longer run of equal rows is simply cut into passes of this many).
+MAX_PASS_ROWS = 64
+
+
 def _batch_by_padding(rows: list[int], own: list[int]) -> list[list[int]]:
     """Rows (with ``own`` tokens each, in the same order) cut into passes that minimise padded
     tokens plus :data:`MIN_SHARED_PREFIX` tokens' worth of overhead per pass (rows in order of
-    length, contiguous runs; exact by dynamic programming)."""
+    length, contiguous runs of at most :data:`MAX_PASS_ROWS`; exact by dynamic programming)."""
     order = sorted(range(len(rows)), key=lambda i: own[i])
     n = len(order)
     best = [0] + [1 << 62] * n  # best[j]: cost of the first j rows of ``order``
     cut = [0] * (n + 1)
     for j in range(1, n + 1):
         width = own[order[j - 1]]
-        for i in range(j):
+        for i in range(max(0, j - MAX_PASS_ROWS), j):
             c = best[i] + MIN_SHARED_PREFIX + (j - i) * width
             if c < best[j]:
                 best[j], cut[j] = c, i
@@ -248,9 +253,10 @@ def micro_batches(seqs: list[TrainSeq], token_budget: int, share_prefix: bool = 
     Rows go in order of length, and a micro-batch holds rows x longest row <= ``token_budget``.
     With ``share_prefix`` the rows that share a prefix (the same system prompt, the repeats of a
     pack's first task) go in lexicographic order of their token ids, so that they sit side by
-    side, and a micro-batch takes rows while the padded tokens of its prefix tree
-    (:func:`prefix_plan`, :func:`plan_tokens`) stay within the budget. Rows that share nothing
-    with any other are packed by length.
+    side, and a micro-batch takes rows while its prefix tree's tokens (each row adding what it
+    does not share with the one before) stay within the budget; one whose passes' padding takes
+    the tree (:func:`prefix_plan`, :func:`plan_tokens`) over the budget is halved. Rows that share
+    nothing with any other are packed by length.
     """
     if not share_prefix:
         return _by_length(seqs, token_budget)
@@ -264,15 +270,30 @@ def micro_batches(seqs: list[TrainSeq], token_budget: int, share_prefix: bool = 
             clusters.append([e])
     out: list[list[TrainSeq]] = []
     cur: list[TrainSeq] = []
+    cost = 0  # the tree's tokens so far: in token order, each row adds what it does not share with the last
     for e in (e for c in clusters if len(c) > 1 for e in c):
-        if cur and plan_tokens(prefix_plan(cur + [e]), cur + [e], padded=True) > token_budget:
-            out.append(cur)
-            cur = []
+        own = e.num_tokens
+        if cur:
+            shared = min(common_prefix(cur[-1].input_ids, e.input_ids), _unscored_len(cur[-1]), _unscored_len(e))
+            own -= shared if shared >= MIN_SHARED_PREFIX else 0
+        if cur and cost + own > token_budget:
+            out += _fit(cur, token_budget)
+            cur, cost, own = [], 0, e.num_tokens
         cur.append(e)
+        cost += own
     if cur:
-        out.append(cur)
+        out += _fit(cur, token_budget)
     loose = [c[0] for c in clusters if len(c) == 1]  # rows that share nothing: packed by length
     return out + _by_length(loose, token_budget)
+
+
+def _fit(rows: list[TrainSeq], token_budget: int) -> list[list[TrainSeq]]:
+    """``rows`` as one micro-batch, or halves of it (recursively) where the padding of its passes
+    takes its prefix tree over ``token_budget``."""
+    if len(rows) == 1 or plan_tokens(prefix_plan(rows), rows, padded=True) <= token_budget:
+        return [rows]
+    mid = len(rows) // 2
+    return _fit(rows[:mid], token_budget) + _fit(rows[mid:], token_budget)
 
 
 def balance_by_tokens(tokens: Sequence[int], parts: int) -> list[list[int]]:
