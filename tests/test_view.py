@@ -616,8 +616,11 @@ def test_cli_view_serve_on_loopback(eval_run: Path, tmp_path: Path) -> None:
     import sys
 
     out = tmp_path / "served.html"
+    # A test worker may run with SIGINT ignored, which a child inherits (and Python then keeps):
+    # give the child the default disposition, as a terminal would.
     proc = subprocess.Popen([sys.executable, "-m", "codrl.cli", "view", str(eval_run), "-o", str(out), "--serve",
-                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # noqa: PLW1509
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().startswith(f"wrote {out}")
