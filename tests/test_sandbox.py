@@ -56,7 +56,7 @@ def _proc_count() -> int:
 
 
 def _sandbox_dirs() -> set[str]:
-    return {p.name for p in Path(tempfile.gettempdir()).glob("codrl-sandbox-*")}
+    return {p.name for p in Path(tempfile.gettempdir()).glob(f"codrl-sandbox-{os.getpid()}-*")}  # this process's runs
 
 
 def test_sandbox_normal_program_passes_and_cleans_up() -> None:
@@ -507,4 +507,4 @@ def test_sandbox_memory_is_limited_for_the_whole_run(mode: str) -> None:
     res = _run(code, timeout_s=20, memory_mb=256, disk_mb=64)
     assert res.returncode == 0, res.stderr
     assert "-9" in res.stdout  # SIGKILLed by the cgroup's out-of-memory killer
-    assert not list(Path("/sys/fs/cgroup").glob("*/**/codrl-sandbox-*"))
+    assert not list(Path("/sys/fs/cgroup").glob(f"*/**/codrl-sandbox-{os.getpid()}-*"))  # this process's runs

@@ -204,10 +204,6 @@ def isolation() -> str:
 
 #: Directories namespace mode hides behind empty mounts (``/tmp`` behind the private work dir).
 _HIDDEN = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
-#: Where programs may live for the minimal root (besides read-only ``binds``).
-_BW_VISIBLE = ("/usr/", "/bin/", "/sbin/", "/lib/", "/lib64/")
-
-
 def _program(command: Sequence[str]) -> str:
     """The command's program as an absolute path (looked up on the sandbox's ``PATH``)."""
     found = shutil.which(command[0], path=BASE_ENV["PATH"]) if "/" not in command[0] else command[0]
@@ -215,9 +211,9 @@ def _program(command: Sequence[str]) -> str:
 
 
 def _weaker(mode: str) -> str:
-    """The next layer below ``mode`` that works here."""
+    """The next layer below ``mode`` that works here (``rlimits`` always does)."""
     layers = ("bwrap", "namespaces", "uid", "rlimits")
-    return next(m for m in layers[layers.index(mode) + 1:] if m in _layers() or m == "rlimits")
+    return next(m for m in layers[layers.index(mode) + 1:] if m in _layers())
 
 
 def isolation_for(command: Sequence[str], binds: Sequence[str] = (), allow_weaker: bool = False) -> str:
@@ -229,7 +225,7 @@ def isolation_for(command: Sequence[str], binds: Sequence[str] = (), allow_weake
     program = _program(command)
     while True:
         if mode == "bwrap":
-            inside = [d if d.endswith("/") else d + "/" for d in (*_BW_VISIBLE, *binds)]
+            inside = [d.rstrip("/") + "/" for d in ("/usr", *(f"/{d}" for d in _ROOT_DIRS), *binds)]
             why = None if any(program.startswith(d) for d in inside) else (
                 f"{program} is not inside the minimal root (only /usr and the binds are); run a program from "
                 "/usr (codrl.sandbox.python() for Python) or bind its directory read-only")
@@ -285,7 +281,7 @@ def run_sandboxed(
             raise CodrlError(f"sandbox binds: {b!r} must be an existing absolute path")
     mode = isolation_for(command, binds, allow_weaker)
     uid = _pick_uid() if mode != "rlimits" else None
-    workdir = Path(tempfile.mkdtemp(prefix="codrl-sandbox-"))
+    workdir = Path(tempfile.mkdtemp(prefix=f"codrl-sandbox-{os.getpid()}-"))  # named by its supervisor, as its cgroups
     try:
         _write_files(workdir, files, uid)
         seccomp = _seccomp_fd() if mode == "bwrap" else None

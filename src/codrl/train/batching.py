@@ -88,6 +88,12 @@ def _unscored_len(e: TrainSeq) -> int:
     return max(0, first - 1)
 
 
+def _sharable(a: TrainSeq, b: TrainSeq) -> int:
+    """Leading tokens rows ``a`` and ``b`` could compute once: their common prefix, cut before
+    either row's first scored position."""
+    return min(common_prefix(a.input_ids, b.input_ids), _unscored_len(a), _unscored_len(b))
+
+
 def shared_prefix_len(seqs: Sequence[TrainSeq]) -> int:
     """Length of the prefix that all of a micro-batch's rows can compute once (0: none worth sharing).
 
@@ -169,9 +175,7 @@ def prefix_plan(seqs: Sequence[TrainSeq]) -> PrefixNode:
     remaining rows are cut into passes by :func:`_batch_by_padding`.
     """
     order = sorted(range(len(seqs)), key=lambda i: seqs[i].input_ids)
-    limit = [_unscored_len(e) for e in seqs]
-    adj = [min(common_prefix(seqs[a].input_ids, seqs[b].input_ids), limit[a], limit[b])
-           for a, b in zip(order, order[1:])]  # adj[k]: shared tokens of order[k] and order[k+1]
+    adj = [_sharable(seqs[a], seqs[b]) for a, b in zip(order, order[1:])]  # of order[k] and order[k+1]
 
     def build(lo: int, hi: int, start: int, end: int) -> PrefixNode:
         # order[lo:hi] share their first ``end`` tokens; the node computes [start, end)
@@ -206,23 +210,24 @@ def plan_tokens(plan: PrefixNode, seqs: Sequence[TrainSeq], padded: bool = False
     return total
 
 
-def top_prefix_counts(micro: Sequence[Sequence[TrainSeq]]) -> dict[tuple[int, ...], int]:
+def top_prefix_counts(micro: Sequence[Sequence[TrainSeq]],
+                      plans: Sequence[PrefixNode | None] | None = None) -> dict[tuple[int, ...], int]:
     """In how many micro-batches of ``micro`` each top prefix (the tokens of a root child of
-    :func:`prefix_plan`) appears."""
+    :func:`prefix_plan`) appears; ``plans``: the micro-batches' plans when already made."""
     seen: dict[tuple[int, ...], int] = {}
-    for rows in micro:
-        if len(rows) < 2:
-            continue
-        for node in prefix_plan(rows).children:
+    for i, rows in enumerate(micro):
+        plan = plans[i] if plans is not None else prefix_plan(rows) if len(rows) > 1 else None
+        for node in plan.children if plan is not None else ():
             key = tuple(rows[node.row].input_ids[: node.end])
             seen[key] = seen.get(key, 0) + 1
     return seen
 
 
-def recurring_prefixes(micro: Sequence[Sequence[TrainSeq]]) -> set[tuple[int, ...]]:
+def recurring_prefixes(micro: Sequence[Sequence[TrainSeq]],
+                       plans: Sequence[PrefixNode | None] | None = None) -> set[tuple[int, ...]]:
     """The top prefixes found in more than one micro-batch of ``micro``: those an update may
     compute once for all of them (:class:`codrl.train.scoring.HeldPrefixes`)."""
-    return {k for k, n in top_prefix_counts(micro).items() if n > 1}
+    return {k for k, n in top_prefix_counts(micro, plans).items() if n > 1}
 
 
 def computed_tokens(seqs: Sequence[TrainSeq], share_prefix: bool) -> int:
@@ -260,30 +265,28 @@ def micro_batches(seqs: list[TrainSeq], token_budget: int, share_prefix: bool = 
     """
     if not share_prefix:
         return _by_length(seqs, token_budget)
-    clusters: list[list[TrainSeq]] = []  # runs of rows, in token order, sharing a prefix worth sharing
-    for e in sorted(seqs, key=lambda e: e.input_ids):
-        prev = clusters[-1][-1] if clusters else None
-        if prev is not None and min(common_prefix(prev.input_ids, e.input_ids), _unscored_len(prev),
-                                    _unscored_len(e)) >= MIN_SHARED_PREFIX:
-            clusters[-1].append(e)
+    rows = sorted(seqs, key=lambda e: e.input_ids)
+    shared = [_sharable(a, b) for a, b in zip(rows, rows[1:])]  # shared[k]: rows k and k + 1
+    runs: list[list[int]] = []  # runs of rows, in token order, sharing a prefix worth sharing
+    for k in range(len(rows)):
+        if k and shared[k - 1] >= MIN_SHARED_PREFIX:
+            runs[-1].append(k)
         else:
-            clusters.append([e])
+            runs.append([k])
     out: list[list[TrainSeq]] = []
     cur: list[TrainSeq] = []
     cost = 0  # the tree's tokens so far: in token order, each row adds what it does not share with the last
-    for e in (e for c in clusters if len(c) > 1 for e in c):
-        own = e.num_tokens
-        if cur:
-            shared = min(common_prefix(cur[-1].input_ids, e.input_ids), _unscored_len(cur[-1]), _unscored_len(e))
-            own -= shared if shared >= MIN_SHARED_PREFIX else 0
-        if cur and cost + own > token_budget:
-            out += _fit(cur, token_budget)
-            cur, cost, own = [], 0, e.num_tokens
-        cur.append(e)
-        cost += own
+    for run in (r for r in runs if len(r) > 1):
+        for k in run:
+            own = rows[k].num_tokens - (shared[k - 1] if cur and k != run[0] else 0)
+            if cur and cost + own > token_budget:
+                out += _fit(cur, token_budget)
+                cur, cost, own = [], 0, rows[k].num_tokens
+            cur.append(rows[k])
+            cost += own
     if cur:
         out += _fit(cur, token_budget)
-    loose = [c[0] for c in clusters if len(c) == 1]  # rows that share nothing: packed by length
+    loose = [rows[r[0]] for r in runs if len(r) == 1]  # rows that share nothing: packed by length
     return out + _by_length(loose, token_budget)
 
 

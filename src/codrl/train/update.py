@@ -25,8 +25,8 @@ import torch
 from codrl.algo.losses import masked_mean, policy_loss
 from codrl.distributed.torch_dist import TrainedModel
 from codrl.rollout.experience import Experience
-from codrl.train.batching import (TrainSeq, collate, computed_tokens, filler_row, micro_batches, prefix_plan,
-                                  rank_micro_batches, recurring_prefixes, split_rows, to_sequences,
+from codrl.train.batching import (PrefixNode, TrainSeq, collate, filler_row, micro_batches, plan_tokens,
+                                  prefix_plan, rank_micro_batches, recurring_prefixes, split_rows, to_sequences,
                                   top_prefix_counts)
 from codrl.train.config import TrainConfig
 from codrl.train.memory import large_frees_to_os
@@ -80,10 +80,14 @@ class PolicyUpdate:
             return self.parallel.score(batch["input_ids"], batch["attention_mask"], batch["mask"], self.temperature,
                                        with_entropy=with_entropy, plan=batch.get("plan"), held=held)
 
-    def _collate(self, rows: list[TrainSeq]) -> dict[str, Any]:
+    def _plan(self, rows: list[TrainSeq]) -> PrefixNode | None:
+        """How a micro-batch's rows compute their shared prefixes once (None: every row in full)."""
+        return prefix_plan(rows) if self.share_prefix and len(rows) > 1 else None
+
+    def _collate(self, rows: list[TrainSeq], plan: PrefixNode | None) -> dict[str, Any]:
         """A micro-batch's tensors, with the plan of the prefixes its rows compute once."""
         batch: dict[str, Any] = collate(rows or [filler_row(self.pad_id)], self.pad_id, self._device())
-        batch["plan"] = prefix_plan(rows) if self.share_prefix and len(rows) > 1 else None
+        batch["plan"] = plan
         return batch
 
     def context_per_trained(self, minis: list[list[TrainSeq]]) -> dict[str, float]:
@@ -97,9 +101,11 @@ class PolicyUpdate:
             done = 0
             for rows in parts:
                 micro = micro_batches(rows, self.cfg.micro_batch_tokens, True)
-                done += sum(computed_tokens(mb, True) for mb in micro)
+                plans = [self._plan(mb) for mb in micro]
+                done += sum(plan_tokens(p, mb) if p else sum(e.num_tokens for e in mb)
+                            for mb, p in zip(micro, plans, strict=True))
                 if self._holds_prefixes:  # a recurring top prefix is computed once per mini-batch
-                    done -= sum((n - 1) * len(k) for k, n in top_prefix_counts(micro).items())
+                    done -= sum((n - 1) * len(k) for k, n in top_prefix_counts(micro, plans).items())
         return {"context_tokens_per_trained_token": done / trained,
                 "context_tokens_per_trained_token_unshared": full / trained}
 
@@ -161,13 +167,14 @@ class PolicyUpdate:
                                    self.share_prefix)
         sums = {} if sums is None else sums
         # One process: a top prefix that recurs in several micro-batches is computed once for all.
+        plans = [self._plan(rows) for rows in micro]
         held = None
         if self._holds_prefixes:
-            keys = recurring_prefixes(micro)
+            keys = recurring_prefixes(micro, plans)
             held = HeldPrefixes(keys) if keys else None
-        for i, rows in enumerate(micro):
+        for i, (rows, plan) in enumerate(zip(micro, plans, strict=True)):
             with self.parallel.gradient_sync(i == len(micro) - 1):
-                batch = self._collate(rows)
+                batch = self._collate(rows, plan)
                 ref_lp = self.score(batch, ref=True).logprobs if self._use_kl else None
                 scores = self.score(batch, with_entropy=True, held=held)
                 loss, m = policy_loss(scores.logprobs, batch["old_logprobs"], batch["advantages"], batch["mask"],
@@ -210,7 +217,7 @@ class PolicyUpdate:
                   for r in range(ctx.world_size)]
         self.parallel.engine.eval()
         for mb in rank_micro_batches(shares, self.cfg.micro_batch_tokens, ctx.rank, self.share_prefix):
-            batch = self._collate(mb)
+            batch = self._collate(mb, self._plan(mb))
             lp = self.score(batch).logprobs.cpu()  # 0 at untrained positions, which are never used
             for r, e in enumerate(mb):
                 e.old_logprobs = [0.0] + lp[r, : e.num_tokens - 1].tolist()
