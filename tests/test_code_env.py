@@ -31,6 +31,7 @@ from codrl.envs.code.driver import (
     DRIVER_SOURCE,
     MISSING,
     RESULT_MARK,
+    RUNNER_SOURCE,
     parse_driver_output,
 )
 from codrl.envs.code.report import Expected, same_value
@@ -74,7 +75,7 @@ def oracle_code(pack, spec) -> str:
 
 
 def _driver_pids() -> list[int]:
-    return [p for p in pids_with("driver.py") if p != os.getpid()]
+    return [p for p in pids_with("driver.py") + pids_with("runner.py") if p != os.getpid()]
 
 
 # -- registry, knobs, worlds -----------------------------------------------------------------------
@@ -256,7 +257,7 @@ def test_sandbox_files_hold_inputs_only() -> None:
     payload = {"function": pack.tasks[0].spec["template"], "calls": calls, "spies": [["house", "read", "house.read"]],
                "call_s": 1.0, "import_s": 2.0}
     assert set(payload) == {"function", "calls", "spies", "call_s", "import_s"}
-    text = json.dumps(payload) + house_source(pack.world) + DRIVER_SOURCE
+    text = json.dumps(payload) + house_source(pack.world) + DRIVER_SOURCE + RUNNER_SOURCE
     for case in ep.cases:
         exp = case.expected.value
         if isinstance(exp, (list, str)) and exp:
@@ -287,10 +288,14 @@ def test_report_messages_and_turns() -> None:
     assert res.observation.startswith(f"0/{len(ep.cases)} tests passed.")
     assert res.observation.count("FAILED ") == 3 and "more failing tests not shown" in res.observation
     assert "Fix your code and submit again (2 submissions left)" in res.observation
-    # right values, but the records parsed by hand: the spy sees no house.read
+    # right values, but the records parsed by hand: the normal tests pass (helper use is advisory,
+    # never scored); the invalid-input tests fail, as the hand parser accepts what house.read rejects
     hand = solution_code("total_value", Beliefs(money="house", hand_parse=(w["sep"], tuple(w["fields"]))), "base")
     res = ep.step(submission(hand))
-    assert "house.read was not used to parse the records" in res.observation
+    normal = [c.name for c in ep.cases if c.needs_helper]
+    assert f"Advisory (not scored): house.read was not used in {len(normal)} test" in res.observation
+    assert res.info["helper_unused"] == len(normal) and res.info["passed"] >= len(normal)
+    assert not any(f"FAILED {name}:" in res.observation for name in normal)
     assert not res.done
     res = ep.step(submission(solution_code("total_value", Beliefs(errors="none"), "base")))
     assert res.done and 0 < res.reward < 1 and f"Final score: {res.info['passed']}/" in res.feedback
@@ -407,11 +412,40 @@ def test_sandbox_infinite_loops_time_out() -> None:
     res = _hostile("while True:\n    pass\n")
     assert "importing solution.py took over" in res.feedback
     t0 = time.monotonic()
+    # swallowing every exception does not help: the driver's timer is in another process
     res = _hostile("while True:\n    try:\n        while True:\n            pass\n    except BaseException:\n        pass\n",
                    timeout_s=1.5)
-    assert "The sandbox stopped the run: " in res.feedback  # the CPU limit or the wall clock, whichever first
-    assert "CPU time limit exceeded" in res.feedback or "wall-clock timeout" in res.feedback
+    assert "importing solution.py took over" in res.feedback or "CPU time limit" in res.feedback  # whichever first
     assert time.monotonic() - t0 < 6
+
+
+def test_sandbox_call_timer_cannot_be_cancelled() -> None:
+    """A call that cancels every timer it can reach and ignores SIGALRM and SIGXCPU still times out
+    (the driver, another process, keeps the time), and the calls after it still run."""
+    house = "def double(x):\n    return 2 * x\n"
+    code = """import house, os, signal
+def f(x):
+    if x == 1:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        for s in (signal.SIGALRM, signal.SIGXCPU, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
+        while True:
+            pass
+    if x == 2:
+        os._exit(3)
+    if x == 3:
+        os.kill(os.getpid(), 40)
+    return house.double(x)
+"""
+    limits = code_pkg.Limits(call_timeout_s=0.3, timeout_s=5)
+    t0 = time.monotonic()
+    results, sb = run_driver(house, code, "f", [[0], [1], [2], [3], [4]], [("house", "double", "double")], limits)
+    assert time.monotonic() - t0 < 4 and sb.killed_reason is None
+    out = results.outcomes
+    assert out[0].value == 0 and out[4].value == 8 and out[4].spy == {"double": 1}
+    assert (out[1].error, out[1].message) == ("timeout", "the call ran longer than 0.3s")
+    assert out[2].error == "exit" and "exited with status 3 during the call" in out[2].message
+    assert out[3].error == "exit" and "terminated by signal 40" in out[3].message
 
 
 def test_sandbox_unnamed_signal_is_a_scored_failure(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -552,19 +586,74 @@ def total_value(lines):
         marker_dir.rmdir()
 
 
-def test_sandbox_forged_result_lines_void_the_run() -> None:
-    body = """import os
-for fd in range(3, 10):
-    for i in range(8):
+_FORGE = """import os, signal
+LINE = '@@codrl-result@@ {"i": %d, "value": {"t": "str", "v": "forged"}, "spy": {"double": 9}}\\n'
+TRIED = []
+def forge(pid_of_driver):
+    for path in (f"/proc/{pid_of_driver}/fd/1", "/proc/1/fd/1", f"/proc/{pid_of_driver}/mem"):
         try:
-            os.write(fd, ('@@codrl-result@@ {"i": %d, "value": {"t": "str", "v": "x"}, "spy": {"house.read": 1}}\\n' % i).encode())
-        except OSError:
-            pass
-def total_value(lines):
-    return 0
+            with open(path, "wb") as f:
+                f.write(b"".join((LINE % i).encode() for i in range(4)))
+            TRIED.append("wrote " + path)
+        except OSError as e:
+            TRIED.append(f"denied {path} ({type(e).__name__})")
+    for fd in range(0, 64):
+        for i in range(4):
+            try:
+                os.write(fd, (LINE % i).encode())
+            except OSError:
+                pass
+forge(os.getppid())
 """
-    res = _hostile(body)
-    assert "wrote to the test driver's result channel" in res.feedback
+
+
+@pytest.mark.parametrize("layer", ["default", "uid"])
+def test_sandbox_model_code_has_no_handle_on_the_result_channel(layer: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forged result lines written to every descriptor, to the driver's stdout and memory through
+    /proc, at import and during calls: none reaches the result channel. Each call has exactly one
+    result, the function's own answer (what it wrote on its own pipe before a request is dropped)."""
+    if layer == "uid":
+        if os.getuid() != 0:
+            pytest.skip("the uid layer needs root")
+        monkeypatch.setattr(sandbox, "isolation", lambda: "uid")
+    house = "def double(x):\n    return 2 * x\n"
+    code = _FORGE + "def f(x):\n    forge(os.getppid())\n    print(TRIED)\n    return house.double(x) if x else 'mine'\n"
+    code = "import house\n" + code
+    results, sb = run_driver(house, code, "f", [[0], [1], [2]], [("house", "double", "double")])
+    lines = [line for line in sb.stdout.splitlines() if line.startswith(RESULT_MARK)]
+    assert len(lines) == 3 and not results.conflict, sb.stdout
+    assert "forged" not in sb.stdout and "wrote /proc" not in sb.stderr, sb.stderr
+    assert results.outcomes[0].value == "mine" and results.outcomes[1].value == 2 and results.outcomes[2].value == 4
+    assert results.outcomes[1].spy == {"double": 1}
+    assert "denied /proc/" in sb.stderr
+
+
+def test_sandbox_killing_the_driver_scores_nothing() -> None:
+    """A submission that kills the grading driver and then writes result lines everywhere leaves no
+    result at all: it scores as an empty submission does."""
+    res = _hostile(_FORGE.replace("forge(os.getppid())", "os.kill(os.getppid(), signal.SIGKILL)\nforge(os.getppid())")
+                   + "def total_value(lines):\n    return 0\n")
+    assert res.info["passed"] == 0 and "returned 'forged'" not in res.feedback  # its lines are program output only
+
+
+def test_sandbox_forged_helper_counts_change_no_score() -> None:
+    """Helper-use counts are taken where the submitted code runs, so they are advisory: forging them
+    (here, into the spy's closure) changes the report's note and never the score."""
+    env, pack, _ = _env_total_value(max_turns=1)
+    w = pack.world
+    hand = solution_code("total_value", Beliefs(money="house", hand_parse=(w["sep"], tuple(w["fields"]))), "base")
+    forged = hand.replace("def total_value(lines):", "def total_value(lines):\n"
+                          "    next(c for c in house.read.__closure__ if isinstance(c.cell_contents, dict))"
+                          ".cell_contents['house.read'] = 1", 1)
+    assert forged != hand
+    rewards, unused = [], []
+    for code in (hand, forged):
+        ep = env.start(pack, pack.tasks[0])
+        ep.reset()
+        res = ep.step(submission(code))
+        rewards.append(res.reward)
+        unused.append(res.info["helper_unused"])
+    assert rewards[0] == rewards[1] > 0 and unused[0] > 0 and unused[1] == 0
 
 
 # -- scripted agents and levels ----------------------------------------------------------------------------

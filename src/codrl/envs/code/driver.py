@@ -1,24 +1,30 @@
 """The test driver run in the sandbox, and the host side that runs it and reads its result lines.
 
-Security design: the sandbox gets ``house.py``, ``solution.py`` (the submitted code), ``calls.json``
-(the function name, the inputs of each call and the helpers to spy on; never an expected outcome)
-and ``driver.py`` (:data:`DRIVER_SOURCE`). The driver, run as ``python -I -S driver.py``:
+Security design. The sandbox gets ``house.py``, ``solution.py`` (the submitted code), ``calls.json``
+(the function name, the inputs of each call and the helpers to count; never an expected outcome),
+``driver.py`` (:data:`DRIVER_SOURCE`) and ``runner.py`` (:data:`RUNNER_SOURCE`). Two processes run:
 
-1. moves the program's own stdout onto stderr and keeps the original stdout as a private result
-   channel, so nothing the submission prints can pass for a result line by accident;
-2. imports ``house`` (any module text the caller supplies; ``HouseError`` and ``MISSING`` are
-   optional) and wraps the helpers that must be used in counting spies *before* importing
-   the submission (so ``from house import read`` gets the spy too);
-3. imports ``solution`` under an alarm, then runs each call under a per-call alarm
-   (:class:`CallTimeout` derives from ``BaseException`` so ``except Exception`` does not swallow it);
-4. prints one line per call, :data:`RESULT_MARK` + JSON: the returned value encoded to a tagged,
-   JSON-safe form (or the raised exception's type name and message) and the spy counts.
+* **The driver** (``python -I -S driver.py``) runs no submitted code. It reads ``calls.json`` and
+  the runner's source before any submitted code exists as a process, makes itself non-dumpable
+  (so a process of the same uid can neither open its file descriptors through ``/proc`` nor read
+  or write its memory), and keeps its stdout, the **result channel**, to itself. For each call it
+  writes exactly one result line, :data:`RESULT_MARK` + JSON, whatever the program does.
+* **The runner**, a child started with the source held in the driver's memory (``python -I -S -c``),
+  imports ``house`` and ``solution`` and answers one call at a time over its own pipes. It holds
+  no handle on the result channel. What it answers for a call is taken as what the submitted
+  function returned (a value, or an exception's type name and message): anything it could write
+  there, an honest function could return.
 
-The host (:func:`run_driver`) parses those lines and compares the values with the expected
-outcomes it computed itself. A submission that deliberately inspects the driver can write forged
-lines to the result channel or reset the spy counts: the spy checks are advisory, but a forged
-*value* still has to equal the hidden expected outcome, which never enters the sandbox. Two lines
-for one call (a forged line and the real one) void the whole run.
+Time limits are the driver's, out of the submitted code's reach: importing ``solution.py`` must
+end within ``import_s`` and each call within ``call_s`` of the driver sending it, or the driver
+kills the runner's process group, records a timeout and starts a fresh runner for the next call.
+A runner that dies during a call (an exit, a signal, a resource limit) is recorded for that call
+in the same way. The whole run's wall clock is the host's (:func:`codrl.sandbox.run_sandboxed`).
+
+Helper-usage counts (how often a house helper the conventions ask for was called) are taken in the
+runner, where the submitted code could change them, so they are advisory: reported, never scored
+(:func:`codrl.envs.code.report.grade`). The host (:func:`run_driver`) parses the result lines and
+compares the values with the expected outcomes it computed itself, which never enter the sandbox.
 """
 
 from __future__ import annotations
@@ -33,24 +39,191 @@ from codrl.sandbox import SandboxResult, python, run_sandboxed
 #: Prefix of the driver's result lines on its result channel (the sandbox's stdout).
 RESULT_MARK = "@@codrl-result@@ "
 
-#: The driver program (stdlib only), written to ``driver.py`` in the sandbox.
-DRIVER_SOURCE = r'''"""Runs the submitted function on the calls of calls.json and prints one result line per call."""
+#: The grading driver (stdlib only), written to ``driver.py``: it starts the runner and writes the results.
+DRIVER_SOURCE = r'''"""Starts the runner for the calls of calls.json and writes exactly one result line per call.
+
+Runs no submitted code: the runner (a child process) imports solution.py and answers each call.
+"""
 import json
 import os
+import selectors
 import signal
+import subprocess
+import sys
+import time
+
+MARK = "@@codrl-result@@ "
+MAX_LINE = 4 * 1024 * 1024
+ENDS = {signal.SIGXCPU: "hit its CPU time limit (SIGXCPU)", signal.SIGXFSZ: "hit the file size limit (SIGXFSZ)",
+        signal.SIGKILL: "was killed (SIGKILL: a limit, or the program itself)",
+        signal.SIGSEGV: "crashed with SIGSEGV (possibly the memory limit)"}
+
+
+def undumpable():
+    """No process of this uid may open this one's fds through /proc, or read or write its memory."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE, 0
+    except Exception:
+        pass
+
+
+def ended(code):
+    """How the runner ended, in words (signals by name where they have one, else by number)."""
+    if code is None:
+        return "the program stopped answering"
+    if code < 0:
+        try:
+            sig = signal.Signals(-code)
+        except ValueError:
+            return f"the program was terminated by signal {-code}"
+        return "the program " + ENDS.get(sig, f"was terminated by signal {sig.name}")
+    return f"the program exited with status {code}"
+
+
+class Runner:
+    """One runner process: requests on its stdin, one JSON answer line per request on its stdout."""
+
+    def __init__(self, source):
+        self.proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", source, "runner.py"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=None, close_fds=True, start_new_session=True)
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.proc.stdout.fileno(), selectors.EVENT_READ)
+        self.buf = bytearray()
+
+    def ask(self, request, seconds, accept):
+        """Send ``request``; the first answer ``accept`` takes within ``seconds``, or why there is none."""
+        self.buf.clear()  # anything written before the request is not an answer to it
+        try:
+            self.proc.stdin.write((json.dumps(request) + "\n").encode())
+            self.proc.stdin.flush()
+        except OSError:
+            pass
+        deadline = time.monotonic() + seconds
+        while True:
+            while b"\n" in self.buf:
+                line, _, rest = bytes(self.buf).partition(b"\n")
+                self.buf[:] = rest
+                try:
+                    rec = json.loads(line)
+                except (ValueError, RecursionError):
+                    continue
+                if isinstance(rec, dict) and accept(rec):
+                    return rec, None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.kill()
+                return None, "timeout"
+            if not self.sel.select(min(left, 0.5)):
+                continue
+            try:
+                chunk = os.read(self.proc.stdout.fileno(), 65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self.kill()
+                return None, "exit"
+            self.buf += chunk
+            if len(self.buf) > MAX_LINE:
+                self.kill()
+                return None, "large"
+
+    def kill(self):
+        """SIGKILL the runner's process group and reap it; returns its status."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        self.sel.close()
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+        return self.proc.wait()
+
+
+def main():
+    undumpable()
+    with open("calls.json", encoding="utf-8") as f:
+        spec = json.load(f)
+    with open("runner.py", encoding="utf-8") as f:
+        source = f.read()
+    channel = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    def emit(rec):
+        try:
+            line = json.dumps(rec, ensure_ascii=True)
+        except (ValueError, TypeError, RecursionError):
+            line = json.dumps({k: rec[k] for k in ("i", "stage") if k in rec} | {"error": "unreadable",
+                              "message": "the program's answer could not be read"})
+        channel.write(MARK + line + "\n")
+        channel.flush()
+
+    setup = {"function": spec["function"], "spies": spec["spies"]}
+    runner = None
+
+    def start():
+        """A runner that has imported solution.py and found the function, or None (the stage line sent)."""
+        try:
+            r = Runner(source)
+        except OSError as e:
+            emit({"stage": "import", "error": "start", "message": f"the program could not be started: {e}"})
+            return None
+        rec, why = r.ask(setup, spec["import_s"], lambda x: "ready" in x or "stage" in x)
+        if rec is not None and rec.get("ready") is True:
+            return r
+        if rec is not None:
+            emit({"stage": "function" if rec.get("stage") == "function" else "import",
+                  "error": str(rec.get("error", "?"))[:60], "message": str(rec.get("message", ""))[:300]})
+        elif why == "timeout":
+            emit({"stage": "import", "error": "timeout", "message": f"importing solution.py took over {spec['import_s']}s"})
+        else:
+            emit({"stage": "import", "error": "exit", "message": ended(r.kill()) + " while importing solution.py"})
+        r.kill()
+        return None
+
+    for i, args in enumerate(spec["calls"]):
+        if runner is None:
+            runner = start()
+            if runner is None:
+                return
+        rec, why = runner.ask({"i": i, "args": args}, spec["call_s"], lambda x, i=i: type(x.get("i")) is int and x["i"] == i)
+        out = {"i": i}
+        if rec is None:
+            code = runner.kill()
+            runner = None
+            if why == "timeout":
+                out["error"], out["message"] = "timeout", f"the call ran longer than {spec['call_s']}s"
+            elif why == "large":
+                out["error"], out["message"] = "exit", "the program's answer was too large"
+            else:
+                out["error"], out["message"] = "exit", ended(code) + " during the call"
+        else:
+            for key in ("value", "error", "message", "house_error", "spy"):
+                if key in rec:
+                    out[key] = rec[key]
+        emit(out)
+    if runner is not None:
+        runner.kill()
+
+
+main()
+'''
+
+#: The runner (stdlib only), written to ``runner.py`` and started by the driver: runs the submitted code.
+RUNNER_SOURCE = r'''"""Imports solution.py and answers the driver's calls, one JSON line per call."""
+import json
+import os
 import sys
 import traceback
 
-MARK = "@@codrl-result@@ "
 MAX_ITEMS = 2000
-
-
-class CallTimeout(BaseException):
-    """Raised by the alarm when a call runs past its time."""
-
-
-def _alarm(signum, frame):
-    raise CallTimeout()
 
 
 def _text(e):
@@ -95,16 +268,19 @@ def _encode(v, missing, budget, depth=0):
 
 
 def main():
-    with open("calls.json", encoding="utf-8") as f:
-        spec = json.load(f)
-    channel = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    requests = sys.stdin
+    answers = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
+    main_pid = os.getpid()
 
-    def emit(rec):
-        channel.write(MARK + json.dumps(rec, ensure_ascii=True) + "\n")
-        channel.flush()
+    def answer(rec):
+        if os.getpid() != main_pid:  # a fork of the submitted code returned here: it does not answer
+            os._exit(0)
+        answers.write(json.dumps(rec, ensure_ascii=True) + "\n")
+        answers.flush()
 
+    setup = json.loads(requests.readline())
     sys.path.insert(0, os.getcwd())
     import house
 
@@ -121,7 +297,7 @@ def main():
         counted.__doc__ = getattr(original, "__doc__", None)
         setattr(owner, attr, counted)
 
-    for path, attr, label in spec["spies"]:
+    for path, attr, label in setup["spies"]:
         owner = house
         for part in path.split(".")[1:]:
             owner = getattr(owner, part)
@@ -130,47 +306,29 @@ def main():
     if not isinstance(house_error, type) or not issubclass(house_error, BaseException):
         house_error = ()
     missing = getattr(house, "MISSING", None)
-    main_pid = os.getpid()
-    signal.signal(signal.SIGALRM, _alarm)
-    signal.setitimer(signal.ITIMER_REAL, spec["import_s"])
     try:
         import solution
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        if os.getpid() != main_pid:
-            os._exit(0)
     except BaseException as e:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        if os.getpid() != main_pid:
-            os._exit(0)
-        if isinstance(e, CallTimeout):
-            emit({"stage": "import", "error": "timeout", "message": f"importing solution.py took over {spec['import_s']}s"})
-        else:
-            traceback.print_exc(limit=-3)
-            emit({"stage": "import", "error": type(e).__name__[:60], "message": _text(e)})
+        traceback.print_exc(limit=-3)
+        answer({"stage": "import", "error": type(e).__name__[:60], "message": _text(e)})
         return
-    fn = getattr(solution, spec["function"], None)
+    fn = getattr(solution, setup["function"], None)
     if not callable(fn):
-        emit({"stage": "function", "error": "missing", "message": f"solution.py defines no function {spec['function']}"})
+        answer({"stage": "function", "error": "missing", "message": f"solution.py defines no function {setup['function']}"})
         return
-    for i, args in enumerate(spec["calls"]):
+    answer({"ready": True})
+    for line in requests:
+        req = json.loads(line)
         counts.clear()
-        rec = {"i": i}
-        signal.setitimer(signal.ITIMER_REAL, spec["call_s"])
+        rec = {"i": req["i"]}
         try:
-            value = fn(*args)
+            value = fn(*req["args"])
             rec["value"] = _encode(value, missing, [5000])
-            signal.setitimer(signal.ITIMER_REAL, 0)
-        except CallTimeout:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            rec["error"], rec["message"] = "timeout", f"the call ran longer than {spec['call_s']}s"
         except BaseException as e:
-            signal.setitimer(signal.ITIMER_REAL, 0)
             rec["error"], rec["message"] = type(e).__name__[:60], _text(e)
             rec["house_error"] = isinstance(e, house_error)
-        if os.getpid() != main_pid:
-            os._exit(0)
         rec["spy"] = dict(counts)
-        emit(rec)
+        answer(rec)
 
 
 main()
@@ -288,7 +446,7 @@ def parse_driver_output(stdout: str, n_calls: int) -> DriverResults:
             if res.stage_error is None:
                 what = str(rec.get("error", "?"))[:60]
                 msg = str(rec.get("message", ""))[:300]
-                if rec.get("stage") == "function" or what == "timeout":
+                if rec.get("stage") == "function" or what in ("timeout", "exit", "start"):
                     res.stage_error = msg
                 else:
                     res.stage_error = f"solution.py failed to import: {what}: {msg}"
@@ -337,7 +495,7 @@ def run_driver(house_src: str, code: str, function: str, calls: Sequence[Sequenc
     payload = {"function": function, "calls": [list(c) for c in calls], "spies": [list(s) for s in spies],
                "call_s": limits.call_timeout_s, "import_s": limits.import_timeout_s}
     files = {"house.py": house_src, "solution.py": code, "calls.json": json.dumps(payload),
-             "driver.py": DRIVER_SOURCE}
+             "driver.py": DRIVER_SOURCE, "runner.py": RUNNER_SOURCE}
     # The system python3 (standard library only) where there is one: it runs in every layer,
     # the minimal root included, and sees none of this environment's packages.
     result = run_sandboxed(files, [python(), "-I", "-S", "driver.py"], timeout_s=limits.timeout_s,

@@ -91,7 +91,9 @@ class CodeEnv(CoDEnv):
       identical submission (common among the samples of one group) reuses the earlier result;
       runs that hit a time or resource limit are never reused.
 
-    Reward: the fraction of hidden tests the last submission passes (0 for a malformed reply).
+    Reward: the fraction of hidden tests the last submission passes (0 for a malformed reply): it
+    depends only on what the submitted function returns or raises under the hidden tests, and on
+    whether each call ends in time. Whether the house helper was used is reported, never scored.
     """
 
     reply_prefix = "<answer>\n```python\n"
@@ -99,7 +101,8 @@ class CodeEnv(CoDEnv):
     success_threshold = 1.0
     secret_worlds = True
     #: Mean reward of the scripted random agent (valid programs written with random conventions,
-    #: sometimes parsing records by hand), 30 test packs x 4 tasks, seed 0: base 0.244, hard 0.231.
+    #: sometimes parsing records by hand), 30 test packs x 4 tasks, seed 0: base 0.22-0.24, hard
+    #: 0.21-0.23 (the packs depend on the installation's world key; two keys gave the two ends).
     #: It is well above 0 because the fraction of tests passed is the reward: an empty list or an
     #: invalid-input test is often passed by luck.
     chance_reward = 0.24
@@ -151,7 +154,7 @@ class CodeEnv(CoDEnv):
                 return hit
         results, sandbox = run_driver(house, code, function, calls, [spy], self.limits)
         clean = (sandbox.killed_reason is None and not sandbox.timed_out
-                 and all(o.error != "timeout" for o in results.outcomes.values()))
+                 and all(o.error not in ("timeout", "exit") for o in results.outcomes.values()))
         if clean and self.cache_size:
             with self._lock:
                 self._cache[key] = (results, sandbox)
@@ -175,8 +178,9 @@ class CodeEnv(CoDEnv):
 
 class CodeEpisode(Episode):
     """One function to write. ``info`` of each step: ``event`` (``tests``, ``solved``, ``final``,
-    ``invalid`` or ``over``), ``turns``, ``passed``, ``total``, ``killed`` (the sandbox's reason or
-    None) and ``seconds`` (the test run's duration)."""
+    ``invalid`` or ``over``), ``turns``, ``passed``, ``total``, ``helper_unused`` (tests whose call
+    did not use the house helper: advisory, not scored), ``killed`` (the sandbox's reason or None)
+    and ``seconds`` (the test run's duration)."""
 
     def __init__(self, env: CodeEnv, world: dict[str, Any], spec: dict[str, Any]) -> None:
         self.env = env
@@ -225,7 +229,7 @@ class CodeEpisode(Episode):
                                "killed": None, "seconds": 0.0})
         g, run = self.run_tests(code)
         report = format_report(g, self.env.max_failures_shown)
-        info = {"turns": self.turns, "passed": g.passed, "total": g.total, **run}
+        info = {"turns": self.turns, "passed": g.passed, "total": g.total, "helper_unused": len(g.helper_unused), **run}
         if g.passed == g.total:
             self.done = True
             return StepResult(None, 1.0, True, f"{report}\nTask solved.", True, {"event": "solved", **info})

@@ -35,7 +35,8 @@ class Expected:
 @dataclass(frozen=True)
 class TestCase:
     """One hidden test: its name, the call's arguments and the expected outcome (host only).
-    ``needs_helper``: the test also fails when the required helper was not called."""
+    ``needs_helper``: the call should use the house helper; a call that does not gets an advisory
+    note in the report (never a lower score: the count is taken where the submitted code runs)."""
 
     __test__ = False  # not a pytest class
 
@@ -48,13 +49,15 @@ class TestCase:
 @dataclass(frozen=True)
 class Grade:
     """The graded run: which tests passed, a failure message per failed test, and notes on the run
-    (why it was stopped, why results are missing), plus the program's output tail."""
+    (why it was stopped, why results are missing, advisory notes that change no score), plus the
+    program's output tail. ``helper_unused``: tests whose call did not use the required helper."""
 
     passed: int
     total: int
     failures: tuple[tuple[str, str], ...]
     notes: tuple[str, ...]
     output_tail: str
+    helper_unused: tuple[str, ...] = ()
 
     @property
     def fraction(self) -> float:
@@ -105,7 +108,7 @@ def _raised(outcome: CallOutcome) -> str:
     return f"{name}({outcome.message!r})" if outcome.message else f"{name}"
 
 
-def check(case: TestCase, outcome: CallOutcome | None, function: str, helper: str | None,
+def check(case: TestCase, outcome: CallOutcome | None, function: str,
           missing_reason: str = "the program stopped before this test ran") -> str | None:
     """The failure message of one test, or None when it passed."""
     call = call_text(function, case.args)
@@ -114,6 +117,8 @@ def check(case: TestCase, outcome: CallOutcome | None, function: str, helper: st
         return f"{call} did not finish: {missing_reason}"
     if outcome.error == "timeout":
         return f"{call} timed out: {outcome.message}"
+    if outcome.error == "exit":  # the driver saw the program die during the call
+        return f"{call} did not finish: {outcome.message}"
     if exp.raises is not None:
         # ``house.X`` needs the house's own error type (the driver checks the class); another
         # name is matched by the exception's type name.
@@ -126,9 +131,16 @@ def check(case: TestCase, outcome: CallOutcome | None, function: str, helper: st
         return f"{call} raised {_raised(outcome)}, expected {show(exp.value)}"
     if not same_value(exp.value, outcome.value):
         return f"{call} returned {show(outcome.value)}, expected {show(exp.value)}"
-    if case.needs_helper and helper and outcome.spy.get(helper, 0) < 1:
-        return f"{call}: {helper} was not used to parse the records"
     return None
+
+
+def helper_unused(cases: Sequence[TestCase], results: DriverResults, helper: str | None) -> list[str]:
+    """Names of the tests that ask for ``helper`` and whose call did not use it (advisory: the
+    counts are taken where the submitted code runs, so they never change a score)."""
+    if not helper or results.conflict:
+        return []
+    return [c.name for i, c in enumerate(cases) if c.needs_helper and (o := results.outcomes.get(i)) is not None
+            and o.error is None and o.spy.get(helper, 0) < 1]
 
 
 def run_notes(sandbox: SandboxResult | None, results: DriverResults) -> tuple[list[str], str]:
@@ -166,11 +178,16 @@ def grade(cases: Sequence[TestCase], results: DriverResults, sandbox: SandboxRes
     failures: list[tuple[str, str]] = []
     for i, case in enumerate(cases):
         outcome = None if results.conflict else results.outcomes.get(i)
-        msg = check(case, outcome, function, helper, missing)
+        msg = check(case, outcome, function, missing)
         if msg is not None:
             failures.append((case.name, msg))
+    unused = helper_unused(cases, results, helper)
+    if unused:
+        notes.append(f"Advisory (not scored): {helper} was not used in {len(unused)} test"
+                     f"{'s' if len(unused) != 1 else ''} ({', '.join(unused[:3])}{', ...' if len(unused) > 3 else ''}); "
+                     "the house conventions ask for it.")
     return Grade(passed=len(cases) - len(failures), total=len(cases), failures=tuple(failures),
-                 notes=tuple(notes), output_tail=output_tail(sandbox, tail_chars))
+                 notes=tuple(notes), output_tail=output_tail(sandbox, tail_chars), helper_unused=tuple(unused))
 
 
 def format_report(g: Grade, max_failures_shown: int = 3) -> str:
