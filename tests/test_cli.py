@@ -73,6 +73,45 @@ def test_train_bad_config(name: str, tmp_path: Path) -> None:
     assert not (tmp_path / "runs").exists()
 
 
+def test_overrides_are_parsed_into_nested_fields() -> None:
+    from codrl.config import merge, parse_overrides
+    from codrl.errors import CodrlError
+
+    got = parse_overrides(["rollout.repeats=8", "optim.lr=1e-5", "log.progress=false", "seed=3",
+                           "rollout.mode=curator", "eval.envs=[{name: alchemy}]", "output_dir="])
+    assert got == {"rollout": {"repeats": 8, "mode": "curator"}, "optim": {"lr": "1e-5"}, "log": {"progress": False},
+                   "seed": 3, "eval": {"envs": [{"name": "alchemy"}]}, "output_dir": ""}
+    assert merge({"rollout": {"repeats": 2, "pack_size": 4}, "steps": 1}, got)["rollout"] == {
+        "repeats": 8, "pack_size": 4, "mode": "curator"}
+    for bad in ("rollout", "=3", "rollout..repeats=1"):
+        with pytest.raises(CodrlError, match="KEY=VALUE"):
+            parse_overrides([bad])
+    with pytest.raises(CodrlError, match="seed is not a group of fields"):
+        parse_overrides(["seed=1", "seed.x=2"])
+
+
+def test_train_overrides_are_validated_like_the_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "ok.yaml"
+    cfg.write_text("envs: [{name: frozenlake}]\nrollout: {repeats: 2}\n")
+    assert_one_line_error(run_cli("train", "-c", str(cfg), "rollout.repeatz=3", timeout=30),
+                          "rollout.repeatz", "unknown key", "repeats")
+    assert_one_line_error(run_cli("train", "-c", str(cfg), "optim.lr=-1", timeout=30), "optim.lr", "greater than 0")
+    assert_one_line_error(run_cli("train", "-c", str(cfg), "rollout", timeout=30), "KEY=VALUE")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_eval_typed_options_override_the_config_file(tmp_path: Path) -> None:
+    """With --config, an option typed on the command line wins over the file (here it is checked,
+    and refused, before any model loads); so does a dotted override."""
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text("env: frozenlake\npacks: 2\n")
+    assert_one_line_error(run_cli("eval", "-c", str(cfg), "--packs", "0", timeout=30), "packs", "greater than")
+    assert_one_line_error(run_cli("eval", "-c", str(cfg), "--env", "chess", timeout=30), "env", "frozenlake")
+    assert_one_line_error(run_cli("eval", "-c", str(cfg), "rollout.repeats=0", timeout=30), "rollout.repeats")
+    assert_one_line_error(run_cli("eval", "--env", "frozenlake", "rollout.nope=1", timeout=30), "rollout.nope",
+                          "unknown key")
+
+
 def test_train_missing_config_file(tmp_path: Path) -> None:
     assert_one_line_error(run_cli("train", "--config", str(tmp_path / "nope.yaml")), "not found")
 
@@ -97,12 +136,14 @@ def test_eval_end_to_end_with_embedded_model(tmp_path: Path) -> None:
         "env: frozenlake\n"
         "env_params: {min_size: 4, max_size: 4, max_env_steps: 2, max_agent_steps: 2}\n"
         "packs: 1\n"
-        "baseline: true\n"
-        "rollout: {pack_size: 2, repeats: 1, max_new_tokens_solve: 8, max_new_tokens_update: 24,\n"
+        "baseline: false\n"
+        "rollout: {pack_size: 3, repeats: 1, max_new_tokens_solve: 8, max_new_tokens_update: 64,\n"
         "          hint_length_start: 16, hint_length_end: 24}\n"
     )
     out = tmp_path / "out"
-    proc = run_cli("eval", "--config", str(cfg), "--out", str(out), timeout=900)
+    # typed options and dotted overrides take precedence over the file (K 3 -> 2, the baseline on)
+    proc = run_cli("eval", "--config", str(cfg), "--out", str(out), "-k", "2", "--baseline",
+                   "rollout.max_new_tokens_update=24", timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "position" in proc.stdout.lower()
     import json

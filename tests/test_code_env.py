@@ -415,7 +415,8 @@ def test_sandbox_infinite_loops_time_out() -> None:
     # swallowing every exception does not help: the driver's timer is in another process
     res = _hostile("while True:\n    try:\n        while True:\n            pass\n    except BaseException:\n        pass\n",
                    timeout_s=1.5)
-    assert "importing solution.py took over" in res.feedback or "CPU time limit" in res.feedback  # whichever first
+    # the driver's import limit, the CPU limit or (on a loaded machine) the run's wall clock, whichever first
+    assert any(why in res.feedback for why in ("importing solution.py took over", "CPU time limit", "wall-clock"))
     assert time.monotonic() - t0 < 6
 
 

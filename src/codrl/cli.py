@@ -85,9 +85,34 @@ def _template_kwargs(value: Optional[str]) -> dict[str, Any]:
     return parsed
 
 
+_OVERRIDES_HELP = ("Dotted overrides of the config's fields, validated like the file, e.g. rollout.repeats=8 "
+                   "optim.lr=1e-5 (values are read as YAML: 8, 1e-5, true).")
+
+
+def _typed(ctx: typer.Context, fields: dict[str, str], values: dict[str, Any]) -> dict[str, Any]:
+    """The options typed on the command line, as a nested mapping of the config fields they set
+    (``fields``: option name -> dotted field). Options left at their defaults set nothing."""
+    from codrl.config import set_dotted
+
+    out: dict[str, Any] = {}
+    for option, field in fields.items():
+        if _was_typed(ctx, option):
+            set_dotted(out, field.split("."), values[option])
+    return out
+
+
+def _was_typed(ctx: typer.Context, option: str) -> bool:
+    """Whether ``option`` was given on the command line (or by its environment variable), not defaulted.
+    Compared by name: typer may ship its own copy of click's ``ParameterSource``."""
+    source = ctx.get_parameter_source(option)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
 @app.command("eval")
 @_user_errors
 def eval_cmd(
+    ctx: typer.Context,
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help=_OVERRIDES_HELP),
     env: str = typer.Option("frozenlake", help="Environment: a name from `codrl envs` or an import path "
                             "'package.module:ClassName'."),
     split: str = typer.Option("test", help="Split to draw packs from: train or test."),
@@ -111,19 +136,30 @@ def eval_cmd(
     device: str = typer.Option("cpu", help="Torch device of a local model."),
     kv_cache_mb: float = typer.Option(1024, "--kv-cache-mb", help="Memory (MiB) a local model keeps for reusing the "
                                       "KV cache of prompt prefixes it has seen; 0 prefills every prompt in full."),
-    config: Optional[Path] = typer.Option(None, help="YAML EvalConfig; command-line options given explicitly "
-                                          "are ignored in favour of the file."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML EvalConfig; the options typed on the "
+                                          "command line (and KEY=VALUE overrides) take precedence over the file."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default runs/eval-<time>)."),
     chat_template_kwargs: Optional[str] = typer.Option(None, "--chat-template-kwargs", help=_TEMPLATE_KWARGS_HELP),
 ) -> None:
-    """Evaluate a model: mean reward per pack position (the CoD curve), with plots and records."""
-    from codrl.config import load_yaml, validate
+    """Evaluate a model: mean reward per pack position (the CoD curve), with plots and records.
+
+    Fields the options do not cover are set with KEY=VALUE overrides, e.g.
+    `codrl eval --env alchemy rollout.max_new_tokens_solve=64`, or in a YAML EvalConfig (--config).
+    """
+    from codrl.config import load_yaml, merge, parse_overrides, validate
     from codrl.envs import SPLITS, check_name
     from codrl.errors import bad_choice
     from codrl.eval.runner import EvalConfig, evaluate
 
+    dotted = parse_overrides(overrides or [])
     if config is not None:
-        cfg = load_yaml(EvalConfig, config)
+        typed = _typed(ctx, {"env": "env", "split": "split", "packs": "packs", "seed": "seed", "baseline": "baseline",
+                             "pack_size": "rollout.pack_size", "repeats": "rollout.repeats", "ralph": "rollout.ralph",
+                             "temperature": "rollout.temperature"}, locals())
+        if contexts is not None:
+            context_list = _parse_contexts(contexts)
+            typed = merge(typed, {"contexts": context_list, "rollout": {"mode": context_list[0]}})
+        cfg = load_yaml(EvalConfig, config, merge(typed, dotted))
     else:
         check_name(env, field="--env")
         if split not in SPLITS:
@@ -135,12 +171,11 @@ def eval_cmd(
                             ("--batch-size", batch_size)):
             if value < 1:
                 raise CodrlError(f"{name} must be >= 1, got {value}")
-        cfg = validate(EvalConfig, {"env": env, "split": split, "packs": packs, "seed": seed, "baseline": baseline,
-                                    "contexts": context_list,
-                                    "rollout": {"pack_size": pack_size, "repeats": repeats, "ralph": ralph,
-                                                "temperature": temperature,
-                                                **({"mode": context_list[0]} if context_list else {})}},
-                        source="options")
+        data = {"env": env, "split": split, "packs": packs, "seed": seed, "baseline": baseline,
+                "contexts": context_list,
+                "rollout": {"pack_size": pack_size, "repeats": repeats, "ralph": ralph, "temperature": temperature,
+                            **({"mode": context_list[0]} if context_list else {})}}
+        cfg = validate(EvalConfig, merge(data, dotted), source="options")
     from codrl.eval.runner import build_env
 
     build_env(cfg.env, cfg.env_params)  # bad environment parameters fail before any model loads
@@ -169,6 +204,7 @@ def _parse_contexts(value: Optional[str]) -> list[str]:
 @app.command("train")
 @_user_errors
 def train_cmd(
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help=_OVERRIDES_HELP),
     config: Path = typer.Option(..., "--config", "-c", help="YAML TrainConfig (see configs/)."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in the output folder."),
     steps: Optional[int] = typer.Option(None, help="Override `steps`."),
@@ -177,6 +213,8 @@ def train_cmd(
     """Train with CoD credit assignment; evaluates before and after and plots reward by position.
 
     The config is validated before any model loads; a wrong field is named with its allowed values.
+    Any field can be overridden on the command line, e.g.
+    `codrl train -c configs/quickstart_cpu.yaml rollout.repeats=8 optim.lr=1e-5`.
     Checkpoints go to <output_dir>/checkpoints every `save_every` steps; `--resume` continues
     exactly where the last checkpoint stopped.
 
@@ -185,15 +223,15 @@ def train_cmd(
     `distributed.train_workers: N`; rollouts on Ray actors with `distributed.rollout_workers: N`;
     rollouts ahead of training with `distributed.async_rollouts: true`.
     """
-    from codrl.config import load_yaml
+    from codrl.config import load_yaml, parse_overrides
     from codrl.train.config import TrainConfig
 
-    overrides: dict[str, Any] = {}
+    fields = parse_overrides(overrides or [])
     if steps is not None:
-        overrides["steps"] = steps
+        fields["steps"] = steps
     if output_dir is not None:
-        overrides["output_dir"] = str(output_dir)
-    cfg = load_yaml(TrainConfig, config, overrides)
+        fields["output_dir"] = str(output_dir)
+    cfg = load_yaml(TrainConfig, config, fields)
     if cfg.distributed.train_workers:
         from codrl.distributed.ray_train import train_on_ray
 
@@ -280,6 +318,7 @@ RALPH_HELP = (
 @app.command("ralph", help=RALPH_HELP)
 @_user_errors
 def ralph_cmd(
+    ctx: typer.Context,
     target: str = typer.Argument("code", metavar="TARGET", help="An environment name (see `codrl envs`) or a task "
                                  "folder holding prompt.md and a test command."),
     test: Optional[str] = typer.Option(None, "--test", help="Test command of a task folder, run by `sh -c` in the "
@@ -299,19 +338,29 @@ def ralph_cmd(
     split: str = typer.Option("test", help="Split the built-in tasks come from: train or test."),
     batch_size: int = typer.Option(32, help="Max requests per batched model call."),
     device: str = typer.Option("cpu", help="Torch device of a local model."),
-    config: Optional[Path] = typer.Option(None, help="YAML RalphConfig instead of the options above."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML RalphConfig; the options typed on the "
+                                          "command line (and --set overrides) take precedence over the file."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="A dotted override of a RalphConfig "
+                                   "field, e.g. --set rollout.max_new_tokens_update=96; repeat."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default runs/ralph-<time>)."),
     progress: bool = typer.Option(True, help="Show progress."),
     chat_template_kwargs: Optional[str] = typer.Option(None, "--chat-template-kwargs", help=_TEMPLATE_KWARGS_HELP),
 ) -> None:
     """Run the Ralph loop (see RALPH_HELP)."""
-    from codrl.config import load_yaml, validate
+    from codrl.config import load_yaml, merge, parse_overrides, validate
     from codrl.envs import SPLITS
     from codrl.errors import bad_choice
     from codrl.eval.ralph import RalphConfig, ralph_env, run_ralph
 
+    dotted = parse_overrides(set_)
     if config is not None:
-        cfg = load_yaml(RalphConfig, config)
+        typed = _typed(ctx, {"target": "target", "test": "test_command", "attempts": "attempts", "tasks": "tasks",
+                             "repeats": "repeats", "seed": "seed", "split": "split",
+                             "temperature": "rollout.temperature", "max_new_tokens": "rollout.max_new_tokens_solve"},
+                       locals())
+        if _was_typed(ctx, "contexts"):
+            typed["contexts"] = _parse_contexts(contexts)
+        cfg = load_yaml(RalphConfig, config, merge(typed, dotted))
     else:
         chosen = _parse_contexts(contexts)
         if split not in SPLITS:
@@ -323,9 +372,9 @@ def ralph_cmd(
         rollout = {"temperature": temperature, "max_new_tokens_solve": max_new_tokens,
                    "max_new_tokens_update": min(max_new_tokens, 160), "length_penalty_coef": 0.0,
                    "hint_length_coef": 0.0}
-        cfg = validate(RalphConfig, {"target": target, "test_command": test, "attempts": attempts, "tasks": tasks,
-                                     "repeats": repeats, "contexts": chosen, "seed": seed,
-                                     "split": split, "rollout": rollout}, source="options")
+        data = {"target": target, "test_command": test, "attempts": attempts, "tasks": tasks, "repeats": repeats,
+                "contexts": chosen, "seed": seed, "split": split, "rollout": rollout}
+        cfg = validate(RalphConfig, merge(data, dotted), source="options")
     ralph_env(cfg)  # a bad target or task folder fails before any model loads
     backend = make_backend(model, endpoint, endpoint_model, batch_size, device,
                            chat_template_kwargs=_template_kwargs(chat_template_kwargs))
@@ -361,6 +410,7 @@ def matrix_cmd(
     output_dir: Optional[Path] = typer.Option(None, help="Override `output_dir` (default runs/matrix-<time> "
                                               "without --config)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help=_OVERRIDES_HELP),
 ) -> None:
     """Evaluate models x evaluation sets: a table of reward at position 0, at the last position and
     the CoD gain with its interval, per-position plots, matrix.json. Resumable: finished cells are kept
@@ -373,7 +423,7 @@ def matrix_cmd(
     and, with a ralph- prefix, the Ralph loop it is played in. Every model path, endpoint,
     environment and variant is checked before any model loads.
     """
-    from codrl.config import read_yaml_mapping, validate
+    from codrl.config import merge, parse_overrides, read_yaml_mapping, validate
     from codrl.eval.matrix import MatrixConfig, run_matrix
 
     if config is not None and (model or eval_set):
@@ -397,7 +447,7 @@ def matrix_cmd(
                           for m in data.get("models") or []]
     if output_dir is not None:
         data["output_dir"] = str(output_dir)
-    cfg = validate(MatrixConfig, data, source=source)
+    cfg = validate(MatrixConfig, merge(data, parse_overrides(overrides or [])), source=source)
     run_matrix(cfg, progress=progress)
 
 

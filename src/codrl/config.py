@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -94,11 +95,53 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_yaml(model: type[M], path: str | Path, overrides: dict[str, Any] | None = None) -> M:
-    """Load and validate a YAML config file (with optional top-level overrides)."""
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """Command-line ``KEY=VALUE`` items as a nested mapping: dotted keys name nested fields
+    (``rollout.repeats=8``), values are read as YAML scalars or flow collections (``8``, ``1e-5``,
+    ``true``, ``[cod, nohint]``). A malformed item is a :class:`CodrlError` naming it."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(p.strip() for p in parts):
+            raise CodrlError(f"override {item!r}: must be KEY=VALUE with a dotted field name, e.g. rollout.repeats=8")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        set_dotted(out, [p.strip() for p in parts], value, item)
+    return out
+
+
+def set_dotted(data: dict[str, Any], parts: Sequence[str], value: Any, what: str = "") -> None:
+    """Set ``data[parts[0]][parts[1]]... = value``, creating mappings on the way; a field on the
+    way that holds something else than a mapping is a :class:`CodrlError`."""
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise CodrlError(f"override {what or '.'.join(parts)!r}: {'.'.join(parts[:i + 1])} is not a group of "
+                             "fields")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` merged in, nested mappings field by field (``base`` unchanged)."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_yaml(model: type[M], path: str | Path, overrides: Mapping[str, Any] | None = None) -> M:
+    """Load and validate a YAML config file, with ``overrides`` (a nested mapping, e.g. from
+    :func:`parse_overrides`) merged in field by field and validated like the file."""
     p = Path(path)
-    data = read_yaml_mapping(p)
-    data.update(overrides or {})
+    data = merge(read_yaml_mapping(p), overrides or {})
     return validate(model, data, source=f"config {p}")
 
 

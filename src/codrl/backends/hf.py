@@ -24,8 +24,10 @@ training updates never serve stale states.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from collections import deque
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +76,17 @@ class _Batch:
     cache: Any
     mask: torch.Tensor
     pos: torch.Tensor
+
+
+
+@contextlib.contextmanager
+def quiet_peft() -> Iterator[None]:
+    """Around peft's own model wrapping: peft reads the base model's ``is_gradient_checkpointing``,
+    which recent transformers deprecate with a FutureWarning on every run. The warning is about
+    peft's call, not the caller's, so only that one is silenced, and only here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*`?is_gradient_checkpointing`? is deprecated", category=FutureWarning)
+        yield
 
 
 class HFBackend(Backend):
@@ -131,7 +144,8 @@ class HFBackend(Backend):
                 base_path = resolve_model_path(base)
                 tok = AutoTokenizer.from_pretrained(model)
                 lm = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, dtype))
-                lm = PeftModel.from_pretrained(lm, model).merge_and_unload()
+                with quiet_peft():
+                    lm = PeftModel.from_pretrained(lm, model).merge_and_unload()
             else:
                 path = resolve_model_path(model)
                 tok = AutoTokenizer.from_pretrained(path)

@@ -16,8 +16,9 @@ intervals (and ``n``) differ.
 
 Intervals
 ---------
-Intervals are two-sided Student-t intervals over the per-pack values, with the ``t`` quantile
-from :mod:`scipy.stats` (imported lazily). Two rules keep them honest for the few packs a quick
+Intervals are two-sided Student-t intervals over the per-pack values, computed by
+:mod:`scipy.stats` (``ttest_1samp`` / ``ttest_ind(equal_var=False)``, imported lazily); this
+module adds only two rules keep them honest for the few packs a quick
 evaluation has:
 
 - **reward range**: with ``summarize(..., reward_range=(low, high))`` (the bounds of the
@@ -81,24 +82,8 @@ _NAN = float("nan")
 # --------------------------------------------------------------------------------------------
 
 
-def _t_ppf(p: float, df: float) -> float:
-    """Student-t quantile from :mod:`scipy.stats` (imported lazily: it is slow to import)."""
-    from scipy import stats
-
-    return float(stats.t.ppf(p, df))
-
-
 def _mean(values: Sequence[float]) -> float:
     return math.fsum(values) / len(values) if values else _NAN
-
-
-def _var(values: Sequence[float]) -> float:
-    """Sample variance (ddof = 1); NaN for fewer than two values."""
-    n = len(values)
-    if n < 2:
-        return _NAN
-    m = _mean(values)
-    return math.fsum((v - m) ** 2 for v in values) / (n - 1)
 
 
 def _check_confidence(confidence: float) -> None:
@@ -152,8 +137,8 @@ def mean_ci(
 ) -> tuple[float, float, float]:
     """Mean and two-sided Student-t confidence interval: ``(mean, low, high)``.
 
-    ``low/high = mean -/+ t_{(1+confidence)/2, n-1} * s / sqrt(n)`` (``t`` from
-    ``scipy.stats.t.ppf``, ``s`` the sample standard deviation), then clipped to ``bounds``
+    The interval is ``scipy.stats.ttest_1samp(values, 0).confidence_interval(confidence)``
+    (``mean -/+ t_{(1+confidence)/2, n-1} * s / sqrt(n)``), then clipped to ``bounds``
     (see :func:`clip_interval`). With fewer than ``max(min_n, 2)`` values the interval is
     ``(nan, nan)`` ("n too small"; the mean is still given); no values give ``(nan, nan, nan)``.
     Zero spread gives the degenerate interval ``(mean, mean)``. Pass *per-pack* means, not raw
@@ -165,11 +150,12 @@ def mean_ci(
     m = _mean(vals)
     if n < max(min_n, 2):
         return m, _NAN, _NAN
-    var = _var(vals)
-    if var == 0.0:
+    if min(vals) == max(vals):  # no spread (scipy would warn about the degenerate sample)
         return m, m, m
-    half = _t_ppf(0.5 + confidence / 2.0, n - 1) * math.sqrt(var / n)
-    lo, hi = clip_interval(m, m - half, m + half, bounds)
+    from scipy import stats  # imported lazily: it is slow to import
+
+    ci = stats.ttest_1samp(vals, 0.0).confidence_interval(confidence)
+    lo, hi = clip_interval(m, float(ci.low), float(ci.high), bounds)
     return m, lo, hi
 
 
@@ -183,8 +169,8 @@ def welch_ci(
 ) -> tuple[float, float, float]:
     """Difference of means ``mean(a) - mean(b)`` with a Welch (unequal variance) t interval.
 
-    Welch-Satterthwaite degrees of freedom, ``t`` from ``scipy.stats.t.ppf``; the interval is
-    clipped to ``bounds`` (pass :func:`difference_range` of the value range) and is
+    The interval is ``scipy.stats.ttest_ind(a, b, equal_var=False).confidence_interval(confidence)``
+    (Welch-Satterthwaite degrees of freedom), clipped to ``bounds`` (pass :func:`difference_range` of the value range) and is
     ``(nan, nan)`` when either side has fewer than ``max(min_n, 2)`` values.
     """
     _check_confidence(confidence)
@@ -193,13 +179,12 @@ def welch_ci(
     k = max(min_n, 2)
     if len(a) < k or len(b) < k:
         return d, _NAN, _NAN
-    sa, sb = _var(a) / len(a), _var(b) / len(b)
-    se2 = sa + sb
-    if se2 == 0.0:
+    if min(a) == max(a) and min(b) == max(b):  # no spread on either side
         return d, d, d
-    df = se2**2 / (sa**2 / (len(a) - 1) + sb**2 / (len(b) - 1))
-    half = _t_ppf(0.5 + confidence / 2.0, df) * math.sqrt(se2)
-    lo, hi = clip_interval(d, d - half, d + half, bounds)
+    from scipy import stats
+
+    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(confidence)
+    lo, hi = clip_interval(d, float(ci.low), float(ci.high), bounds)
     return d, lo, hi
 
 

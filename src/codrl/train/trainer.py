@@ -81,9 +81,12 @@ def build_policy(cfg: TrainConfig, device: str | None = None) -> HFBackend:
     if cfg.model.lora is not None:
         from peft import LoraConfig, get_peft_model
 
+        from codrl.backends.hf import quiet_peft
+
         lc = cfg.model.lora
-        model = get_peft_model(model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
-                                                 target_modules=lc.target_modules, task_type="CAUSAL_LM"))
+        with quiet_peft():
+            model = get_peft_model(model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
+                                                     target_modules=lc.target_modules, task_type="CAUSAL_LM"))
         backend.model = model
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
