@@ -1,4 +1,4 @@
-"""Credit assignment for lifecycle rollouts (method.md, "Credit assignment").
+"""Credit assignment for lifecycle rollouts (docs/method.md, section 3).
 
 A lifecycle rollout of a pack with K tasks yields penalised task rewards ``r_0..r_{K-1}``. Its
 episodes get these returns:

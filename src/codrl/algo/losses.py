@@ -1,4 +1,4 @@
-"""Token-level policy-gradient losses (method.md, "Policy loss").
+"""Token-level policy-gradient losses (docs/method.md, section 4).
 
 Conventions: ``logprobs``, ``old_logprobs``, ``ref_logprobs`` and ``mask`` are ``[B, T]`` tensors
 over the same token positions (the next-token positions of :func:`token_logprobs`); ``mask`` is 1

@@ -12,7 +12,7 @@ CONTEXTS: tuple[str, ...] = ("cod", "nohint", "curator")
 
 
 class RolloutConfig(BaseModel):
-    """How a pack is played. Defaults follow method.md where it gives a value."""
+    """How a pack is played. Defaults follow docs/method.md where it gives a value."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -56,7 +56,7 @@ class RolloutConfig(BaseModel):
     curator_max_chars: int = Field(160, ge=8, description="curator mode: a lesson is cut at this many characters")
     max_concurrent: int = Field(64, ge=1, description="lifecycles played at once (their model calls are batched)")
     max_turns_cap: int = Field(64, ge=1, description="safety cap on turns of one solve episode")
-    # rewards (method.md: length_penalty_coef 0.1, hint_penalty_coef 0.1)
+    # rewards (docs/method.md, section 2: length_penalty_coef 0.1, hint_penalty_coef 0.1)
     length_penalty_coef: float = Field(0.1, ge=0.0, description="max penalty for an over-long solution")
     length_penalty_start: int = Field(24, ge=0, description="solution length (tokens, longest reply) where the ramp starts")
     length_penalty_end: int = Field(32, ge=1, description="solution length where the penalty reaches its max")

@@ -4,7 +4,7 @@ One step, top to bottom (:meth:`Trainer.step`):
 
 1. draw ``packs_per_step`` training packs (environment mixture by weight; deterministic in
    (seed, step), so a resumed run sees the same data) and play each ``rollout.repeats`` times;
-2. compute every episode's advantage (reward-to-go against the group baseline, method.md);
+2. compute every episode's advantage (reward-to-go against the group baseline, docs/method.md);
 3. update the policy (:mod:`codrl.train.update`): ``updates_per_step`` mini-batches of
    token-budgeted micro-batches (:mod:`codrl.train.batching`), token-mean loss, clip, AdamW.
 
