@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from codrl.backends.base import Backend, GenRequest, GenResult, SamplingParams, end_of_sequence_ids
+from codrl.backends.chat import completes_stop, encode_chat_prompt
 from codrl.backends.kv_cache import BatchKV, PrefixStore, cache_argument, model_kv_shape, shared_prefixes
 from codrl.backends.sampling import request_generator, sample_next
 from codrl.errors import CodrlError
@@ -168,10 +169,7 @@ class HFBackend(Backend):
     # -- prompts ---------------------------------------------------------------------------
     def encode_prompt(self, request: GenRequest) -> list[int]:
         """Token ids of the chat prompt with the generation prompt and the reply prefix."""
-        text = self.tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True,
-                                                  **self.chat_template_kwargs)
-        text += request.reply_prefix
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return encode_chat_prompt(self.tokenizer, request, self.chat_template_kwargs)
 
     # -- cache management ------------------------------------------------------------------
     def release(self, session: str) -> None:
@@ -399,14 +397,8 @@ class HFBackend(Backend):
         self._sample(batch.rows, out.logits[:, -1], on_result, waiting, batch)
 
     def _hit_stop(self, tokens: list[int], stop: tuple[str, ...]) -> bool:
-        """Whether the newest token completes a stop string (checked on the tail, confirmed in full)."""
-        window = max(len(s) for s in stop) + 4  # every token decodes to at least one character
-        tail = self.tokenizer.decode(tokens[-window:])
-        if not any(s in tail for s in stop):
-            return False
-        text = self.tokenizer.decode(tokens)
-        prev = self.tokenizer.decode(tokens[:-1])
-        return any(s in text and s not in prev for s in stop)
+        """Whether the newest token completes a stop string (:func:`~codrl.backends.chat.completes_stop`)."""
+        return completes_stop(tokens, stop, self.tokenizer.decode)
 
     def _keep(self, row: _Row, batch: _Batch | None, b: int) -> None:
         """Store a finished row's states (prompt + completion but its last token) for reuse."""

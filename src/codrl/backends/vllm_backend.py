@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from codrl.backends.base import Backend, GenRequest, GenResult, SamplingParams, end_of_sequence_ids
+from codrl.backends.chat import completes_stop, cut_completion, encode_chat_prompt  # noqa: F401 - shared by every engine
 from codrl.errors import CodrlError
 
 __all__ = [
@@ -87,16 +88,6 @@ _INSECURE_ENV = "VLLM_ALLOW_INSECURE_SERIALIZATION"
 
 
 # -- pure helpers (no vLLM needed; unit-tested on CPU) --------------------------------------------
-
-def encode_chat_prompt(tokenizer: Any, request: GenRequest,
-                       chat_template_kwargs: Mapping[str, Any] | None = None) -> list[int]:
-    """Token ids of ``request``'s chat prompt, encoded exactly like ``HFBackend.encode_prompt``
-    (``chat_template_kwargs`` go to ``apply_chat_template``)."""
-    text = tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True,
-                                         **(chat_template_kwargs or {}))
-    text += request.reply_prefix
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
 
 def vllm_sampling_kwargs(params: SamplingParams, stop_token_ids: Sequence[int] = (),
                          seed: int | None = None) -> dict[str, Any]:
@@ -143,34 +134,6 @@ def sampled_logprobs(token_ids: Sequence[int], logprobs: Sequence[Any] | None) -
         value = entry[tok]
         out.append(float(getattr(value, "logprob", value)))
     return out
-
-
-def completes_stop(tokens: Sequence[int], stop: Sequence[str], decode: Callable[[list[int]], str]) -> bool:
-    """Whether the last of ``tokens`` completes a stop string: one occurs in the decoded text and
-    did not before that token (checked on a short tail first, confirmed on the full decode; the
-    transformers backend's test)."""
-    window = max((len(s) for s in stop), default=0) + 4
-    toks = list(tokens)
-    if not toks or not any(s in decode(toks[-window:]) for s in stop):
-        return False
-    text, prev = decode(toks), decode(toks[:-1])
-    return any(s in text and s not in prev for s in stop)
-
-
-def cut_completion(token_ids: Sequence[int], stop: Sequence[str], eos_ids: Iterable[int],
-                   decode: Callable[[list[int]], str]) -> tuple[list[int], bool]:
-    """Cut sampled tokens where the transformers backend stops: right after the first
-    end-of-sequence token or the first token that completes a stop string (the stop string stays).
-
-    Returns ``(tokens, stopped)``; ``stopped`` is True when such a token ends the kept tokens.
-    ``decode`` turns token ids into text (the tokenizer's ``decode``).
-    """
-    eos = set(eos_ids)
-    toks = list(token_ids)
-    for t, tok in enumerate(toks):
-        if tok in eos or (stop and completes_stop(toks[: t + 1], stop, decode)):
-            return toks[: t + 1], True
-    return toks, False
 
 
 def finish_reason_of(stopped: bool, engine_reason: str | None) -> str:
