@@ -127,7 +127,8 @@ def eval_cmd(
     baseline: bool = typer.Option(False, help="Also run the no-hint baseline (update-context skipped)."),
     contexts: Optional[str] = typer.Option(None, help="Contexts to compare on the same packs, comma-separated: "
                                            "cod (model-written hints), nohint (none, the baseline), curator "
-                                           "(a lesson list edited by ADD/REVISE/REMOVE operations). Default: cod "
+                                           "(a lesson list edited by ADD/REVISE/REMOVE operations), or the import "
+                                           "path 'package.module:ClassName' of a context of your own. Default: cod "
                                            "(plus nohint with --baseline)."),
     ralph: str = typer.Option("none", help="Ralph loop: none, first (repeat each pack's first task) or expand."),
     temperature: float = typer.Option(1.0, help="Sampling temperature."),
@@ -188,15 +189,21 @@ def eval_cmd(
 
 
 def _parse_contexts(value: Optional[str]) -> list[str]:
-    """``--contexts a,b,c`` as a list (empty when not given); an unknown or missing name is a user error."""
+    """``--contexts a,b,c`` as a list (empty when not given): built-in names or import paths
+    ``package.module:ClassName`` of contexts of your own; an unknown or missing one is a user error."""
     from codrl.errors import bad_choice
-    from codrl.rollout.config import CONTEXTS
+    from codrl.rollout.contexts import CONTEXTS, context_class
 
     if value is None:
         return []
     names = [part.strip() for part in value.split(",")]
     for name in names:
-        if name not in CONTEXTS:
+        if ":" in name:
+            try:
+                context_class(name)
+            except CodrlError as e:
+                raise CodrlError(f"--contexts: {e}") from None
+        elif name not in CONTEXTS:
             raise bad_choice("--contexts", name, CONTEXTS)
     return list(dict.fromkeys(names))
 

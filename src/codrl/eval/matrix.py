@@ -33,9 +33,9 @@ import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from rich.console import Console
 from rich.table import Table
 
@@ -44,25 +44,51 @@ from codrl.config import EnvName
 from codrl.errors import CodrlError
 from codrl.eval.metrics import Summary
 from codrl.rollout.config import RolloutConfig, result_mode
+from codrl.rollout.contexts import Variant as PlayVariant
+from codrl.rollout.contexts import check_context
 
-Variant = Literal["cod", "nohint", "curator", "ralph-first", "ralph-expand", "ralph-first-nohint",
-                  "ralph-first-curator", "ralph-expand-nohint", "ralph-expand-curator"]
-VARIANTS: tuple[str, ...] = get_args(Variant)
+#: The built-in variants: a context, optionally played as a Ralph loop (``ralph-<first|expand>[-<context>]``).
+BUILTIN_VARIANTS: tuple[str, ...] = ("cod", "nohint", "curator", "ralph-first", "ralph-expand", "ralph-first-nohint",
+                                     "ralph-first-curator", "ralph-expand-nohint", "ralph-expand-curator")
+VARIANTS = BUILTIN_VARIANTS
+
+
+def _check_variant(variant: str) -> str:
+    """``variant`` if it names a built-in variant or a context of your own (an import path, with or
+    without a ``ralph-first-``/``ralph-expand-`` prefix); else a ``ValueError`` naming the allowed values."""
+    if variant in BUILTIN_VARIANTS:
+        return variant
+    context = PlayVariant.parse(variant).context
+    if ":" not in context:
+        raise ValueError(f"variant {variant!r} is not allowed; allowed values: {', '.join(map(repr, VARIANTS))}, or "
+                         "an import path 'package.module:ClassName' of a context (with an optional ralph-first- or "
+                         "ralph-expand- prefix)")
+    check_context(context)
+    return variant
+
+
+#: A config field naming a variant (checked on validation).
+Variant = Annotated[str, AfterValidator(_check_variant)]
 
 
 def variant_settings(variant: str) -> tuple[str, str]:
     """``(rollout.mode, rollout.ralph)`` of a variant: ``ralph-first-curator`` -> ``("curator",
     "first")``, ``ralph-expand`` -> ``("cod", "expand")``, ``nohint`` -> ``("nohint", "none")``."""
-    if variant not in VARIANTS:
-        raise CodrlError(f"variant: {variant!r} is not allowed; allowed values: {', '.join(map(repr, VARIANTS))}")
-    if not variant.startswith("ralph-"):
-        return variant, "none"
-    _, ralph, *context = variant.split("-")
-    return (context[0] if context else "cod"), ralph
+    try:
+        _check_variant(variant)
+    except ValueError as e:
+        raise CodrlError(f"variant: {e}") from None
+    v = PlayVariant.parse(variant)
+    return v.context, v.ralph
 
 
-#: Summary mode of each variant (:func:`~codrl.rollout.config.result_mode`: Ralph runs are named
-#: ``ralph``, ``ralph-nohint`` or ``ralph-curator``).
+def variant_mode(variant: str) -> str:
+    """The summary mode a variant's results carry (:attr:`codrl.rollout.contexts.Variant.mode`)."""
+    return PlayVariant(*variant_settings(variant)).mode
+
+
+#: Summary mode of each built-in variant (:func:`~codrl.rollout.config.result_mode`: Ralph runs are
+#: named ``ralph``, ``ralph-nohint`` or ``ralph-curator``).
 VARIANT_MODE: dict[str, str] = {v: result_mode(*variant_settings(v)) for v in VARIANTS}
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -239,7 +265,7 @@ def load_cell(folder: Path, variant: str) -> dict[str, Any]:
     """One cell's numbers from its ``results.json``."""
     data = json.loads((folder / "results.json").read_text())
     summary = Summary.from_json(data["summary"])
-    mode = VARIANT_MODE[variant]
+    mode = variant_mode(variant)
     positions = summary.positions.get(mode, [])
     gain_ci = summary.cod_gain_ci.get(mode, (math.nan, math.nan))
     return {

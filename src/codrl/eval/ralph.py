@@ -35,14 +35,16 @@ from codrl.envs import CoDEnv
 from codrl.eval.metrics import json_safe, mean_ci
 from codrl.eval.report import fmt_number, write_report
 from codrl.eval.runner import build_env, reward_bounds
-from codrl.rollout.config import RolloutConfig
+from codrl.rollout.config import ContextName, RolloutConfig, result_mode
+from codrl.rollout.contexts import context_class, context_name
 from codrl.rollout.experience import EpisodeRecord, LifecycleResult
 from codrl.rollout.lifecycle import LifecycleRunner, job_seeds, make_jobs
 
-Context = Literal["nohint", "cod", "curator"]
+Context = ContextName
 CONTEXTS: tuple[str, ...] = ("nohint", "cod", "curator")
-#: Result mode of each context in a Ralph run (the lifecycle runner's names).
-RALPH_MODE = {"cod": "ralph", "nohint": "ralph-nohint", "curator": "ralph-curator"}
+#: Result mode of each built-in context in a Ralph run (the lifecycle runner's names;
+#: :func:`~codrl.rollout.config.result_mode` names any context's).
+RALPH_MODE = {c: result_mode(c, "first") for c in CONTEXTS}
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -65,7 +67,8 @@ class RalphConfig(BaseModel):
     attempts: int = Field(4, ge=1, description="attempts per task (K of the Ralph loop)")
     repeats: int = Field(1, ge=1, description="independent loops per task and context")
     contexts: list[Context] = Field(default_factory=lambda: ["cod"], min_length=1,
-                                    description="context variants to compare: nohint, cod, curator")
+                                    description="context variants to compare: nohint, cod, curator or an import "
+                                                "path 'package.module:ClassName'")
     split: Literal["train", "test"] = "test"
     seed: int = 0
     rollout: RolloutConfig = Field(default_factory=_default_rollout,
@@ -95,9 +98,10 @@ class NotesWriter:
     """Writes each loop's notes after every attempt: the current notes and a running log."""
 
     def __init__(self, out_dir: Path, context: str, attempts: int) -> None:
-        self.dir = Path(out_dir) / "notes" / context
+        self.context = context_name(context)
+        self.keeps_notes = context_class(context).updates
+        self.dir = Path(out_dir) / "notes" / _slug(self.context)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.context = context
         self.attempts = attempts
 
     def path(self, task_id: str, repeat: int) -> Path:
@@ -109,8 +113,8 @@ class NotesWriter:
         attempt = record.position + 1
         outcome = f"reward {record.env_reward:.2f}, {'passed' if record.success else 'not passed'}"
         notes = record.hints_out if record.hints_out is not None else record.hints_in
-        if self.context == "nohint":
-            body = "(context nohint: no notes are kept between attempts)"
+        if not self.keeps_notes:
+            body = f"(context {self.context}: no notes are kept between attempts)"
         elif record.hints_out is None:
             body = (notes or "(no notes yet)") + "\n\n(last attempt: the notes are not rewritten after it)"
         else:

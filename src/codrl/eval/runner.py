@@ -17,13 +17,13 @@ from codrl.envs import SPLITS, CoDEnv, make_env
 from codrl.errors import CodrlError, bad_choice
 from codrl.eval.metrics import Summary
 from codrl.eval.report import print_summary, write_report
-from codrl.rollout.config import RolloutConfig, result_mode
+from codrl.rollout.config import ContextName, RolloutConfig, result_mode
 from codrl.rollout.experience import LifecycleResult
 from codrl.rollout.lifecycle import LifecycleRunner, make_jobs
 
 
-#: A context an evaluation can play (a ``rollout.mode`` value, see ``codrl.rollout.config.CONTEXTS``).
-Context = Literal["cod", "nohint", "curator"]
+#: A context an evaluation can play (a ``rollout.mode`` value: a built-in name or an import path).
+Context = ContextName
 
 
 class EvalConfig(BaseModel):
@@ -31,8 +31,8 @@ class EvalConfig(BaseModel):
 
     ``contexts`` lists the contexts to play the same packs with (each one a full evaluation of
     ``packs`` x ``rollout.repeats`` lifecycles, reported as its own mode): ``cod`` (model-written
-    hints), ``nohint`` (no context, the baseline) and ``curator`` (a lesson list edited by
-    operations). Left empty it is ``[rollout.mode]``, plus ``nohint`` with ``baseline: true``;
+    hints), ``nohint`` (no context, the baseline), ``curator`` (a lesson list edited by
+    operations) or the import path of a :class:`~codrl.rollout.contexts.Context` of your own. Left empty it is ``[rollout.mode]``, plus ``nohint`` with ``baseline: true``;
     ``baseline: true`` also adds ``nohint`` to a given list. With ``rollout.ralph`` each context
     is played as a Ralph loop (modes ``ralph``, ``ralph-nohint``, ``ralph-curator``).
     """
@@ -46,8 +46,9 @@ class EvalConfig(BaseModel):
     seed: int = 0
     baseline: bool = Field(False, description="also run the no-hint baseline (update-context skipped)")
     contexts: list[Context] = Field(
-        default_factory=list, description="contexts to compare on the same packs: cod, nohint, curator "
-                                          "(default: rollout.mode, plus nohint with baseline)")
+        default_factory=list, description="contexts to compare on the same packs: cod, nohint, curator or an "
+                                          "import path 'package.module:ClassName' (default: rollout.mode, plus "
+                                          "nohint with baseline)")
     rollout: RolloutConfig = Field(default_factory=lambda: RolloutConfig(repeats=2))
 
     @model_validator(mode="after")

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from codrl.rollout.contexts import CONTEXTS, Variant, check_context
 
-#: The contexts a lifecycle can carry between tasks (values of :attr:`RolloutConfig.mode`).
-CONTEXTS: tuple[str, ...] = ("cod", "nohint", "curator")
+#: A config field naming a context: a built-in name (:data:`CONTEXTS`) or an import path
+#: ``package.module:ClassName`` of a :class:`~codrl.rollout.contexts.Context` (checked on validation).
+ContextName = Annotated[str, AfterValidator(check_context)]
+
+__all__ = ["CONTEXTS", "ContextName", "RolloutConfig", "result_mode"]
 
 
 class RolloutConfig(BaseModel):
@@ -18,10 +22,11 @@ class RolloutConfig(BaseModel):
 
     pack_size: int = Field(4, ge=1, description="K: tasks per pack (lifecycle length)")
     repeats: int = Field(4, ge=1, description="R: rollouts of the same pack (the GRPO group)")
-    mode: Literal["cod", "nohint", "curator"] = Field(
+    mode: ContextName = Field(
         "cod", description="context between tasks: cod: the model rewrites a free-form hints block; nohint: no "
                            "context, the update step is skipped (baseline); curator: the model edits a numbered "
-                           "lesson list with ADD/REVISE/REMOVE operations applied by code")
+                           "lesson list with ADD/REVISE/REMOVE operations applied by code; or the import path "
+                           "'package.module:ClassName' of a codrl.rollout.contexts.Context of your own")
     ralph: Literal["none", "first", "expand"] = Field(
         "none", description="Ralph loop: repeat each pack's first task K times, or expand every task into its own "
                             "pack; the context (mode) is carried between attempts (nohint: independent attempts)")
@@ -86,9 +91,7 @@ class RolloutConfig(BaseModel):
 
 
 def result_mode(mode: str, ralph: str = "none") -> str:
-    """The mode name lifecycle results carry: the context (``cod``, ``nohint``, ``curator``) for
-    plain packs; ``ralph`` (model-written notes), ``ralph-nohint`` (independent attempts) or
-    ``ralph-curator`` for Ralph loops."""
-    if ralph == "none":
-        return mode
-    return "ralph" if mode == "cod" else f"ralph-{mode}"
+    """The mode name lifecycle results carry (:attr:`~codrl.rollout.contexts.Variant.mode`): the
+    context (``cod``, ``nohint``, ``curator``) for plain packs; ``ralph`` (model-written notes),
+    ``ralph-nohint`` (independent attempts) or ``ralph-curator`` for Ralph loops."""
+    return Variant(mode, ralph).mode

@@ -18,17 +18,10 @@ import torch
 
 from codrl.backends.base import Backend, GenRequest, GenResult, SamplingParams
 from codrl.envs.base import CoDEnv, Pack, StepResult, expand_ralph, ralph_pack
-from codrl.rollout.config import CONTEXTS, RolloutConfig, result_mode
-from codrl.rollout.curator import apply_operations, curator_messages, parse_reply, render_lessons
+from codrl.rollout.config import RolloutConfig, result_mode
+from codrl.rollout.contexts import make_context
 from codrl.rollout.experience import EpisodeRecord, Experience, LifecycleResult, Turn
-from codrl.rollout.prompts import (
-    NO_HINT,
-    parse_hints,
-    parse_hints_block,
-    ramp,
-    solve_user_message,
-    update_messages,
-)
+from codrl.rollout.prompts import ramp, solve_user_message
 
 LifecycleGen = Generator[GenRequest, GenResult, LifecycleResult]
 
@@ -75,30 +68,10 @@ def solve_reward(env_reward: float, turns_used: int, max_turns: int, longest_rep
     return reward - cfg.length_penalty_coef * ramp(longest_reply, cfg.length_penalty_start, cfg.length_penalty_end)
 
 
-def hint_reward(hints: str | None, n_tokens: int, cfg: RolloutConfig) -> tuple[float, bool]:
-    """Own reward of an update-context episode and whether its hints block is valid.
-
-    0 normally; ``-hint_penalty_coef`` if no hints block parses or it is shorter than
-    ``hint_min_chars``; minus a linear ramp (``hint_length_coef``) for over-long hints.
-    """
-    valid = hints is not None and len(hints) >= cfg.hint_min_chars
-    reward = 0.0 if valid else -cfg.hint_penalty_coef
-    reward -= cfg.hint_length_coef * ramp(n_tokens, cfg.hint_length_start, cfg.hint_length_end)
-    return reward, valid
-
-
 def env_error_text(error: Exception, doing: str) -> str:
     """Feedback of an episode whose environment raised: the exception's type only. Its message stays
     out of every model-visible text, since an environment's message may quote its hidden world."""
     return f"The environment failed while {doing} ({type(error).__name__}). The task ended with reward 0."
-
-
-def curator_reward(valid: bool, n_tokens: int, cfg: RolloutConfig) -> float:
-    """Own reward of a curator episode: 0 when it applied an operation or said NONE, else
-    ``-hint_penalty_coef``; minus the same over-length ramp as a hints block (on the reply's tokens)."""
-    reward = 0.0 if valid else -cfg.hint_penalty_coef
-    return reward - cfg.hint_length_coef * ramp(n_tokens, cfg.hint_length_start, cfg.hint_length_end)
-
 
 
 def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mode: str = "cod",
@@ -107,11 +80,10 @@ def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mod
     """Play one pass through ``pack``: solve task 0 -> update context -> solve task 1 -> ...
 
     Yields generation requests and returns the finished :class:`LifecycleResult`. The context
-    between tasks depends on ``mode``: ``cod`` rewrites a free-form hints block
-    (:func:`~codrl.rollout.prompts.update_messages`); ``curator`` edits a numbered lesson list
-    through parsed operations (:mod:`codrl.rollout.curator`), whose rendering is the next task's
-    hints block; ``nohint`` skips the update step and every task is solved with no hints. Both
-    update kinds are experiences of type ``"update"`` with their own reward. The context step is
+    between tasks is a :class:`~codrl.rollout.contexts.Context` of kind ``mode`` (``cod``,
+    ``nohint``, ``curator`` or an import path): it writes the update step's prompt and turns the
+    reply into the next task's hints; a context without an update step (``nohint``) solves every
+    task with no hints. Updates are experiences of type ``"update"`` with their own reward. The context step is
     told the task's reward only when ``env.reward_visible``; otherwise no prompt of the lifecycle
     contains it. ``on_episode`` is
     called with each task's record as soon as its episode is complete, after the update step
@@ -133,10 +105,7 @@ def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mod
     prefix = env.reply_prefix if cfg.use_reply_prefix else ""
     solve_params = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens_solve, tuple(env.stop_strings))
     update_params = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens_update)
-    if mode not in CONTEXTS:
-        raise ValueError(f"mode {mode!r} is not allowed; allowed values: {', '.join(map(repr, CONTEXTS))}")
-    hints = ""
-    lessons: list[str] = []  # curator mode: the list hints renders
+    context = make_context(mode, cfg)  # this lifecycle's own context state
     episodes: list[EpisodeRecord] = []
     experiences: list[Experience] = []
     last = len(pack.tasks) - 1
@@ -149,7 +118,7 @@ def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mod
         except Exception as e:  # noqa: BLE001 - the environment's bug, not the model's: see on_env_error
             if cfg.on_env_error == "raise":
                 raise
-            record = EpisodeRecord(position=k, task_id=task.task_id, hints_in=hints, turns=[], env_reward=0.0,
+            record = EpisodeRecord(position=k, task_id=task.task_id, hints_in=context.hints, turns=[], env_reward=0.0,
                                    reward=0.0, success=False, format_valid=True,
                                    feedback=env_error_text(e, "starting the task"), completion_tokens=0,
                                    env_error=True)
@@ -158,7 +127,7 @@ def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mod
                 on_episode(record)
             continue
         messages = [{"role": "system", "content": env.system_prompt},
-                    {"role": "user", "content": solve_user_message(hints, first_obs)}]
+                    {"role": "user", "content": solve_user_message(context.hints, first_obs)}]
         turns: list[Turn] = []
         solve_exps: list[Experience] = []
         env_reward, feedback, all_valid, longest, total = 0.0, "", True, 0, 0
@@ -192,48 +161,27 @@ def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mod
         for exp in solve_exps:
             exp.own_reward = reward
         experiences.extend(solve_exps)
-        record = EpisodeRecord(position=k, task_id=task.task_id, hints_in=hints, turns=turns,
+        record = EpisodeRecord(position=k, task_id=task.task_id, hints_in=context.hints, turns=turns,
                                env_reward=env_reward, reward=reward, success=env_reward >= env.success_threshold,
                                format_valid=all_valid, feedback=feedback, completion_tokens=total,
                                env_error=env_failed)
         episodes.append(record)
         shown_reward = env_reward if env.reward_visible else None  # a hidden score never reaches the model
-        if mode == "cod" and k < last:
-            msgs = update_messages(env.system_prompt, hints, first_obs, turns, shown_reward, feedback,
-                                   reasoning=cfg.update_reasoning, max_tokens=cfg.update_length_line)
-            update_prefix = "" if cfg.update_reasoning else cfg.update_reply_prefix
+        if context.updates and k < last:
+            msgs, update_prefix = context.update_request(env.system_prompt, first_obs, turns, shown_reward, feedback)
             res = yield request(msgs, update_params, update_prefix)
-            parsed = (parse_hints_block(res.text) if cfg.update_reasoning
-                      else parse_hints(cfg.update_reply_prefix + res.text))
             n_tok = len(res.completion_ids) if res.token_exact else len(res.text.split())
-            own, valid = hint_reward(parsed, n_tok, cfg)
-            experiences.append(_experience(pack, repeat, "update", k, 0, res, own_reward=own))
-            if valid and parsed is not None:
-                hints = parsed
-            elif cfg.on_hint_parse_failure == "clear":
-                hints = NO_HINT
-            # else: an invalid block keeps the previous hints (nothing learned is lost)
-            record.hints_out, record.hint_reward, record.hint_valid = hints, own, valid
-        elif mode == "curator" and k < last:
-            msgs = curator_messages(env.system_prompt, lessons, first_obs, turns, shown_reward, feedback,
-                                    max_tokens=cfg.update_length_line)
-            res = yield request(msgs, update_params, cfg.curator_reply_prefix)
-            reply = parse_reply(cfg.curator_reply_prefix + res.text)
-            edit = apply_operations(lessons, reply.operations, cfg.curator_max_lessons, cfg.curator_max_chars)
-            lessons = edit.lessons  # only accepted operations changed it
-            hints = render_lessons(lessons)
-            valid = edit.applied > 0 or reply.says_none
-            n_tok = len(res.completion_ids) if res.token_exact else len(res.text.split())
-            own = curator_reward(valid, n_tok, cfg)
-            experiences.append(_experience(pack, repeat, "update", k, 0, res, own_reward=own))
-            record.hints_out, record.hint_reward, record.hint_valid = hints, own, valid
-            record.curator_ops = {**edit.counts(), "ignored": reply.ignored}
+            upd = context.apply(res.text, n_tok)
+            experiences.append(_experience(pack, repeat, "update", k, 0, res, own_reward=upd.own_reward))
+            record.hints_out, record.hint_reward, record.hint_valid = context.hints, upd.own_reward, upd.valid
+            for key, value in upd.details.items():
+                setattr(record, key, value)
         if on_episode is not None:
             on_episode(record)
     task_rewards = [e.reward for e in episodes]
     for exp in experiences:
         exp.task_rewards = list(task_rewards)
-    return LifecycleResult(pack_id=pack.pack_id, env=env.name, split=pack.split, repeat=repeat, mode=mode,
+    return LifecycleResult(pack_id=pack.pack_id, env=env.name, split=pack.split, repeat=repeat, mode=result_mode(mode),
                            episodes=episodes, experiences=experiences, reward_visible=env.reward_visible)
 
 
