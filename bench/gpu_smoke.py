@@ -10,7 +10,7 @@ lifecycle rollouts on FrozenLake-Obscure through :class:`~codrl.backends.hf.HFBa
   heads, MLP 4,864, a 151,936-token vocabulary, tied embeddings: 494M parameters) built from its
   config with random weights, directly on the device in ``--dtype``. ``--size tiny`` is a
   1.5M-parameter model of the same architecture, to check the script on a CPU in seconds.
-* Tokenizer: word-level, built in code (:func:`codrl.backends.tiny.build_tokenizer`) over the words
+* Tokenizer: word-level, built in code (:func:`codrl.toy.policy.build_tokenizer`) over the words
   of the texts FrozenLake lifecycles produce, padded with unused tokens to the model's vocabulary,
   so the output head and the sampling cost what a real vocabulary costs. ``--tokenizer PATH``
   loads a local tokenizer folder instead (it needs a chat template).
@@ -67,7 +67,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from codrl.algo.advantages import compute_advantages  # noqa: E402
 from codrl.backends.base import GenRequest, GenResult, SamplingParams  # noqa: E402
 from codrl.backends.hf import HFBackend  # noqa: E402
-from codrl.backends.tiny import ROLES, SPECIAL_TOKENS, build_tokenizer, num_params  # noqa: E402
+from codrl.toy.policy import ROLES, SPECIAL_TOKENS, build_tokenizer, num_params  # noqa: E402
 from codrl.envs.frozenlake import CODES, FrozenLakeObscure  # noqa: E402
 from codrl.rollout.config import RolloutConfig  # noqa: E402
 from codrl.rollout.experience import Experience  # noqa: E402

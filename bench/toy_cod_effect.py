@@ -1,10 +1,10 @@
 """The learning proof: CoD credit assignment teaches a policy to write useful hints; per-task GRPO does not.
 
-World: SecretTable (``codrl.envs.secret_table``): each world hides a random key -> value table;
+World: SecretTable (``codrl.toy.secret_table``): each world hides a random key -> value table;
 each task asks the value of a key; the feedback reveals the right answer. Only by writing what it
 learned into the hints can the agent beat chance (1/num_values) at later pack positions.
 
-Policy: a tiny LlamaForCausalLM with a word-level tokenizer (``codrl.backends.tiny``), driven
+Policy: a tiny LlamaForCausalLM with a word-level tokenizer (``codrl.toy.policy``), driven
 through exactly the LLM code path (HFBackend -> LifecycleRunner -> Trainer). Like an LLM that
 already reads instructions, it starts from a supervised *reading* warm-up (answer format, reading
 a hints block); it is never shown a hint-writing target, so writing useful hints is learned by RL
@@ -34,8 +34,8 @@ from typing import Any
 import torch
 from transformers.utils import logging as hf_logging
 
-from codrl.backends.tiny import build_tiny_policy, save_policy, warmup_reader
-from codrl.envs.secret_table import SecretTable
+from codrl.toy.policy import build_tiny_policy, save_policy, warmup_reader
+from codrl.toy.secret_table import SecretTable
 from codrl.eval.metrics import mean_ci
 from codrl.train.config import TrainConfig
 from codrl.train.trainer import Trainer

@@ -47,8 +47,8 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> object:
     The warm-up makes answers well-formed, so rewards, hence advantages, vary between repeats.
     Read-only: trainers load their own copy from it.
     """
-    from codrl.backends.tiny import build_tiny_policy, save_policy, warmup_reader
-    from codrl.envs.secret_table import SecretTable
+    from codrl.toy.policy import build_tiny_policy, save_policy, warmup_reader
+    from codrl.toy.secret_table import SecretTable
 
     env = SecretTable()
     model, tok = build_tiny_policy(env, seed=0)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from codrl.backends.hf import HFBackend
-from codrl.backends.tiny import build_tiny_policy
+from codrl.toy.policy import build_tiny_policy
 from codrl.distributed.async_rollout import AsyncRollouts, LocalRolloutEngine, split_stale
-from codrl.envs.secret_table import SecretTable
+from codrl.toy.secret_table import SecretTable
 from codrl.rollout.config import RolloutConfig
 from codrl.rollout.experience import Experience, LifecycleResult
 from codrl.rollout.lifecycle import Job, LifecycleRunner, job_seeds

@@ -29,7 +29,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from codrl.backends.base import GenRequest, SamplingParams
 from codrl.backends.hf import HFBackend
-from codrl.backends.tiny import build_tiny_policy, save_policy, warmup_reader
+from codrl.toy.policy import build_tiny_policy, save_policy, warmup_reader
 from codrl.distributed.torch_dist import (
     DistContext,
     TrainedModel,
@@ -39,7 +39,7 @@ from codrl.distributed.torch_dist import (
     param_names,
     wrap_model,
 )
-from codrl.envs.secret_table import SecretTable
+from codrl.toy.secret_table import SecretTable
 from codrl.rollout.experience import Experience
 from codrl.train.batching import (
     TrainSeq,

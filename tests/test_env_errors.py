@@ -18,7 +18,7 @@ import pytest
 
 from codrl.backends.hf import HFBackend
 from codrl.envs.base import Pack, Task
-from codrl.envs.secret_table import SecretTable
+from codrl.toy.secret_table import SecretTable
 from codrl.rollout.config import RolloutConfig
 from codrl.rollout.lifecycle import LifecycleRunner, make_jobs
 from codrl.train.config import TrainConfig

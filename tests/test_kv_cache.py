@@ -88,8 +88,8 @@ def test_shared_prefixes_nest_and_never_cover_the_last_token():
 # -- the engine on a tiny random model (fast) ------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny():
-    from codrl.backends.tiny import build_tiny_policy
-    from codrl.envs.secret_table import SecretTable
+    from codrl.toy.policy import build_tiny_policy
+    from codrl.toy.secret_table import SecretTable
 
     return build_tiny_policy(SecretTable(), seed=3)
 
@@ -173,7 +173,7 @@ def test_finished_rows_leave_the_decode_batch(tiny):
 
 
 def test_runner_releases_every_session(tiny):
-    from codrl.envs.secret_table import SecretTable
+    from codrl.toy.secret_table import SecretTable
 
     model, tok = tiny
     env = SecretTable()
@@ -188,7 +188,7 @@ def test_runner_releases_every_session(tiny):
 def test_lifecycle_samples_do_not_depend_on_concurrency(tiny):
     """Each lifecycle samples from its own seeded streams: one at a time or eight at once, with or
     without reuse, the same seed gives the same lifecycles."""
-    from codrl.envs.secret_table import SecretTable
+    from codrl.toy.secret_table import SecretTable
 
     model, tok = tiny
     env = SecretTable()

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from codrl.backends.tiny import build_tiny_policy, save_policy
-from codrl.envs.secret_table import SecretTable
+from codrl.toy.policy import build_tiny_policy, save_policy
+from codrl.toy.secret_table import SecretTable
 
 TOY_ROLLOUT = {"max_new_tokens_solve": 3, "max_new_tokens_update": 4, "update_reply_prefix": "Hints:",
                "hint_min_chars": 1, "hint_length_start": 3, "hint_length_end": 4}

@@ -27,7 +27,7 @@ import torch
 from codrl.backends.hf import HFBackend
 from codrl.distributed.ray_rollout import RayRolloutPool, connect, import_ray
 from codrl.envs import make_env
-from codrl.envs.secret_table import SecretTable
+from codrl.toy.secret_table import SecretTable
 from codrl.errors import CodrlError
 from codrl.rollout.config import RolloutConfig
 from codrl.rollout.experience import Experience, LifecycleResult
@@ -97,7 +97,7 @@ def ray_local() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def tiny_cfg(tmp_path_factory: pytest.TempPathFactory) -> TrainConfig:
     """A training config whose model is a saved tiny SecretTable policy with LoRA adapters."""
-    from codrl.backends.tiny import build_tiny_policy, save_policy
+    from codrl.toy.policy import build_tiny_policy, save_policy
 
     root = tmp_path_factory.mktemp("tiny")
     save_policy(*build_tiny_policy(SecretTable(), seed=3), root / "model")

@@ -233,7 +233,7 @@ THINK = "<think> </think>"
 def branching_template() -> str:
     """The tiny model's chat template, but the generation prompt gains an empty thinking block when
     ``enable_thinking`` is false (as Qwen3's template does)."""
-    from codrl.backends.tiny import CHAT_TEMPLATE
+    from codrl.toy.policy import CHAT_TEMPLATE
 
     gen = "{% if add_generation_prompt %}<|im_start|> assistant {% endif %}"
     assert gen in CHAT_TEMPLATE
@@ -244,7 +244,7 @@ def branching_template() -> str:
 
 @pytest.fixture(scope="module")
 def tiny() -> tuple[Any, Any]:
-    from codrl.backends.tiny import build_tiny_policy
+    from codrl.toy.policy import build_tiny_policy
 
     model, tok = build_tiny_policy(make_env("secret_table"), hidden=16, layers=1, heads=2, intermediate=32)
     tok.chat_template = branching_template()
@@ -275,7 +275,7 @@ def test_chat_template_kwargs_reach_the_template(tiny: tuple[Any, Any]) -> None:
 
 
 def test_training_config_carries_chat_template_kwargs(tiny: tuple[Any, Any], tmp_path: Path) -> None:
-    from codrl.backends.tiny import save_policy
+    from codrl.toy.policy import save_policy
     from codrl.train.config import TrainConfig
     from codrl.train.trainer import build_policy
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 import yaml
 
-from codrl.backends.tiny import build_tiny_policy, save_policy
-from codrl.envs.secret_table import SecretTable
+from codrl.toy.policy import build_tiny_policy, save_policy
+from codrl.toy.secret_table import SecretTable
 
 sys.path.insert(0, str(Path(__file__).parent))
 from toy_config import toy_train_config  # noqa: E402

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from codrl.envs import Pack, Task, make_env
-from codrl.envs.secret_table import SecretTable, fact, observation_text
+from codrl.toy.secret_table import SecretTable, fact, observation_text
 
 TABLE = {"a": "3", "b": "1", "c": "4", "d": "2"}
 

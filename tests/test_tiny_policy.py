@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from codrl.backends import tiny
+from codrl.toy import policy as tiny
 from codrl.backends.hf import HFBackend
-from codrl.backends.tiny import (IM_END, IM_START, PAD, UNK, build_tiny_policy, num_params, reader_accuracy,
+from codrl.toy.policy import (IM_END, IM_START, PAD, UNK, build_tiny_policy, num_params, reader_accuracy,
                                  reader_example, save_policy, solve_prompt_ids, unknown_words, warmup_reader)
 from codrl.envs import make_env
-from codrl.envs.secret_table import SecretTable, fact
+from codrl.toy.secret_table import SecretTable, fact
 from codrl.rollout.config import RolloutConfig
 from codrl.rollout.experience import Turn
 from codrl.rollout.lifecycle import LifecycleRunner, make_jobs
@@ -253,3 +253,23 @@ def test_full_warmup_reads_hints(env):
     results = LifecycleRunner(backend, CFG).run(make_jobs(packs, CFG))
     first = np.mean([r.env_rewards[0] for r in results])
     assert abs(first - env.chance_reward) < 0.2
+
+
+def test_no_real_path_imports_the_toy() -> None:
+    """Toy-only code stays apart: no module outside codrl/toy imports it (the registry names
+    secret_table by an import-path string, as it would a plug-in)."""
+    import ast
+    from pathlib import Path
+
+    import codrl
+
+    root = Path(codrl.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        if "toy" in path.relative_to(root).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(root)}: {n}" for n in names if n.startswith("codrl.toy")]
+    assert not offenders, offenders

@@ -56,7 +56,7 @@ BUILTIN: dict[str, tuple[str, dict[str, Any], str]] = {
              "Code: write functions for a shop's code base with hidden house conventions, run against hidden tests"),
     "code_hard": ("codrl.envs.code:CodeEnv", {"name": "code_hard", "variant": "hard"},
                   "Code with a 1-based ledger API, a quantity-0 rule and one failure shown per report"),
-    "secret_table": ("codrl.envs.secret_table:SecretTable", {},
+    "secret_table": ("codrl.toy.secret_table:SecretTable", {},
                      "SecretTable: recall a hidden key -> value table (style toy: the tiny policy; chat: real models)"),
 }
 

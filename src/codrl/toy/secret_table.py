@@ -16,7 +16,7 @@ Task spec format: ``{"key": "b"}``.
 
 The split is decided per *table* (a hash of the table), so a train pack and a test pack never share
 a table, let alone a task. All texts are short and made of few distinct words, because the tiny
-policy of :mod:`codrl.backends.tiny` reads them with a word-level tokenizer.
+policy of :mod:`codrl.toy.policy` reads them with a word-level tokenizer.
 """
 
 from __future__ import annotations

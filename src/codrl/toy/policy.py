@@ -32,7 +32,7 @@ import torch
 
 from codrl.algo.losses import token_logprobs
 from codrl.envs.base import Pack, Task
-from codrl.envs.secret_table import SecretTable, fact
+from codrl.toy.secret_table import SecretTable, fact
 from codrl.rollout.experience import Turn
 from codrl.rollout.prompts import solve_user_message, update_messages
 
