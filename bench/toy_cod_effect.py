@@ -57,7 +57,7 @@ def toy_config(model_dir: Path, out: Path, estimator: str, args: argparse.Namesp
         "steps": args.steps, "packs_per_step": args.packs_per_step, "micro_batch_tokens": 16384,
         "generation_batch_size": 4096, "save_every": 0,
         "eval": {"packs": args.eval_packs, "repeats": 1, "at_start": True, "at_end": True},
-        "log": {"tensorboard": False, "progress": False},
+        "log": {"backends": [], "progress": False},
         "distributed": {"async_rollouts": args.async_lookahead > 0, "lookahead": max(1, args.async_lookahead),
                         "max_staleness": max(1, args.async_lookahead)},
         "output_dir": str(out), "seed": seed,

@@ -372,7 +372,7 @@ def run_codrl(args: argparse.Namespace, model_dir: str, rec: Recorder) -> None:
         advantage=AdvantageConfig(estimator="grpo"),
         updates_per_step=1, micro_batch_tokens=1 << 20,  # whole batch in one forward/backward, as TRL
         generation_batch_size=batch, old_logprobs="auto", seed=SEED,
-        log=LogConfig(tensorboard=False, progress=False), output_dir=tempfile.mkdtemp(prefix="vs_trl_codrl_"),
+        log=LogConfig(backends=[], progress=False), output_dir=tempfile.mkdtemp(prefix="vs_trl_codrl_"),
     )
     torch.manual_seed(SEED)
     backend = build_policy(cfg)

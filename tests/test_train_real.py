@@ -26,7 +26,7 @@ def small_config(out: Path) -> TrainConfig:
         "optim": {"lr": 5e-3},
         "steps": 1, "packs_per_step": 1, "micro_batch_tokens": 2048,
         "eval": {"at_start": False, "at_end": False},
-        "log": {"tensorboard": False, "progress": False},
+        "log": {"backends": [], "progress": False},
         "output_dir": str(out),
     })
 

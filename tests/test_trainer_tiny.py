@@ -44,7 +44,7 @@ def test_kl_needs_lora(tiny_dir: Path, tmp_path: Path) -> None:
 
 def test_full_finetune_recompute_and_minibatches(tiny_dir: Path, tmp_path: Path) -> None:
     cfg = config(tiny_dir, tmp_path, old_logprobs="recompute", updates_per_step=2, steps=2, save_every=1,
-                 log={"tensorboard": True, "progress": False})
+                 log={"backends": ["tensorboard"], "progress": False})
     trainer = Trainer(cfg)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     history = trainer.train()
@@ -71,7 +71,7 @@ def test_mixture_metrics_and_evaluation_per_environment(tiny_dir: Path, tmp_path
     extra = [{"name": "secret_table", "params": {"name": "secret_held_out", "keys_per_pack": 3}}]
     cfg = config(tiny_dir, tmp_path, envs=envs, packs_per_step=8,
                  eval={"at_start": False, "at_end": True, "packs": 3, "envs": extra},
-                 log={"tensorboard": True, "progress": False})
+                 log={"backends": ["tensorboard"], "progress": False})
     trainer = Trainer(cfg)
     assert [e.name for e in trainer.eval_envs] == ["secret_table", "secret_pairs", "secret_held_out"]
     history = trainer.train()
@@ -120,7 +120,7 @@ def test_every_context_trains_and_evaluates(tiny_dir: Path, tmp_path: Path, mode
     if mode == "curator":
         rollout["max_new_tokens_update"] = 8
     cfg = config(tiny_dir, tmp_path, rollout=rollout, eval={"packs": 2, "at_start": True, "at_end": True},
-                 log={"tensorboard": True, "progress": False})
+                 log={"backends": ["tensorboard"], "progress": False})
     trainer = Trainer(cfg)
     logged: dict[str, float] = {}
     trainer._log = lambda metrics, step: logged.update(metrics)  # type: ignore[method-assign]
@@ -160,3 +160,39 @@ def test_verdict_says_when_nothing_was_learned() -> None:
     learned, line = verdict([{"train/groups": 5, "train/groups_with_signal": 2}], 0.0)
     assert not learned and "did not move" in line
     assert verdict([{"train/groups": 5, "train/groups_with_signal": 1}], None)[0]  # full fine-tuning
+
+
+def test_metrics_reach_tensorboard_wandb_and_mlflow(tiny_dir: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """One run logs the same step metrics to all three sinks: TensorBoard event files, an offline
+    W&B run and an MLflow run in a local file store."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = config(tiny_dir, tmp_path, log={"backends": ["tensorboard", "wandb", "mlflow"], "wandb_mode": "offline",
+                                          "progress": False})
+    trainer = Trainer(cfg)
+    trainer.train()
+    trainer.close()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert "reward/pos0" in EventAccumulator(str(tmp_path / "tb")).Reload().Tags()["scalars"]
+    runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and b"reward/pos0" in runs[0].read_bytes()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient((tmp_path / "mlruns").resolve().as_uri())
+    exp = client.get_experiment_by_name("codrl")
+    (run,) = client.search_runs([exp.experiment_id])
+    history = client.get_metric_history(run.info.run_id, "reward/pos0")
+    assert [m.step for m in history] == [1] and run.info.status == "FINISHED"
+    assert run.data.params["rollout.pack_size"] == "3"
+
+
+def test_old_log_keys_name_their_replacement() -> None:
+    from codrl.config import validate
+    from codrl.errors import CodrlError
+
+    with pytest.raises(CodrlError, match="log.tensorboard was replaced by log.backends"):
+        validate(TrainConfig, {"envs": [{"name": "secret_table"}], "log": {"tensorboard": False}})
+    with pytest.raises(CodrlError, match="log.backends.0"):
+        validate(TrainConfig, {"envs": [{"name": "secret_table"}], "log": {"backends": ["neptune"]}})

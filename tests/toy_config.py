@@ -16,7 +16,7 @@ def toy_train_config(model_dir: Path, **over: Any) -> dict[str, Any]:
         "model": {"path": str(model_dir), "lora": None},
         "optim": {"lr": 1e-3},
         "eval": {"at_start": False, "at_end": False},
-        "log": {"tensorboard": False, "progress": False},
+        "log": {"backends": [], "progress": False},
     }
     data.update(over)
     return data

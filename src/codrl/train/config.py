@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from codrl.algo.advantages import AdvantageConfig
 from codrl.config import EnvName
@@ -89,14 +89,30 @@ class EvalSchedule(BaseModel):
 
 
 class LogConfig(BaseModel):
-    """Where metrics go."""
+    """Where metrics go (:mod:`codrl.train.loggers`)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    tensorboard: bool = True
-    wandb: bool = False
+    backends: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"], description="metric sinks: tensorboard (<output_dir>/tb), wandb "
+                                                            "(pip install wandb), mlflow (pip install mlflow-skinny)")
     wandb_project: str = "codrl"
+    wandb_mode: Literal["online", "offline", "disabled"] = Field("online", description="offline: keep the run in "
+                                                                 "<output_dir>/wandb for a later `wandb sync`")
+    mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
+                                            "else a file store in <output_dir>/mlruns)")
+    mlflow_experiment: str = "codrl"
     progress: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for old in ("tensorboard", "wandb"):
+                if old in data:
+                    raise ValueError(f"log.{old} was replaced by log.backends: list the sinks, e.g. "
+                                     f"backends: [tensorboard, wandb, mlflow] (or [] for none)")
+        return data
 
 
 class DistributedConfig(BaseModel):

@@ -47,6 +47,7 @@ from codrl.rollout.lifecycle import Job, LifecycleRunner, job_seeds, make_jobs
 from codrl.train.checkpoint import checkpoint_path, latest_checkpoint, read_checkpoint, restore_rng, save_checkpoint
 from codrl.train.config import TrainConfig
 from codrl.train.diagnostics import adapter_delta, groups_with_signal, verdict
+from codrl.train.loggers import Loggers
 from codrl.train.update import PolicyUpdate
 
 
@@ -152,8 +153,7 @@ class Trainer:
         self.step_idx = 0
         self.history: list[dict[str, Any]] = []
         self.evals: dict[str, dict[int, Summary]] = {}  # env name -> step -> summary
-        self._writer: Any = None
-        self._wandb: Any = None
+        self.loggers: Loggers | None = None
 
     # -- data ----------------------------------------------------------------------------
     def packs_for_step(self, step: int) -> list[tuple[CoDEnv, Any]]:
@@ -374,25 +374,12 @@ class Trainer:
 
     # -- logging -------------------------------------------------------------------------
     def _open_logs(self) -> None:
-        if not self.dist.is_main:
-            return
-        if self.cfg.log.tensorboard and self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(str(self.out / "tb"))
-        if self.cfg.log.wandb and self._wandb is None:
-            import wandb
-
-            self._wandb = wandb.init(project=self.cfg.log.wandb_project, config=self.cfg.model_dump(mode="json"))
+        if self.dist.is_main and self.loggers is None:
+            self.loggers = Loggers(self.cfg.log, self.out, self.cfg.model_dump(mode="json"))
 
     def _log(self, metrics: dict[str, Any], step: int) -> None:
-        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
-        if self._writer is not None:
-            for k, v in scalars.items():
-                self._writer.add_scalar(k, v, step)
-            self._writer.flush()
-        if self._wandb is not None:
-            self._wandb.log(scalars, step=step)
+        if self.loggers is not None:
+            self.loggers.log(metrics, step)
 
     def _position_text(self, m: dict[str, Any]) -> str:
         """``[0.10 0.25 0.40]``, or per environment ``frozenlake [..] alchemy [..]`` for a mixture."""
@@ -479,13 +466,17 @@ class Trainer:
             (self.out / "history.json").write_text(json.dumps(self.history, indent=1))
             learned, line = verdict(self.history, adapter_delta(self.model))
             self.console.print(("" if learned else "[bold red]no learning signal:[/] ") + line)
-        if self._writer is not None:
-            self._writer.close()
+        if self.loggers is not None:
+            self.loggers.close()
+            self.loggers = None
         return self.history
 
     def close(self) -> None:
-        """Stop asynchronous rollouts, Ray workers and the process group this trainer created."""
+        """Stop asynchronous rollouts, Ray workers, metric sinks and the process group this trainer created."""
         self._stop_async()
+        if self.loggers is not None:
+            self.loggers.close()
+            self.loggers = None
         if self.engine is not None:
             self.engine.close()
             self.engine = None
