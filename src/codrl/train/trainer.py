@@ -39,14 +39,14 @@ from codrl.distributed.async_rollout import AsyncRollouts, LocalRolloutEngine, R
 from codrl.distributed.torch_dist import init_from_env, wrap_model
 from codrl.envs import CoDEnv
 from codrl.errors import CodrlError
-from codrl.eval.metrics import Summary, summarize
-from codrl.eval.report import plot_panels, print_summary, write_report
-from codrl.eval.runner import reward_bounds, build_env, play
+from codrl.eval.metrics import Summary
+from codrl.eval.runner import build_env
 from codrl.rollout.experience import Experience, LifecycleResult
 from codrl.rollout.lifecycle import Job, LifecycleRunner, job_seeds, make_jobs
 from codrl.train.checkpoint import checkpoint_path, latest_checkpoint, read_checkpoint, restore_rng, save_checkpoint
 from codrl.train.config import TrainConfig
 from codrl.train.diagnostics import adapter_delta, groups_with_signal, verdict
+from codrl.train.evaluation import TrainingEvaluations
 from codrl.train.loggers import Loggers
 from codrl.train.update import PolicyUpdate
 
@@ -152,7 +152,7 @@ class Trainer:
         self._async_started = False  # on every rank: whether rollouts run ahead (rank 0 runs them)
         self.step_idx = 0
         self.history: list[dict[str, Any]] = []
-        self.evals: dict[str, dict[int, Summary]] = {}  # env name -> step -> summary
+        self.evaluations = TrainingEvaluations(cfg, self.eval_envs, self.out, self.console, self.dist.is_main)
         self.loggers: Loggers | None = None
 
     # -- data ----------------------------------------------------------------------------
@@ -338,39 +338,14 @@ class Trainer:
 
     # -- evaluation ----------------------------------------------------------------------
     def evaluate(self, tag: str) -> dict[str, Summary]:
-        """Evaluate every training environment on the configured split; report under eval/<tag>.
+        """Evaluate every evaluation environment now; report under ``eval/<tag>`` (:mod:`codrl.train.evaluation`)."""
+        return self.evaluations.run(tag, self.step_idx, self.rollout_backend, self._log,
+                                    self._play if self.dist.active else None)
 
-        With one environment the report lies in ``eval/<tag>/``; with a mixture, in
-        ``eval/<tag>/<env>/`` for each environment.
-        """
-        ev = self.cfg.eval
-        rcfg = self.cfg.rollout.model_copy(update={"pack_size": ev.pack_size or self.cfg.rollout.pack_size,
-                                                   "repeats": ev.repeats, "temperature": ev.temperature})
-        out: dict[str, Summary] = {}
-        single = len(self.eval_envs) == 1
-        for env in self.eval_envs:
-            torch.manual_seed(self.cfg.seed + 17)
-            if self.dist.active:  # the same lifecycles as play's, shared out like the rollouts
-                packs = [(env, env.sample_pack(ev.split, self.cfg.seed + 1, i, rcfg.pack_size)) for i in range(ev.packs)]
-                jobs = make_jobs(packs, rcfg)
-                results = self._play(LifecycleRunner(self.rollout_backend, rcfg), jobs, job_seeds(len(jobs)))
-            else:
-                results = play(self.rollout_backend, env, ev.split, ev.packs, self.cfg.seed + 1, rcfg,
-                               f"eval {env.name} {tag}", self.console, self.cfg.log.progress)
-            folder = self.out / "eval" / tag if single else self.out / "eval" / tag / env.name
-            if self.dist.is_main:
-                summary = write_report(results, folder, title=f"{env.name} / {ev.split} at {tag}",
-                                       meta={"step": self.step_idx, "env": env.name, "chance_reward": env.chance_reward},
-                                       reward_range=reward_bounds(env, rcfg))
-                print_summary(summary, self.console)
-            else:
-                summary = summarize(results, reward_range=reward_bounds(env, rcfg))
-            self.evals.setdefault(env.name, {})[self.step_idx] = summary
-            prefix = "eval" if single else f"eval/{env.name}"
-            self._log({f"{prefix}/pos{p.position}": p.mean_reward
-                       for p in summary.positions.get(rcfg.result_mode, [])}, self.step_idx)
-            out[env.name] = summary
-        return out
+    @property
+    def evals(self) -> dict[str, dict[int, Summary]]:
+        """Summaries of the evaluations so far: environment name -> step -> summary."""
+        return self.evaluations.summaries
 
     # -- logging -------------------------------------------------------------------------
     def _open_logs(self) -> None:
@@ -462,7 +437,7 @@ class Trainer:
         if cfg.eval.at_end:
             self.evaluate(f"step-{self.step_idx:06d}")
         if main:
-            self._write_curves()
+            self.evaluations.write_curves()
             (self.out / "history.json").write_text(json.dumps(self.history, indent=1))
             learned, line = verdict(self.history, adapter_delta(self.model))
             self.console.print(("" if learned else "[bold red]no learning signal:[/] ") + line)
@@ -481,17 +456,3 @@ class Trainer:
             self.engine.close()
             self.engine = None
         self.dist.close()
-
-    def _write_curves(self) -> None:
-        """Reward-by-position curves of every evaluation (before vs after): one panel per environment."""
-        panels = {}
-        for env in self.eval_envs:
-            evals = self.evals.get(env.name)
-            if evals:
-                mode = self.cfg.rollout.result_mode  # the context the evaluations played
-                curves = {f"step {s}": summ.positions.get(mode, []) for s, summ in sorted(evals.items())}
-                panels[f"{env.name}: reward by pack position during training"] = (curves, env.chance_reward)
-        if panels:
-            plot_panels(panels, self.out / "reward_by_position.png", title="reward by pack position during training")
-            self.console.print(f"wrote {self.out / 'reward_by_position.png'}; browse the evaluations' lifecycles "
-                               f"with `codrl view {self.out}`")
