@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from codrl.errors import CodrlError
 
 
 def _rng_state() -> dict[str, Any]:
@@ -101,7 +105,26 @@ def checkpoint_path(root: Path, step: int) -> Path:
 
 def save_checkpoint(root: Path, step: int, model: torch.nn.Module, tokenizer: Any, snapshot: Snapshot,
                     state: dict[str, Any]) -> Path:
-    """Write checkpoint ``step`` atomically and point ``latest`` at it."""
+    """Write checkpoint ``step`` atomically and point ``latest`` at it.
+
+    A write that fails (a full disk, a quota, a vanished folder) raises :class:`CodrlError` naming
+    the checkpoint and the cause; the partial copy is removed and ``latest`` still points at the
+    previous complete checkpoint.
+    """
+    from safetensors import SafetensorError
+
+    try:
+        return _save_checkpoint(root, step, model, tokenizer, snapshot, state)
+    except (OSError, RuntimeError, SafetensorError) as e:  # torch.save and safetensors wrap the OS error
+        before = latest_checkpoint(root)
+        kept = f"the previous checkpoint {before} is intact" if before is not None else "no earlier checkpoint exists"
+        cause = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:300]
+        raise CodrlError(f"checkpoint step {step} could not be written under {root / 'checkpoints'}: "
+                         f"{cause} ({kept})") from None
+
+
+def _save_checkpoint(root: Path, step: int, model: torch.nn.Module, tokenizer: Any, snapshot: Snapshot,
+                     state: dict[str, Any]) -> Path:
     final = checkpoint_path(root, step)
     ckpt_dir = final.parent
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -137,11 +160,32 @@ def latest_checkpoint(root: Path) -> Path | None:
     return path if (path / "state.json").is_file() else None
 
 
+def resume_candidates(root: Path) -> list[Path]:
+    """Checkpoints of ``root`` to resume from, best first: the one ``latest`` names, then every
+    other ``step-*`` folder from the newest step down (a damaged newest one falls back to these)."""
+    ckpt_dir = root / "checkpoints"
+    if not ckpt_dir.is_dir():
+        return []
+    steps = sorted((p for p in ckpt_dir.glob("step-*") if p.is_dir()), key=lambda p: p.name, reverse=True)
+    latest = latest_checkpoint(root)
+    return ([latest] if latest is not None else []) + [p for p in steps if p != latest]
+
+
+#: What reading a damaged checkpoint raises (a truncated or garbled file, a missing one, bad JSON).
+DAMAGED = (OSError, EOFError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile)
+
+
 def read_checkpoint(path: Path) -> tuple[Snapshot, dict[str, Any]]:
-    """The snapshot and the state (step, data position, metrics, RNG states) of checkpoint ``path``."""
+    """The snapshot and the state (step, data position, metrics, RNG states) of checkpoint ``path``.
+    A damaged checkpoint raises one of :data:`DAMAGED`."""
+    state = json.loads((path / "state.json").read_text())
+    if not isinstance(state, dict) or "step" not in state or "rng" not in state:
+        raise ValueError(f"{path / 'state.json'} lacks the step or the RNG states")
     snapshot = Snapshot(torch.load(path / "trainable.pt", map_location="cpu"),
                         torch.load(path / "optimizer.pt", map_location="cpu"))
-    return snapshot, json.loads((path / "state.json").read_text())
+    if not isinstance(snapshot.trainable, dict) or not snapshot.trainable:
+        raise ValueError(f"{path / 'trainable.pt'} holds no tensors")
+    return snapshot, state
 
 
 def restore_rng(state: dict[str, Any]) -> None:
@@ -152,3 +196,35 @@ def restore_rng(state: dict[str, Any]) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
     np_state = np.random.get_state()
     np.random.set_state((np_state[0], np.array(rng["numpy"], dtype=np.uint32), *np_state[2:]))
+
+
+class Preemption:
+    """SIGTERM as a request to stop at the next safe point (a cluster's preemption notice).
+
+    Within ``with Preemption() as p:`` a SIGTERM only sets ``p.requested``; the trainer checks it
+    after every step, writes a checkpoint and returns, so the process exits 0 and ``--resume``
+    continues exactly there. The previous handler is restored on exit. Outside the main thread
+    (where Python cannot install handlers) it does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def __enter__(self) -> Preemption:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None

@@ -43,7 +43,15 @@ from codrl.eval.metrics import Summary
 from codrl.eval.runner import build_env
 from codrl.rollout.experience import Experience, LifecycleResult
 from codrl.rollout.lifecycle import Job, LifecycleRunner, job_seeds, make_jobs
-from codrl.train.checkpoint import checkpoint_path, latest_checkpoint, read_checkpoint, restore_rng, save_checkpoint
+from codrl.train.checkpoint import (
+    DAMAGED,
+    Preemption,
+    checkpoint_path,
+    read_checkpoint,
+    restore_rng,
+    resume_candidates,
+    save_checkpoint,
+)
 from codrl.train.config import TrainConfig
 from codrl.train.diagnostics import adapter_delta, groups_with_signal, verdict
 from codrl.train.evaluation import TrainingEvaluations
@@ -154,6 +162,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.evaluations = TrainingEvaluations(cfg, self.eval_envs, self.out, self.console, self.dist.is_main)
         self.loggers: Loggers | None = None
+        #: True when the last train() stopped early on SIGTERM (a checkpoint was written).
+        self.preempted = False
 
     # -- data ----------------------------------------------------------------------------
     def packs_for_step(self, step: int) -> list[tuple[CoDEnv, Any]]:
@@ -380,21 +390,31 @@ class Trainer:
         return path
 
     def resume(self) -> bool:
-        """Restore the latest checkpoint of ``output_dir``; False if there is none.
+        """Restore the newest readable checkpoint of ``output_dir``; False if there is none.
 
-        Every rank reads the files (whatever world size wrote them) and keeps its own part.
+        A damaged checkpoint (a truncated or garbled file, a missing tensor, bad JSON) is passed over
+        with a warning naming it, and the previous complete one is used. Every rank reads the files
+        (whatever world size wrote them) and keeps its own part.
         """
-        path = latest_checkpoint(self.out)
-        if path is None:
-            return False
-        snapshot, state = read_checkpoint(path)
-        self.parallel.restore(snapshot, self.optimizer, path)
-        restore_rng(state)
-        self.step_idx = int(state["step"])
-        self.history = list(state.get("history", []))
-        self._sync_rollout_engine()
-        self.console.print(f"resumed from {path} (step {self.step_idx})")
-        return True
+        trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        for path in resume_candidates(self.out):
+            try:
+                snapshot, state = read_checkpoint(path)
+                missing = sorted(trainable - set(snapshot.trainable))
+                if missing:
+                    raise ValueError(f"{path / 'trainable.pt'} lacks {len(missing)} tensor(s), e.g. {missing[0]}")
+                self.parallel.restore(snapshot, self.optimizer, path)
+            except DAMAGED as e:
+                self.console.print(f"[bold yellow]warning:[/] checkpoint {path} is damaged and was skipped "
+                                   f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})")
+                continue
+            restore_rng(state)
+            self.step_idx = int(state["step"])
+            self.history = list(state.get("history", []))
+            self._sync_rollout_engine()
+            self.console.print(f"resumed from {path} (step {self.step_idx})")
+            return True
+        return False
 
     def train(self, resume: bool = False) -> list[dict[str, Any]]:
         """Run the remaining steps; evaluate at start/end/every N; checkpoint every N and at the end."""
@@ -413,9 +433,9 @@ class Trainer:
         self._open_logs()
         if cfg.eval.at_start and self.step_idx == 0:
             self.evaluate("step-000000")
-        with Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self.console,
-                      disable=not (cfg.log.progress and main)) as bar:
+        with Preemption() as preemption, Progress(
+                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(), console=self.console, disable=not (cfg.log.progress and main)) as bar:
             task = bar.add_task("train", total=cfg.steps, completed=self.step_idx, info="")
             while self.step_idx < cfg.steps:
                 m = self.step()
@@ -427,8 +447,11 @@ class Trainer:
                            info=f"reward by position {pos} {signal} loss {m.get('train/loss', float('nan')):.4f}")
                 if not cfg.log.progress:
                     self.console.print(f"step {self.step_idx}: reward by position {pos} {signal}")
-                if cfg.save_every and self.step_idx % cfg.save_every == 0:
+                saved = bool(cfg.save_every and self.step_idx % cfg.save_every == 0)
+                if saved:
                     self.save()
+                if self._preempted(preemption):
+                    return self._stop_preempted(saved)
                 if cfg.eval.every and self.step_idx % cfg.eval.every == 0 and self.step_idx < cfg.steps:
                     self.evaluate(f"step-{self.step_idx:06d}")
         self._stop_async()
@@ -444,6 +467,26 @@ class Trainer:
         if self.loggers is not None:
             self.loggers.close()
             self.loggers = None
+        return self.history
+
+    def _preempted(self, preemption: Preemption) -> bool:
+        """Whether a stop was requested (SIGTERM); under torch.distributed, rank 0's answer for all."""
+        if not self.dist.active:
+            return preemption.requested
+        return bool(self.dist.broadcast_object(preemption.requested if self.dist.is_main else None))
+
+    def _stop_preempted(self, saved: bool) -> list[dict[str, Any]]:
+        """Stop at this step boundary: checkpoint (unless just written), close, and say how to go on."""
+        self._stop_async()
+        path = checkpoint_path(self.out, self.step_idx) if saved else self.save()
+        if self.dist.is_main:
+            (self.out / "history.json").write_text(json.dumps(self.history, indent=1))
+            self.console.print(f"stopped by SIGTERM after step {self.step_idx}: checkpoint {path}; continue with "
+                               "`codrl train ... --resume`")
+        if self.loggers is not None:
+            self.loggers.close()
+            self.loggers = None
+        self.preempted = True
         return self.history
 
     def close(self) -> None:
