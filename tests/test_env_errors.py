@@ -102,3 +102,43 @@ def test_trainer_counts_faults_and_drops_broken_groups(tiny_dir: Path, tmp_path:
     kept = [r for r in results if policy == "fail_episode" or r.pack_id not in broken]
     assert metrics["train/groups"] == len({(e.pack_id, e.episode_type, e.position) for r in kept
                                            for e in r.experiences})
+
+
+class HangingTable(SecretTable):
+    """SecretTable whose ``start`` or ``step`` hangs (for 30 s), each for a seeded twelfth of the tasks."""
+
+    def start(self, pack: Pack, task: Task, state: Any = None) -> Any:
+        import time
+
+        if fault(task) == "start":
+            time.sleep(30)
+        episode = super().start(pack, task, state)
+        if fault(task) == "step":
+            def hung(reply: str) -> Any:
+                time.sleep(30)
+            episode.step = hung  # type: ignore[method-assign]
+        return episode
+
+
+def test_hanging_environment_calls_are_abandoned_and_scored(tiny_dir: Path) -> None:
+    """With rollout.env_step_timeout_s, a start or step that hangs ends its episode as a scored
+    failure after the limit, counted like a raising one; every lifecycle still reaches its last task."""
+    import time
+
+    env = HangingTable()
+    cfg = RolloutConfig(pack_size=4, repeats=1, max_new_tokens_solve=3, max_new_tokens_update=4,
+                        update_reply_prefix="Hints:", env_step_timeout_s=0.3)
+    backend = HFBackend.from_pretrained(str(tiny_dir))
+    try:
+        packs = [(env, env.sample_pack("test", 0, i, cfg.pack_size)) for i in range(6)]
+        t0 = time.monotonic()
+        results = LifecycleRunner(backend, cfg).run(make_jobs(packs, cfg), seeds=list(range(6)))
+        elapsed = time.monotonic() - t0
+    finally:
+        backend.close()
+    episodes = [e for r in results for e in r.episodes]
+    hung = [e for e in episodes if e.env_error]
+    assert hung and all(len(r.episodes) == 4 for r in results)
+    assert all("did not answer within 0.3s" in e.feedback and e.reward == 0.0 for e in hung)
+    assert sum(r.env_errors for r in results) == len(hung)
+    assert elapsed < 25  # no call waited for its 30 s

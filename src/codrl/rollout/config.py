@@ -47,6 +47,11 @@ class RolloutConfig(BaseModel):
                                     "bug): fail_episode: the episode ends as a scored failure whose feedback names "
                                     "the exception; drop_group: the same, and training leaves out every lifecycle "
                                     "of that pack; raise: stop the run. Counted in rollout/env_errors")
+    env_step_timeout_s: float | None = Field(
+        None, gt=0, description="seconds an environment's start, reset or step may take; one that runs longer is "
+                                "abandoned and handled like a raising one (on_env_error); null: no limit. The "
+                                "call runs in a daemon thread, which is left to finish on its own (Python cannot "
+                                "stop a thread): give plug-in code that can hang its own internal timeouts")
     on_hint_parse_failure: Literal["keep", "clear"] = Field(
         "keep", description="an invalid hints block (none parsed, or shorter than hint_min_chars): keep the "
                             "previous hints, or clear them to 'no hint available' (the reference's behaviour); "

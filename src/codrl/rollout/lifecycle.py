@@ -10,9 +10,11 @@ finish its task, and the model sees large batches.
 from __future__ import annotations
 
 import functools
+import threading
 import uuid
 from collections.abc import Callable, Generator, Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 
@@ -24,6 +26,7 @@ from codrl.rollout.experience import EpisodeRecord, Experience, LifecycleResult,
 from codrl.rollout.prompts import ramp, solve_user_message
 
 LifecycleGen = Generator[GenRequest, GenResult, LifecycleResult]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,44 @@ def solve_reward(env_reward: float, turns_used: int, max_turns: int, longest_rep
 def env_error_text(error: Exception, doing: str) -> str:
     """Feedback of an episode whose environment raised: the exception's type only. Its message stays
     out of every model-visible text, since an environment's message may quote its hidden world."""
+    if isinstance(error, EnvTimeout):
+        return f"The environment did not answer within {error.seconds:g}s while {doing}. The task ended with reward 0."
     return f"The environment failed while {doing} ({type(error).__name__}). The task ended with reward 0."
+
+
+class EnvTimeout(Exception):
+    """An environment call ran past ``rollout.env_step_timeout_s`` and was abandoned."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no answer within {seconds:g}s")
+        self.seconds = seconds
+
+
+def call_env(fn: Callable[..., T], *args: Any, timeout_s: float | None = None) -> T:
+    """``fn(*args)``, or :class:`EnvTimeout` when it runs past ``timeout_s`` (None: no limit).
+
+    With a limit the call runs in a daemon thread. An abandoned call cannot be stopped (Python has
+    no way to kill a thread): its thread runs on until the call returns, and a daemon thread never
+    keeps the process from exiting. Its episode has ended by then, so what it returns is dropped.
+    """
+    if timeout_s is None:
+        return fn(*args)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn(*args)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread as it is
+            box["error"] = e
+
+    worker = threading.Thread(target=target, name="codrl-env-call", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise EnvTimeout(timeout_s)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mode: str = "cod",
@@ -113,8 +153,8 @@ def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mod
     for task in pack.tasks:
         k = task.position
         try:
-            episode = env.start(pack, task, state)
-            first_obs = episode.reset()
+            episode = call_env(env.start, pack, task, state, timeout_s=cfg.env_step_timeout_s)
+            first_obs = call_env(episode.reset, timeout_s=cfg.env_step_timeout_s)
         except Exception as e:  # noqa: BLE001 - the environment's bug, not the model's: see on_env_error
             if cfg.on_env_error == "raise":
                 raise
@@ -136,7 +176,7 @@ def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mod
             res = yield request(messages, solve_params, prefix)
             reply = prefix + res.text
             try:
-                step = episode.step(reply)
+                step = call_env(episode.step, reply, timeout_s=cfg.env_step_timeout_s)
             except Exception as e:  # noqa: BLE001 - see on_env_error
                 if cfg.on_env_error == "raise":
                     raise
