@@ -56,7 +56,7 @@ class GenResult:
     prompt_ids: list[int] = field(default_factory=list)
     completion_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
-    finish_reason: str = "stop"  # "stop" | "length" | "error"
+    finish_reason: str = "stop"  # "stop" | "length" | "error" | "overflow" (not sent: over the context window)
     token_exact: bool = True
 
 
@@ -87,6 +87,8 @@ class Backend(ABC):
     max_batch_size: int = 32
     #: True when results carry exact token ids and logprobs (required for training).
     token_exact: bool = True
+    #: The model's context window in tokens (prompt + reply), None where the engine does not know it.
+    context_window: int | None = None
 
     def __init__(self, chat_template_kwargs: Mapping[str, Any] | None = None) -> None:
         self.stats = BackendStats()
@@ -114,6 +116,11 @@ class Backend(ABC):
             pending = {}
             for k, out in zip(keys, outs, strict=True):
                 pending.update(on_result(k, out))
+
+    def prompt_tokens(self, request: GenRequest) -> int | None:
+        """How many tokens ``request``'s prompt takes (None where the engine cannot tell before
+        sending it): with :attr:`context_window`, what lets a caller see an overflow coming."""
+        return None
 
     def release(self, session: str) -> None:  # noqa: B027 - optional hook
         """Forget what is cached for ``session`` (its lifecycle is over)."""

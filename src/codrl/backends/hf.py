@@ -80,6 +80,20 @@ class _Batch:
 
 
 
+
+def model_context_window(model: Any, tokenizer: Any = None) -> int | None:
+    """A transformers model's context window: its config's ``max_position_embeddings`` (the text
+    config's for multimodal models), else the tokenizer's ``model_max_length`` when that is a real
+    limit (tokenizers without one report a huge placeholder); None when neither says."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = getattr(base, "config", None)
+    cfg = getattr(cfg, "text_config", None) or cfg
+    n = getattr(cfg, "max_position_embeddings", None)
+    if isinstance(n, int) and n > 0:
+        return n
+    n = getattr(tokenizer, "model_max_length", None)
+    return n if isinstance(n, int) and 0 < n < 10_000_000 else None
+
 @contextlib.contextmanager
 def quiet_peft() -> Iterator[None]:
     """Around peft's own model wrapping: peft reads the base model's ``is_gradient_checkpointing``,
@@ -108,6 +122,7 @@ class HFBackend(Backend):
         super().__init__(chat_template_kwargs)
         self.model = model
         self.tokenizer = tokenizer
+        self.context_window = model_context_window(model, tokenizer)
         self.max_batch_size = max_batch_size
         self.prefill_tokens = prefill_tokens
         self.store = PrefixStore(int(kv_cache_mb * 2**20))
@@ -167,6 +182,9 @@ class HFBackend(Backend):
         return next(self.model.parameters()).dtype
 
     # -- prompts ---------------------------------------------------------------------------
+    def prompt_tokens(self, request: GenRequest) -> int | None:
+        return len(self.encode_prompt(request))
+
     def encode_prompt(self, request: GenRequest) -> list[int]:
         """Token ids of the chat prompt with the generation prompt and the reply prefix."""
         return encode_chat_prompt(self.tokenizer, request, self.chat_template_kwargs)

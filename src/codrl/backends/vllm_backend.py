@@ -325,6 +325,10 @@ class VLLMBackend(Backend):
             if self._own_work_dir:
                 shutil.rmtree(self.work_dir, ignore_errors=True)
             raise
+        try:
+            self.context_window = int(self.llm.llm_engine.model_config.max_model_len)
+        except (AttributeError, TypeError, ValueError):  # another vLLM layout: the window stays unknown
+            self.context_window = None
         if lora_path is not None:
             self._lora_request = self._new_lora_request(str(lora_path))
 
@@ -371,6 +375,9 @@ class VLLMBackend(Backend):
         return end_of_sequence_ids(tokenizer, gen_eos)
 
     # -- prompts ---------------------------------------------------------------------------
+    def prompt_tokens(self, request: GenRequest) -> int | None:
+        return len(self.encode_prompt(request))
+
     def encode_prompt(self, request: GenRequest) -> list[int]:
         """Token ids of the chat prompt with the generation prompt and the reply prefix."""
         return encode_chat_prompt(self.tokenizer, request, self.chat_template_kwargs)

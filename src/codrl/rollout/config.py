@@ -47,6 +47,11 @@ class RolloutConfig(BaseModel):
                                     "bug): fail_episode: the episode ends as a scored failure whose feedback names "
                                     "the exception; drop_group: the same, and training leaves out every lifecycle "
                                     "of that pack; raise: stop the run. Counted in rollout/env_errors")
+    max_context: int | None = Field(
+        None, ge=1, description="context window in tokens (prompt + reply budget) below the engine's own; a "
+                                "request that would pass the window is not sent: a solve episode ends as a "
+                                "scored failure ('context full'), an update is skipped and keeps the old hints; "
+                                "counted in rollout/context_overflow. null: the engine's window (where it knows it)")
     env_step_timeout_s: float | None = Field(
         None, gt=0, description="seconds an environment's start, reset or step may take; one that runs longer is "
                                 "abandoned and handled like a raising one (on_env_error); null: no limit. The "

@@ -99,6 +99,10 @@ class EpisodeRecord:
     #: The environment raised in this task's ``start``, ``reset`` or ``step`` (the episode was
     #: scored as a failure; ``feedback`` names the exception).
     env_error: bool = False
+    #: Model calls of this task (its solve turns and the update after it) not sent because the
+    #: prompt and its reply budget would pass the context window (``rollout.max_context`` or the
+    #: engine's): a solve episode ends as a failure, an update is skipped.
+    context_overflows: int = 0
 
 
 @dataclass
@@ -129,6 +133,11 @@ class LifecycleResult:
     def env_errors(self) -> int:
         """Episodes of this lifecycle in which the environment raised."""
         return sum(e.env_error for e in self.episodes)
+
+    @property
+    def context_overflows(self) -> int:
+        """Model calls of this lifecycle not sent because they would pass the context window."""
+        return sum(e.context_overflows for e in self.episodes)
 
     def to_json(self) -> dict[str, Any]:
         """Full trajectory record (no token ids) for JSONL output."""

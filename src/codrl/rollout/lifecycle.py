@@ -79,6 +79,11 @@ def env_error_text(error: Exception, doing: str) -> str:
     return f"The environment failed while {doing} ({type(error).__name__}). The task ended with reward 0."
 
 
+#: Feedback of a solve episode whose next model call would pass the context window.
+CONTEXT_FULL = ("Context full: the conversation and the reply budget would pass the model's context window. "
+                "The task ended with reward 0.")
+
+
 class EnvTimeout(Exception):
     """An environment call ran past ``rollout.env_step_timeout_s`` and was abandoned."""
 
@@ -172,8 +177,12 @@ def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mod
         solve_exps: list[Experience] = []
         env_reward, feedback, all_valid, longest, total = 0.0, "", True, 0, 0
         env_failed = False
+        overflows = 0
         for turn in range(cfg.max_turns_cap):
             res = yield request(messages, solve_params, prefix)
+            if res.finish_reason == "overflow":  # not sent: the episode ends here, as a failure
+                overflows += 1
+                break
             reply = prefix + res.text
             try:
                 step = call_env(episode.step, reply, timeout_s=cfg.env_step_timeout_s)
@@ -197,6 +206,8 @@ def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mod
                                    {"role": "user", "content": step.observation or step.feedback}]
         else:
             env_reward, feedback = 0.0, f"Turn cap of {cfg.max_turns_cap} reached. Task failed."
+        if overflows:
+            env_reward, feedback = 0.0, CONTEXT_FULL
         reward = solve_reward(env_reward, len(turns), env.max_turns, longest, cfg)
         for exp in solve_exps:
             exp.own_reward = reward
@@ -204,18 +215,22 @@ def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mod
         record = EpisodeRecord(position=k, task_id=task.task_id, hints_in=context.hints, turns=turns,
                                env_reward=env_reward, reward=reward, success=env_reward >= env.success_threshold,
                                format_valid=all_valid, feedback=feedback, completion_tokens=total,
-                               env_error=env_failed)
+                               env_error=env_failed, context_overflows=overflows)
         episodes.append(record)
         shown_reward = env_reward if env.reward_visible else None  # a hidden score never reaches the model
         if context.updates and k < last:
             msgs, update_prefix = context.update_request(env.system_prompt, first_obs, turns, shown_reward, feedback)
             res = yield request(msgs, update_params, update_prefix)
-            n_tok = len(res.completion_ids) if res.token_exact else len(res.text.split())
-            upd = context.apply(res.text, n_tok)
-            experiences.append(_experience(pack, repeat, "update", k, 0, res, own_reward=upd.own_reward))
-            record.hints_out, record.hint_reward, record.hint_valid = context.hints, upd.own_reward, upd.valid
-            for key, value in upd.details.items():
-                setattr(record, key, value)
+            if res.finish_reason == "overflow":  # not sent: the update is skipped, the hints stay
+                record.context_overflows += 1
+                record.hints_out = context.hints
+            else:
+                n_tok = len(res.completion_ids) if res.token_exact else len(res.text.split())
+                upd = context.apply(res.text, n_tok)
+                experiences.append(_experience(pack, repeat, "update", k, 0, res, own_reward=upd.own_reward))
+                record.hints_out, record.hint_reward, record.hint_valid = context.hints, upd.own_reward, upd.valid
+                for key, value in upd.details.items():
+                    setattr(record, key, value)
         if on_episode is not None:
             on_episode(record)
     task_rewards = [e.reward for e in episodes]
@@ -335,5 +350,28 @@ class LifecycleRunner:
             live[i] = (gen, req.session)
             return {i: req}
 
-        self.backend.serve(admit(), on_result)
+        def screened(requests: dict[Hashable, GenRequest]) -> dict[Hashable, GenRequest]:
+            """The requests that fit the context window; the others are answered at once with an
+            ``overflow`` result (never sent), and what they trigger is screened in turn."""
+            if window is None:
+                return requests
+            out: dict[Hashable, GenRequest] = {}
+            todo = list(requests.items())
+            while todo:
+                key, req = todo.pop(0)
+                n = self.backend.prompt_tokens(req)
+                if n is not None and n + req.sampling.max_new_tokens > window:
+                    todo += list(on_result(key, GenResult(text="", finish_reason="overflow")).items())
+                else:
+                    out[key] = req
+            return out
+
+        window = self.context_window
+        self.backend.serve(screened(admit()), lambda i, out: screened(on_result(i, out)))
         return [r for r in results if r is not None]
+
+    @property
+    def context_window(self) -> int | None:
+        """The window requests must fit: ``rollout.max_context`` and the engine's, the smaller (None: no limit known)."""
+        sizes = [n for n in (self.cfg.max_context, getattr(self.backend, "context_window", None)) if n]
+        return min(sizes) if sizes else None

@@ -110,6 +110,16 @@ def _reward_metrics(results: list[LifecycleResult], prefix: str) -> dict[str, fl
     return out
 
 
+def _overflow_metrics(results: list[LifecycleResult]) -> dict[str, int]:
+    """``rollout/context_overflow``: model calls not sent because they would pass the context
+    window, in all and at each pack position (``.../pos<i>``)."""
+    out = {"rollout/context_overflow": sum(r.context_overflows for r in results)}
+    for i in range(max((len(r.episodes) for r in results), default=0)):
+        out[f"rollout/context_overflow/pos{i}"] = sum(r.episodes[i].context_overflows for r in results
+                                                      if i < len(r.episodes))
+    return out
+
+
 class Trainer:
     """Runs ``cfg.steps`` RL steps with checkpoints, logs and periodic evaluation.
 
@@ -328,6 +338,7 @@ class Trainer:
                                         or [1.0])),
             "tokens/trained": sum(len(e.completion_ids) for e in exps),
             "rollout/env_errors": env_errors,
+            **_overflow_metrics(results),
             "time/rollout_s": t1 - t0, "time/update_s": t2 - t1,
             **{f"adv/{a}": b for a, b in adv_metrics.items()},
             **{f"train/{a}": b for a, b in upd.items()},
