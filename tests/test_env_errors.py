@@ -147,7 +147,7 @@ def test_hanging_environment_calls_are_abandoned_and_scored(tiny_dir: Path) -> N
 def test_context_window_overflow_is_never_sent_silently(tiny_dir: Path, tmp_path: Path) -> None:
     """With rollout.max_context below what the prompts need, no over-long request reaches the
     engine: a solve episode ends as a scored failure saying the context is full, an update is
-    skipped and keeps the old hints, and each is counted (rollout/context_overflow, per position)."""
+    skipped and keeps the old hints, and each is counted (rollout/context_overflow/all and per position)."""
     from codrl.rollout.lifecycle import CONTEXT_FULL
 
     backend = HFBackend.from_pretrained(str(tiny_dir))
@@ -191,7 +191,7 @@ def test_context_window_overflow_is_never_sent_silently(tiny_dir: Path, tmp_path
     from codrl.train.trainer import _overflow_metrics
 
     m = _overflow_metrics(results)
-    assert m["rollout/context_overflow"] == sum(r.context_overflows for r in results) > 0
+    assert m["rollout/context_overflow/all"] == sum(r.context_overflows for r in results) > 0
     assert m["rollout/context_overflow/pos0"] >= 1 and "rollout/context_overflow/pos2" in m
 
 

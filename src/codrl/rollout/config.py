@@ -51,7 +51,7 @@ class RolloutConfig(BaseModel):
         None, ge=1, description="context window in tokens (prompt + reply budget) below the engine's own; a "
                                 "request that would pass the window is not sent: a solve episode ends as a "
                                 "scored failure ('context full'), an update is skipped and keeps the old hints; "
-                                "counted in rollout/context_overflow. null: the engine's window (where it knows it)")
+                                "counted in rollout/context_overflow/all and per position. null: the engine's window (where it knows it)")
     env_step_timeout_s: float | None = Field(
         None, gt=0, description="seconds an environment's start, reset or step may take; one that runs longer is "
                                 "abandoned and handled like a raising one (on_env_error); null: no limit. The "

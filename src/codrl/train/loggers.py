@@ -17,6 +17,7 @@ Only the main process of a distributed run logs.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from codrl.errors import CodrlError
+
+log = logging.getLogger(__name__)
 
 #: The sinks ``log.backends`` may name.
 BACKENDS: tuple[str, ...] = ("tensorboard", "wandb", "mlflow")
@@ -135,12 +138,19 @@ class Loggers:
                 self.sinks.append(MLflowSink(uri, log.mlflow_experiment, config))
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
-        """Send the finite scalars of ``metrics`` to every sink."""
+        """Send the finite scalars of ``metrics`` to every sink. A sink that fails (a tracking
+        server gone away) is reported once and skipped from then on; training goes on."""
         scalars = {k: float(v) for k, v in metrics.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
-        if scalars:
-            for sink in self.sinks:
+        if not scalars:
+            return
+        for sink in list(self.sinks):
+            try:
                 sink.log(scalars, step)
+            except Exception as e:  # noqa: BLE001 - a metric sink never stops a training run
+                self.sinks.remove(sink)
+                log.warning("metric sink %s failed at step %d (%s: %s); it gets no further metrics",
+                            type(sink).__name__, step, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
 
     def close(self) -> None:
         for sink in self.sinks:

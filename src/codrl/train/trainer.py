@@ -111,9 +111,10 @@ def _reward_metrics(results: list[LifecycleResult], prefix: str) -> dict[str, fl
 
 
 def _overflow_metrics(results: list[LifecycleResult]) -> dict[str, int]:
-    """``rollout/context_overflow``: model calls not sent because they would pass the context
-    window, in all and at each pack position (``.../pos<i>``)."""
-    out = {"rollout/context_overflow": sum(r.context_overflows for r in results)}
+    """``rollout/context_overflow/all`` and ``.../pos<i>``: model calls not sent because they would
+    pass the context window, in all and at each pack position (no metric name is the folder of
+    another: MLflow's file store keeps each name as a path)."""
+    out = {"rollout/context_overflow/all": sum(r.context_overflows for r in results)}
     for i in range(max((len(r.episodes) for r in results), default=0)):
         out[f"rollout/context_overflow/pos{i}"] = sum(r.episodes[i].context_overflows for r in results
                                                       if i < len(r.episodes))
