@@ -71,3 +71,39 @@ def test_merged_loss_equals_per_turn_loss() -> None:
     assert abs(merged - separate) < 1e-5
     for a, b in zip(g_merged, g_sep):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_a_failing_metric_sink_is_dropped_with_one_warning(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """A metric sink that raises (a tracking server gone away) is reported once and skipped; the
+    other sinks keep their metrics and training is never stopped by it."""
+    import logging
+
+    from codrl.train.config import LogConfig
+    from codrl.train.loggers import Loggers
+
+    class Broken:
+        def log(self, scalars, step):  # type: ignore[no-untyped-def]
+            raise ConnectionError("tracking server unreachable")
+
+        def close(self) -> None:
+            pass
+
+    class Kept:
+        def __init__(self) -> None:
+            self.seen: list[tuple[dict, int]] = []
+
+        def log(self, scalars, step):  # type: ignore[no-untyped-def]
+            self.seen.append((dict(scalars), step))
+
+        def close(self) -> None:
+            pass
+
+    loggers = Loggers(LogConfig(backends=[]), tmp_path, {})
+    kept = Kept()
+    loggers.sinks = [Broken(), kept]
+    with caplog.at_level(logging.WARNING, logger="codrl.train.loggers"):
+        loggers.log({"reward/pos0": 0.5, "flag": True, "nan": float("nan"), "text": "x"}, 1)
+        loggers.log({"reward/pos0": 0.7}, 2)
+    assert kept.seen == [({"reward/pos0": 0.5}, 1), ({"reward/pos0": 0.7}, 2)]
+    assert [r.getMessage() for r in caplog.records if "Broken failed at step 1" in r.getMessage()]
+    assert len(caplog.records) == 1 and loggers.sinks == [kept]
