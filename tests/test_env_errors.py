@@ -199,3 +199,17 @@ def _first_request(env: SecretTable, pack: Pack, cfg: RolloutConfig) -> Any:
     from codrl.rollout.lifecycle import play_lifecycle
 
     return next(play_lifecycle(env, pack, 0, cfg, seed=0))
+
+
+def test_soak_bench_reports_its_keys() -> None:
+    """bench/soak.py on a few steps: it trains, samples memory and files, and ends with its RESULT line."""
+    import re
+    import subprocess
+
+    bench = Path(__file__).resolve().parents[1] / "bench" / "soak.py"
+    proc = subprocess.run([sys.executable, str(bench), "--steps", "6", "--from-step", "2", "--every", "2"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"RESULT rss_growth=-?[\d.]+ open_files_growth=-?\d+ steps_per_min_first=[\d.]+ "
+                        r"steps_per_min_last=[\d.]+", last), last

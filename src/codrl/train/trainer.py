@@ -22,6 +22,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -428,8 +429,10 @@ class Trainer:
             return True
         return False
 
-    def train(self, resume: bool = False) -> list[dict[str, Any]]:
-        """Run the remaining steps; evaluate at start/end/every N; checkpoint every N and at the end."""
+    def train(self, resume: bool = False,
+              on_step: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+        """Run the remaining steps; evaluate at start/end/every N; checkpoint every N and at the end.
+        ``on_step(metrics)`` is called after every step, once its checkpoint and evaluation are done."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         cfg = self.cfg
@@ -466,6 +469,8 @@ class Trainer:
                     return self._stop_preempted(saved)
                 if cfg.eval.every and self.step_idx % cfg.eval.every == 0 and self.step_idx < cfg.steps:
                     self.evaluate(f"step-{self.step_idx:06d}")
+                if on_step is not None:
+                    on_step(m)
         self._stop_async()
         if not (cfg.save_every and self.step_idx % cfg.save_every == 0):
             self.save()
