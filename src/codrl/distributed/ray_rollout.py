@@ -18,9 +18,11 @@ management; this module only decides what each actor plays next.
   every later chunk carries a reference to them, and a worker whose weights are older loads them
   (``copy_`` into its parameters of those names) before it plays. A worker that joins later (a
   replacement) catches up the same way, and every experience carries the version the worker used.
-* **Faults.** A worker that dies has its chunk re-queued whole: a chunk's results count only when
-  its call returns, so nothing is counted twice. Dead workers are replaced while the pool's restart
-  budget lasts; when no worker is left, :meth:`RayRolloutPool.run` raises.
+* **Faults.** A worker that dies (its process, or its whole node: a node lost from a multi-node
+  cluster) has its chunk re-queued whole: a chunk's results count only when its call returns, so
+  nothing is counted twice. Dead workers are replaced, on whichever nodes have room, while the
+  pool's restart budget lasts; when no worker is left, :meth:`RayRolloutPool.run` raises. Workers
+  are spread over the nodes (Ray's ``SPREAD`` strategy), so one node's loss takes few of them.
 
 Ray is optional (``pip install 'codrl[ray]'``) and imported only when a pool is built.
 """
@@ -179,6 +181,12 @@ class RolloutWorker:
         """Build the backend now (the pool calls this first, so that start-up errors show at once)."""
         self._built()
 
+    def node_id(self) -> str:
+        """The Ray node this worker runs on (hex id)."""
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id())
+
     def _built(self) -> HFBackend:
         if self.backend is None:
             import transformers
@@ -230,8 +238,9 @@ class RayRolloutPool:
         self.restarts_left = dist.rollout_workers if restarts is None else restarts
         #: Workers that died and whose chunks were replayed elsewhere (over the pool's life).
         self.failures = 0
+        # SPREAD: workers go to as many nodes as have room, so losing one node loses few of them.
         self._actor_cls = self._ray.remote(RolloutWorker).options(
-            num_cpus=dist.worker_cpus, num_gpus=dist.worker_gpus, max_restarts=0)
+            num_cpus=dist.worker_cpus, num_gpus=dist.worker_gpus, max_restarts=0, scheduling_strategy="SPREAD")
         self._factory = factory
         self._threads = dist.worker_threads
         self._weights: WeightsRef | None = None
@@ -295,7 +304,8 @@ class RayRolloutPool:
             worker, span = in_flight.pop(call)
             try:
                 played: list[LifecycleResult] = self._ray.get(call)
-            except self._ray.exceptions.RayActorError as e:
+            except (self._ray.exceptions.RayActorError, self._ray.exceptions.ObjectLostError) as e:
+                # the worker died (its process, or its whole node) or its answer was lost with its node
                 death = e
                 queue.appendleft(span)  # replayed whole: none of its results was counted
                 idle.extend(self._replace(worker, e, len(span)))
