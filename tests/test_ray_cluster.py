@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+from pathlib import Path
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
@@ -28,6 +29,7 @@ from codrl.toy.secret_table import SecretTable  # noqa: E402
 from codrl.train.config import DistributedConfig  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.fault]
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +113,62 @@ def test_losing_a_node_mid_run_replays_its_chunks_on_the_survivors(cluster: tupl
         _same(got, want)
     finally:
         pool.close()
+
+
+def test_losing_a_training_node_is_one_line_and_resume_matches(cluster: tuple[Any, list[Any]], tiny_dir: Any,
+                                                                 tmp_path: Any) -> None:
+    """Ray Train workers on a node that is lost mid-run: the run fails with one line naming the
+    node; on a new node, --resume continues from the last checkpoint and ends as an undisturbed run."""
+    import time
+    from pathlib import Path
+
+    import torch
+
+    from codrl.distributed.ray_train import train_on_ray
+    from codrl.errors import CodrlError
+    from codrl.train.config import TrainConfig
+    from toy_config import toy_train_config
+
+    c, _ = cluster
+    slot = {"codrl_train_slot": 1.0}  # places the training workers on the nodes started with it
+    victim = c.add_node(num_cpus=2, resources={"codrl_train_slot": 2})
+    c.wait_for_nodes()
+
+    def cfg(out: Path) -> TrainConfig:
+        return TrainConfig.model_validate(toy_train_config(
+            tiny_dir, steps=4, packs_per_step=4, save_every=1, output_dir=str(out),
+            distributed={"train_workers": 2, "worker_cpus": 1, "worker_resources": slot}))
+
+    ref = train_on_ray(cfg(tmp_path / "ref"))
+    errors: list[BaseException] = []
+
+    def interrupted() -> None:
+        try:
+            train_on_ray(cfg(tmp_path / "run"))
+        except BaseException as e:  # noqa: BLE001 - collected for the assertions below
+            errors.append(e)
+
+    runner = threading.Thread(target=interrupted)
+    runner.start()
+    latest = tmp_path / "run" / "checkpoints" / "latest"
+    deadline = time.monotonic() + 300
+    while not latest.is_file() and time.monotonic() < deadline and runner.is_alive():
+        time.sleep(0.05)
+    assert latest.is_file(), errors
+    c.remove_node(victim, allow_graceful=False)
+    runner.join(600)
+    assert errors and isinstance(errors[0], CodrlError), errors
+    line = str(errors[0])
+    print("lost-worker error:", line)
+    assert "\n" not in line and f"a Ray Train worker was lost on node {victim.node_id}" in line and "--resume" in line
+    c.add_node(num_cpus=2, resources={"codrl_train_slot": 2})
+    c.wait_for_nodes()
+    resumed = train_on_ray(cfg(tmp_path / "run"), resume=True)
+    assert [h["step"] for h in resumed] == [1, 2, 3, 4]
+    for a, b in zip(ref, resumed, strict=True):
+        assert {k: v for k, v in a.items() if k.startswith("reward/")} == \
+               {k: v for k, v in b.items() if k.startswith("reward/")}
+    w_ref = torch.load(tmp_path / "ref" / "checkpoints" / "step-000004" / "trainable.pt")
+    w_run = torch.load(tmp_path / "run" / "checkpoints" / "step-000004" / "trainable.pt")
+    for name, t in w_ref.items():
+        torch.testing.assert_close(w_run[name], t, rtol=1e-5, atol=1e-6)

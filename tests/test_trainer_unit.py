@@ -107,3 +107,22 @@ def test_a_failing_metric_sink_is_dropped_with_one_warning(tmp_path, caplog) -> 
     assert kept.seen == [({"reward/pos0": 0.5}, 1), ({"reward/pos0": 0.7}, 2)]
     assert [r.getMessage() for r in caplog.records if "Broken failed at step 1" in r.getMessage()]
     assert len(caplog.records) == 1 and loggers.sinks == [kept]
+
+
+def test_lost_ray_train_worker_error_names_the_node() -> None:
+    from pathlib import Path
+
+    from codrl.distributed.ray_train import lost_worker_error
+
+    class ActorDiedError(Exception):
+        pass
+
+    node = "25abcfe26f29755a92ec923bcf57cf03b100cdaf671368ddd1a18878"
+    cause = ActorDiedError(f"The actor died because its node has died. Node Id: {node}\nmore detail")
+    wrapper = RuntimeError("Training failed due to worker errors")
+    wrapper.__cause__ = cause
+    err = lost_worker_error(wrapper, Path("/runs/x"))
+    assert err is not None and "\n" not in str(err)
+    assert f"lost on node {node}: ActorDiedError: The actor died because its node has died" in str(err)
+    assert "/runs/x/checkpoints" in str(err) and "--resume" in str(err)
+    assert lost_worker_error(ValueError("rollout.repeats must be >= 1"), Path("/runs/x")) is None

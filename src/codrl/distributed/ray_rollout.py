@@ -240,7 +240,8 @@ class RayRolloutPool:
         self.failures = 0
         # SPREAD: workers go to as many nodes as have room, so losing one node loses few of them.
         self._actor_cls = self._ray.remote(RolloutWorker).options(
-            num_cpus=dist.worker_cpus, num_gpus=dist.worker_gpus, max_restarts=0, scheduling_strategy="SPREAD")
+            num_cpus=dist.worker_cpus, num_gpus=dist.worker_gpus, resources=dict(dist.worker_resources) or None,
+            max_restarts=0, scheduling_strategy="SPREAD")
         self._factory = factory
         self._threads = dist.worker_threads
         self._weights: WeightsRef | None = None

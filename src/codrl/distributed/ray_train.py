@@ -10,11 +10,42 @@ checkpoints, logs and reports into ``output_dir`` (which must be reachable from 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from codrl.distributed.ray_rollout import connect
+from codrl.errors import CodrlError
 from codrl.train.config import TrainConfig
+
+#: How Ray names a lost node in its errors (a node id, or an address).
+_NODE = re.compile(r"(?:node[ _]?id|NodeID|node_id)[=: ]+\(?'?([0-9a-f]{16,})|(?:node[ _]?ip|IP)[=: ]+'?([0-9.]+)",
+                   re.IGNORECASE)
+#: Words of Ray's errors for a worker lost with its node or its process.
+_LOST = ("node", "died", "unavailable", "lost", "dead")
+
+
+def lost_worker_error(error: BaseException, out: Path) -> CodrlError | None:
+    """A one-line error for a Ray Train run whose worker was lost (its node or its process), naming
+    the node where Ray's error does and saying how to go on; None for any other failure."""
+    texts, seen, e = [], set(), error
+    while e is not None and id(e) not in seen:  # the error and its causes
+        seen.add(id(e))
+        texts.append(f"{type(e).__name__}: {e}")
+        e = e.__cause__ or e.__context__
+    text = "\n".join(texts)
+    actor_lost = any(n in text for n in ("ActorDiedError", "ActorUnavailableError", "RayActorError",
+                                         "NodeDiedError", "WorkerCrashedError", "ObjectLostError"))
+    if not actor_lost and not ("node" in text.lower() and any(w in text.lower() for w in _LOST[1:])):
+        return None
+    m = _NODE.search(text)
+    node = (m.group(1) or m.group(2)) if m else None
+    where = f"on node {node}" if node else "(Ray did not name its node)"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    telling = [line for line in lines if any(w in line.lower() for w in _LOST[1:])]
+    first = (telling or lines or [type(error).__name__])[0][:200]
+    return CodrlError(f"a Ray Train worker was lost {where}: {first}; continue from the last checkpoint in "
+                      f"{out / 'checkpoints'} with `codrl train --config FILE --resume`")
 
 
 def _worker_loop(config: dict[str, Any]) -> None:
@@ -36,7 +67,7 @@ def train_on_ray(cfg: TrainConfig, resume: bool = False) -> list[dict[str, Any]]
     d = cfg.distributed
     connect(d)
     use_gpu = d.worker_gpus > 0
-    resources = {"CPU": d.worker_cpus, **({"GPU": d.worker_gpus} if use_gpu else {})}
+    resources = {"CPU": d.worker_cpus, **({"GPU": d.worker_gpus} if use_gpu else {}), **d.worker_resources}
     out = Path(cfg.output_dir).resolve()
     worker_cfg = cfg.model_copy(update={"output_dir": str(out)}).model_dump(mode="json")
     trainer = TorchTrainer(
@@ -45,7 +76,14 @@ def train_on_ray(cfg: TrainConfig, resume: bool = False) -> list[dict[str, Any]]
         scaling_config=ScalingConfig(num_workers=d.train_workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(name="codrl-train", storage_path=str(out / "ray")),
     )
-    result = trainer.fit()
-    if result.error is not None:
-        raise result.error
+    try:
+        result = trainer.fit()
+        error = result.error
+    except Exception as e:  # noqa: BLE001 - Ray Train's failure types differ between versions
+        error = e
+    if error is not None:
+        lost = lost_worker_error(error, out)
+        if lost is not None:
+            raise lost from None
+        raise error
     return json.loads((out / "history.json").read_text())

@@ -135,6 +135,9 @@ class DistributedConfig(BaseModel):
     worker_cpus: float = Field(1.0, gt=0, description="CPUs Ray reserves for each rollout worker")
     worker_gpus: float = Field(0.0, ge=0, description="GPUs Ray reserves for each rollout worker (fractions share one)")
     worker_threads: int = Field(1, ge=1, description="torch threads of each rollout worker")
+    worker_resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources each "
+                                               "rollout and training worker also needs, e.g. {trainer_node: 1} "
+                                               "to place workers on nodes started with that resource")
     connect_timeout_s: float = Field(30.0, gt=0, description="fail when ray_address does not answer within this time")
     train_workers: int = Field(0, ge=0, description="training processes started as Ray Train workers (each "
                                "with worker_cpus/worker_gpus); 0: this process, or the ones torchrun started")
