@@ -235,3 +235,14 @@ def test_reply_cut_after_first_stop_string(fake_server: Any) -> None:
     assert out[1].text == fake_server.content  # no stop strings: nothing is cut
     assert "stop" not in fake_server.bodies[0]  # cut here, not by the server (which would drop it)
     b.close()
+
+
+def test_request_over_the_context_window_is_an_overflow_result(backend: OpenAIBackend) -> None:
+    """The real llama.cpp server (2048-token window) refuses a prompt longer than its window; the
+    backend reports that as an ``overflow`` result, which a lifecycle scores as "context full",
+    never as an exception. A request that fits is served as usual."""
+    over = GenRequest([{"role": "user", "content": "apple " * 3000}], SamplingParams(max_new_tokens=4))
+    fits = GenRequest([{"role": "user", "content": "Say hi."}], SamplingParams(temperature=0.0, max_new_tokens=4))
+    a, b = backend.generate([over, fits])
+    assert (a.finish_reason, a.text, a.completion_ids) == ("overflow", "", [])
+    assert b.finish_reason in ("stop", "length") and b.text

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -161,6 +162,11 @@ def _add_prefix_instruction(messages: list[Message], prefix: str) -> list[Messag
     return out
 
 
+#: How servers refuse a request over the context window (vLLM: "maximum context length"; llama.cpp:
+#: "exceed context window", "exceeds the available context size"; OpenAI: "context_length_exceeded").
+_CONTEXT_REFUSAL = re.compile(r"context[ _](?:window|length|size)|maximum context", re.IGNORECASE)
+
+
 class OpenAIBackend(Backend):
     """A :class:`Backend` that samples from an OpenAI-compatible ``/v1/chat/completions`` server.
 
@@ -178,6 +184,10 @@ class OpenAIBackend(Backend):
         chat_template_kwargs: Extra arguments of the server's chat template (e.g.
             ``{"enable_thinking": False}``), sent as ``chat_template_kwargs`` in every request's
             body (vLLM and the llama.cpp server read it); nothing is sent when empty.
+        context_window: The model's context window in tokens, when known; by default the
+            ``max_model_len`` that ``/v1/models`` lists (vLLM), else unknown. A chat API cannot count
+            prompt tokens before sending, so a request over the window is the server's to refuse:
+            its "context length" refusal comes back as an ``overflow`` result, not an exception.
 
     Raises:
         CodrlError: At construction, when the endpoint cannot be reached (after the retries),
@@ -198,8 +208,10 @@ class OpenAIBackend(Backend):
         concurrency: int = 8,
         prefill: PrefillMode = "none",
         chat_template_kwargs: Mapping[str, Any] | None = None,
+        context_window: int | None = None,
     ) -> None:
         super().__init__(chat_template_kwargs)
+        self.context_window = context_window
         if prefill not in _PREFILL_MODES:
             raise bad_choice("prefill", prefill, _PREFILL_MODES)
         if concurrency < 1:
@@ -283,9 +295,15 @@ class OpenAIBackend(Backend):
             ):
                 return model
             raise
+        listed = getattr(page, "data", None) or []
+        if self.context_window is None:  # vLLM lists each model's max_model_len
+            for m in listed:
+                if (model is None or m.id == model) and isinstance(getattr(m, "max_model_len", None), int):
+                    self.context_window = int(m.max_model_len)
+                    break
         if model is not None:
             return model
-        ids = [m.id for m in getattr(page, "data", None) or []]
+        ids = [m.id for m in listed]
         if not ids:
             raise CodrlError(
                 f"OpenAI-compatible endpoint {self.base_url} lists no models at /models; "
@@ -339,7 +357,9 @@ class OpenAIBackend(Backend):
             )
         except CodrlError as err:
             cause = err.__cause__
-            rejected = isinstance(cause, openai.APIStatusError) and cause.status_code in (400, 422)
+            rejected = isinstance(cause, openai.APIStatusError) and cause.status_code in (400, 413, 422)
+            if rejected and _CONTEXT_REFUSAL.search(str(cause)):  # over the model's window: not the model's reply
+                return _Reply(text="", finish_reason="overflow", logprobs=[], prompt_tokens=0, completion_tokens=0)
             if not (use_lp and rejected):
                 raise
             # The server may not support logprobs: retry once without; remember if that works.
