@@ -219,6 +219,7 @@ def test_unknown_weight_names_fail(tiny_pool: RayRolloutPool, reference: HFBacke
     tiny_pool.set_weights(trainable_state(reference.model), version=10)  # leave the pool usable
 
 
+@pytest.mark.fault
 def test_a_worker_dying_mid_chunk_is_replayed_once(tiny_pool: RayRolloutPool, reference: HFBackend,
                                                    trigger: Path) -> None:
     cfg = _tiny_rollout(temperature=1.0)

@@ -43,6 +43,7 @@ def latest_step(out: Path) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.fault
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
     env = SecretTable()
     model, tok = build_tiny_policy(env, seed=0)
