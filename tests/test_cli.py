@@ -174,3 +174,14 @@ def test_parse_contexts_option() -> None:
 
     assert _parse_contexts(None) == []
     assert _parse_contexts(" cod , curator,cod") == ["cod", "curator"]
+
+
+def test_ralph_and_matrix_take_dotted_overrides(tmp_path: Path) -> None:
+    """`codrl ralph --set KEY=VALUE` and `codrl matrix ... KEY=VALUE` are validated like a config file,
+    before any model loads."""
+    assert_one_line_error(run_cli("ralph", "examples/ralph_task", "--set", "rollout.nope=1", timeout=60),
+                          "rollout.nope", "unknown key")
+    assert_one_line_error(run_cli("ralph", "examples/ralph_task", "--set", "attempts=0", timeout=60),
+                          "attempts", "greater than or equal to 1")
+    assert_one_line_error(run_cli("matrix", "-m", "embedded", "-e", "frozenlake", "--output-dir", str(tmp_path / "m"),
+                                  "rollout.temperature=-1", timeout=60), "rollout.temperature")
