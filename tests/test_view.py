@@ -435,7 +435,7 @@ def test_read_trajectories_skips_a_truncated_last_line(eval_run: Path, tmp_path:
     path.write_text(full + full.splitlines()[0][:40], encoding="utf-8")  # interrupted mid-write
     records = list(read_trajectories(path))
     assert len(records) == 2 * EVAL_PACKS * EVAL_REPEATS
-    assert records == [json.loads(line) for line in full.splitlines()]
+    assert [r.model_dump(mode="json") for r in records] == [json.loads(line) for line in full.splitlines()]
     assert list(read_trajectories(tmp_path / "missing.jsonl")) == []
 
 

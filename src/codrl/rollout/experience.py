@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, model_validator
+
 EpisodeType = Literal["solve", "update"]
 
 
@@ -140,8 +142,8 @@ class LifecycleResult:
         return sum(e.context_overflows for e in self.episodes)
 
     def to_json(self) -> dict[str, Any]:
-        """Full trajectory record (no token ids) for JSONL output."""
-        return {
+        """Full trajectory record (no token ids) for JSONL output: a :class:`TrajectoryRecord`'s fields."""
+        return TrajectoryRecord.model_validate({
             "pack_id": self.pack_id,
             "env": self.env,
             "split": self.split,
@@ -150,4 +152,65 @@ class LifecycleResult:
             "reward_visible": self.reward_visible,
             "task_rewards": self.task_rewards,
             "episodes": [asdict(e) for e in self.episodes],
-        }
+        }).model_dump(mode="json")
+
+
+class TurnJSON(BaseModel):
+    """One turn of a ``trajectories.jsonl`` episode (see :class:`Turn`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    observation: str = ""
+    reply: str = ""
+    feedback: str = ""
+    valid: bool = True
+    reward: float = 0.0
+
+
+class EpisodeJSON(BaseModel):
+    """One episode of a ``trajectories.jsonl`` record (the fields of :class:`EpisodeRecord`).
+
+    Records written by earlier versions lack the newer fields; they read with the defaults
+    (``env_reward`` missing: the episode's ``reward``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    position: int
+    task_id: str = ""
+    hints_in: str = ""
+    turns: list[TurnJSON] = []
+    env_reward: float = 0.0
+    reward: float = 0.0
+    success: bool = False
+    format_valid: bool = True
+    feedback: str = ""
+    completion_tokens: int = 0
+    hints_out: str | None = None
+    hint_reward: float = 0.0
+    hint_valid: bool = True
+    curator_ops: dict[str, int] | None = None
+    env_error: bool = False
+    context_overflows: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _env_reward(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("env_reward") is None and "reward" in data:
+            data = {**data, "env_reward": data["reward"]}
+        return data
+
+
+class TrajectoryRecord(BaseModel):
+    """One line of ``trajectories.jsonl``: a lifecycle as text. Written by
+    :meth:`LifecycleResult.to_json` and read back by the viewer with the same type."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    pack_id: str
+    env: str = ""
+    split: str = ""
+    repeat: int = 0
+    mode: str = "cod"
+    reward_visible: bool = True
+    task_rewards: list[float] = []
+    episodes: list[EpisodeJSON] = []

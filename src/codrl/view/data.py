@@ -23,16 +23,17 @@ import json
 import math
 import random
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from codrl.errors import CodrlError
 from codrl.eval.metrics import PositionStats, Summary
 from codrl.eval.report import RESULTS_JSON, TRAJECTORIES_JSONL, finite_ci, mode_label
+from codrl.rollout.experience import EpisodeJSON, TrajectoryRecord
 
 #: Folders never searched for reports (model weights, notes, TensorBoard logs).
 SKIP_DIRS = frozenset({"checkpoints", "notes", "tb", "model", ".git", "__pycache__"})
@@ -148,8 +149,8 @@ def _first_env(path: Path) -> str | None:
     try:
         with path.open(encoding="utf-8") as f:
             line = f.readline()
-        return str(json.loads(line)["env"]) if line.strip() else None
-    except (OSError, ValueError, KeyError, TypeError):
+        return TrajectoryRecord.model_validate_json(line).env or None if line.strip() else None
+    except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
         return None
 
 
@@ -352,7 +353,7 @@ def clip_text(text: str, max_chars: int) -> str:
     return f"{text[:max_chars]}\n… [{len(text) - max_chars} more characters cut; see {TRAJECTORIES_JSONL}]"
 
 
-def episode_row(ep: dict[str, Any], max_chars: int, reward_visible: bool = True) -> dict[str, Any]:
+def episode_row(ep: EpisodeJSON | Mapping[str, Any], max_chars: int, reward_visible: bool = True) -> dict[str, Any]:
     """One episode of a ``trajectories.jsonl`` record in the page's compact form.
 
     Keys: ``p`` position, ``task``, ``r`` reward, ``er`` environment reward, ``rh`` True when the
@@ -363,49 +364,46 @@ def episode_row(ep: dict[str, Any], max_chars: int, reward_visible: bool = True)
     the hints given, ``diff`` the hints written as :func:`hints_diff` against ``hin`` (None when
     no update ran), ``ops`` curator operation counts.
     """
-    hints_in = str(ep.get("hints_in") or "")
-    hints_out = ep.get("hints_out")
-    turns = ep.get("turns", [])
-    final = str(ep.get("feedback", ""))
+    e = ep if isinstance(ep, EpisodeJSON) else EpisodeJSON.model_validate(ep)
+    turns = e.turns
     return {
-        "p": int(ep["position"]),
-        "task": str(ep.get("task_id", "")),
-        "r": float(ep.get("reward", 0.0)),
-        "er": float(ep.get("env_reward", ep.get("reward", 0.0))),
+        "p": e.position,
+        "task": e.task_id,
+        "r": e.reward,
+        "er": e.env_reward,
         "rh": not reward_visible,
-        "ok": bool(ep.get("success", False)),
-        "fv": bool(ep.get("format_valid", True)),
-        "hv": None if hints_out is None else bool(ep.get("hint_valid", True)),
-        "hr": float(ep.get("hint_reward", 0.0)),
-        "turns": [[clip_text(str(t.get("observation", "")), max_chars), clip_text(str(t.get("reply", "")), max_chars),
-                   clip_text(str(t.get("feedback", "")), max_chars), bool(t.get("valid", True)),
-                   float(t.get("reward", 0.0))] for t in turns],
-        "fb": None if turns and final == str(turns[-1].get("feedback", "")) else clip_text(final, max_chars),
-        "hin": clip_text(hints_in, max_chars),
-        "diff": None if hints_out is None else [[op, clip_text(line, max_chars)]
-                                                for op, line in hints_diff(hints_in, str(hints_out))],
-        "ops": ep.get("curator_ops"),
+        "ok": e.success,
+        "fv": e.format_valid,
+        "hv": None if e.hints_out is None else e.hint_valid,
+        "hr": e.hint_reward,
+        "turns": [[clip_text(t.observation, max_chars), clip_text(t.reply, max_chars), clip_text(t.feedback, max_chars),
+                   t.valid, t.reward] for t in turns],
+        "fb": None if turns and e.feedback == turns[-1].feedback else clip_text(e.feedback, max_chars),
+        "hin": clip_text(e.hints_in, max_chars),
+        "diff": None if e.hints_out is None else [[op, clip_text(line, max_chars)]
+                                                  for op, line in hints_diff(e.hints_in, e.hints_out)],
+        "ops": e.curator_ops,
     }
 
 
-def lifecycle_row(rec: dict[str, Any], variant: int, max_chars: int) -> dict[str, Any]:
+def lifecycle_row(rec: TrajectoryRecord | Mapping[str, Any], variant: int, max_chars: int) -> dict[str, Any]:
     """One ``trajectories.jsonl`` line in the page's compact form (``v`` indexes the variants)."""
-    visible = bool(rec.get("reward_visible", True))
-    eps = [episode_row(e, max_chars, visible) for e in rec.get("episodes", [])]
-    return {"v": variant, "pack": str(rec["pack_id"]), "env": str(rec.get("env", "")),
-            "repeat": int(rec.get("repeat", 0)), "eps": eps}
+    r = rec if isinstance(rec, TrajectoryRecord) else TrajectoryRecord.model_validate(rec)
+    eps = [episode_row(e, max_chars, r.reward_visible) for e in r.episodes]
+    return {"v": variant, "pack": r.pack_id, "env": r.env, "repeat": r.repeat, "eps": eps}
 
 
-def read_trajectories(path: Path) -> Iterator[dict[str, Any]]:
-    """Records of a ``trajectories.jsonl``; a truncated last line (an interrupted write) is skipped."""
+def read_trajectories(path: Path) -> Iterator[TrajectoryRecord]:
+    """Records of a ``trajectories.jsonl``, read with the type that wrote them; a truncated last line
+    (an interrupted write) or a line that is not a record is skipped."""
     if not path.is_file():
         return
     with path.open(encoding="utf-8") as f:
         for line in f:
             if line.strip():
                 try:
-                    yield json.loads(line)
-                except ValueError:
+                    yield TrajectoryRecord.model_validate_json(line)
+                except ValidationError:
                     continue
 
 
@@ -482,7 +480,7 @@ def load_view(run_dir: Path | str, *, max_episodes: int = 20_000, max_chars: int
     total_lcs = total_eps = 0
     for f in folders:
         for rec in read_trajectories(f.trajectories):
-            mode = str(rec.get("mode", "cod"))
+            mode = rec.mode
             key = (f.rel, mode)
             if key not in index:
                 index[key] = len(variants)
