@@ -145,8 +145,8 @@ def test_hanging_environment_calls_are_abandoned_and_scored(tiny_dir: Path) -> N
 
 
 def test_context_window_overflow_is_never_sent_silently(tiny_dir: Path, tmp_path: Path) -> None:
-    """With rollout.max_context below what the prompts need, no over-long request reaches the
-    engine: a solve episode ends as a scored failure saying the context is full, an update is
+    """With rollout.max_context below what the prompts need, no over-long request is sampled (the
+    engine answers it at once): a solve episode ends as a scored failure saying the context is full, an update is
     skipped and keeps the old hints, and each is counted (rollout/context_overflow/all and per position)."""
     from codrl.rollout.lifecycle import CONTEXT_FULL
 
@@ -156,35 +156,25 @@ def test_context_window_overflow_is_never_sent_silently(tiny_dir: Path, tmp_path
     base = RolloutConfig(pack_size=3, repeats=1, max_new_tokens_solve=3, max_new_tokens_update=4,
                          update_reply_prefix="Hints:")
     packs = [(env, env.sample_pack("test", 0, i, 3)) for i in range(2)]
-    sent: list[int] = []  # prompt + reply budget of every request the engine was given
-    serve = backend.serve
-
-    def counting_serve(pending: Any, on_result: Any) -> None:
-        sent.extend(backend.prompt_tokens(r) + r.sampling.max_new_tokens for r in pending.values())
-
-        def on(key: Any, out: Any) -> Any:
-            follow = on_result(key, out)
-            sent.extend(backend.prompt_tokens(r) + r.sampling.max_new_tokens for r in follow.values())
-            return follow
-        serve(pending, on)
-
-    backend.serve = counting_serve  # type: ignore[method-assign]
     try:
-        first = backend.prompt_tokens(_first_request(env, packs[0][1], base))
-        assert first is not None
-        # 1) room for no request at all: every solve overflows, no update runs
+        first = len(backend.encode_prompt(_first_request(env, packs[0][1], base)))
+        # 1) room for no request at all: every solve overflows, no update runs, nothing is sampled
         tiny = base.model_copy(update={"max_context": 5})
+        before = backend.stats.requests
         results = LifecycleRunner(backend, tiny).run(make_jobs(packs, tiny), seeds=[0, 1])
         eps = [e for r in results for e in r.episodes]
         assert all(e.feedback == CONTEXT_FULL and e.reward <= 0 and e.context_overflows >= 1 for e in eps)
-        assert not sent and all(not r.experiences for r in results)
+        assert backend.stats.requests == before and all(not r.experiences for r in results)
         # 2) room for the first solve prompts but not the longer update prompts
         mid = base.model_copy(update={"max_context": first + 3})
+        before = backend.stats.requests
         results = LifecycleRunner(backend, mid).run(make_jobs(packs, mid), seeds=[0, 1])
-        assert sent and max(sent) <= first + 3  # nothing over the window was sent
+        sampled = [x for r in results for x in r.experiences]  # one per request the engine sampled
+        assert sampled and backend.stats.requests - before == len(sampled)
+        assert max(len(x.prompt_ids) + mid.max_new_tokens_solve for x in sampled) <= first + 3  # none over
         updates = [e for r in results for e in r.episodes if e.hints_out is not None]
         assert updates and all(e.context_overflows >= 1 and e.hints_out == e.hints_in for e in updates)
-        assert not any(x.episode_type == "update" for r in results for x in r.experiences)
+        assert not any(x.episode_type == "update" for x in sampled)
     finally:
         backend.close()
 

@@ -39,6 +39,8 @@ class GenRequest:
     session: str | None = None
     #: Seed of this request's random stream; None draws one from the global torch RNG.
     seed: int | None = None
+    #: A context window below the engine's own for this request (``rollout.max_context``); None: the engine's.
+    max_context: int | None = None
 
 
 @dataclass
@@ -58,6 +60,11 @@ class GenResult:
     logprobs: list[float] = field(default_factory=list)
     finish_reason: str = "stop"  # "stop" | "length" | "error" | "overflow" (not sent: over the context window)
     token_exact: bool = True
+
+
+def overflow_result() -> GenResult:
+    """The answer to a request that was not sampled because it would pass the context window."""
+    return GenResult(text="", finish_reason="overflow")
 
 
 @dataclass
@@ -117,10 +124,13 @@ class Backend(ABC):
             for k, out in zip(keys, outs, strict=True):
                 pending.update(on_result(k, out))
 
-    def prompt_tokens(self, request: GenRequest) -> int | None:
-        """How many tokens ``request``'s prompt takes (None where the engine cannot tell before
-        sending it): with :attr:`context_window`, what lets a caller see an overflow coming."""
-        return None
+    def overflows(self, prompt_tokens: int, request: GenRequest) -> bool:
+        """Whether a prompt of ``prompt_tokens`` tokens plus ``request``'s reply budget passes the
+        window: :attr:`context_window` or ``request.max_context``, the smaller (none known: never).
+        Engines that encode prompts themselves check it there and answer an over-long request with
+        :func:`overflow_result` instead of sampling it."""
+        windows = [n for n in (self.context_window, request.max_context) if n]
+        return bool(windows) and prompt_tokens + request.sampling.max_new_tokens > min(windows)
 
     def release(self, session: str) -> None:  # noqa: B027 - optional hook
         """Forget what is cached for ``session`` (its lifecycle is over)."""

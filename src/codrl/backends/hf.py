@@ -34,7 +34,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from codrl.backends.base import Backend, GenRequest, GenResult, SamplingParams, end_of_sequence_ids
+from codrl.backends.base import (
+    Backend,
+    GenRequest,
+    GenResult,
+    SamplingParams,
+    end_of_sequence_ids,
+    overflow_result,
+)
 from codrl.backends.chat import completes_stop, encode_chat_prompt
 from codrl.backends.kv_cache import BatchKV, PrefixStore, cache_argument, model_kv_shape, shared_prefixes
 from codrl.backends.sampling import request_generator, sample_next
@@ -182,9 +189,6 @@ class HFBackend(Backend):
         return next(self.model.parameters()).dtype
 
     # -- prompts ---------------------------------------------------------------------------
-    def prompt_tokens(self, request: GenRequest) -> int | None:
-        return len(self.encode_prompt(request))
-
     def encode_prompt(self, request: GenRequest) -> list[int]:
         """Token ids of the chat prompt with the generation prompt and the reply prefix."""
         return encode_chat_prompt(self.tokenizer, request, self.chat_template_kwargs)
@@ -226,7 +230,7 @@ class HFBackend(Backend):
         self.model.eval()
         self.stats.generate_calls += 1
         waiting: deque[_Row] = deque()
-        self._enqueue(pending, waiting)
+        self._enqueue(pending, waiting, on_result)
         batch: _Batch | None = None
         try:
             with torch.inference_mode():
@@ -249,15 +253,22 @@ class HFBackend(Backend):
             if was_training:
                 self.model.train()
 
-    def _enqueue(self, requests: dict[Hashable, GenRequest], waiting: deque[_Row]) -> None:
-        """Encode requests and queue them; one seed per request from the global RNG, in order."""
+    def _enqueue(self, requests: dict[Hashable, GenRequest], waiting: deque[_Row],
+                 on_result: Callable[[Hashable, GenResult], dict[Hashable, GenRequest]]) -> None:
+        """Encode requests and queue them; one seed per request from the global RNG, in order. A
+        request over the context window (:meth:`~codrl.backends.base.Backend.overflows`) is answered
+        at once with an ``overflow`` result, never sampled, and what it triggers is queued in turn."""
         if not requests:
             return
         seeds = torch.randint(0, 2**62, (len(requests),)).tolist()
         for (key, req), seed in zip(requests.items(), seeds, strict=True):
-            waiting.append(_Row(key, np.asarray(self.encode_prompt(req), dtype=np.int64),
-                                request_generator(seed if req.seed is None else req.seed), req.sampling, req.session))
-        self.stats.requests += len(requests)
+            prompt = np.asarray(self.encode_prompt(req), dtype=np.int64)
+            if self.overflows(len(prompt), req):
+                self._enqueue(on_result(key, overflow_result()), waiting, on_result)
+                continue
+            waiting.append(_Row(key, prompt, request_generator(seed if req.seed is None else req.seed), req.sampling,
+                                req.session))
+            self.stats.requests += 1
 
     def _result(self, row: _Row) -> GenResult:
         self.stats.prompt_tokens += len(row.prompt)
@@ -294,7 +305,7 @@ class HFBackend(Backend):
                 r.finish = "length"
             if r.finish:
                 self._keep(r, batch, b)
-                self._enqueue(on_result(r.key, self._result(r)), waiting)
+                self._enqueue(on_result(r.key, self._result(r)), waiting, on_result)
 
     def _cache_shared(self, prompts: list[np.ndarray], depth: int = 0) -> None:
         """Compute and store prefixes shared by several prompts (shortest first, recursively)."""

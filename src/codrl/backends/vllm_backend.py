@@ -59,7 +59,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from codrl.backends.base import Backend, GenRequest, GenResult, SamplingParams, end_of_sequence_ids
+from codrl.backends.base import (
+    Backend,
+    GenRequest,
+    GenResult,
+    SamplingParams,
+    end_of_sequence_ids,
+    overflow_result,
+)
 from codrl.backends.chat import completes_stop, cut_completion, encode_chat_prompt  # noqa: F401 - shared by every engine
 from codrl.errors import CodrlError
 
@@ -375,9 +382,6 @@ class VLLMBackend(Backend):
         return end_of_sequence_ids(tokenizer, gen_eos)
 
     # -- prompts ---------------------------------------------------------------------------
-    def prompt_tokens(self, request: GenRequest) -> int | None:
-        return len(self.encode_prompt(request))
-
     def encode_prompt(self, request: GenRequest) -> list[int]:
         """Token ids of the chat prompt with the generation prompt and the reply prefix."""
         return encode_chat_prompt(self.tokenizer, request, self.chat_template_kwargs)
@@ -405,29 +409,34 @@ class VLLMBackend(Backend):
         # ``seed`` wins. ``seeded=False`` leaves sampling to vLLM's engine-wide generator.
         seeds = torch.randint(0, 2**62, (len(requests),)).tolist() if self.seeded else [None] * len(requests)
         prompts = [self.encode_prompt(r) for r in requests]
+        # A request over the context window is answered with an overflow result, never sent.
+        sent = [i for i, (req, ids) in enumerate(zip(requests, prompts, strict=True)) if not self.overflows(len(ids), req)]
+        results: list[GenResult] = [overflow_result() for _ in requests]
+        if not sent:
+            return results
         params = []
-        for req, seed in zip(requests, seeds, strict=True):
+        for i in sent:
+            req = requests[i]
             self._check_top_p(req.sampling)
-            seed = req.seed if req.seed is not None else seed
+            seed = req.seed if req.seed is not None else seeds[i]
             params.append(self._vllm.SamplingParams(**vllm_sampling_kwargs(req.sampling, self.eos_ids, seed)))
         outputs = self.llm.generate(
-            [{"prompt_token_ids": ids} for ids in prompts],  # vllm.inputs.TokensPrompt (a TypedDict)
+            [{"prompt_token_ids": prompts[i]} for i in sent],  # vllm.inputs.TokensPrompt (a TypedDict)
             sampling_params=params,
             lora_request=self._lora_request,
             use_tqdm=False,
         )
-        if len(outputs) != len(requests):
-            raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(requests)} requests")
-        results = []
-        for req, ids, out in zip(requests, prompts, outputs, strict=True):
-            res = to_gen_result(ids, out.outputs[0], req.sampling, self.eos_ids, self.tokenizer.decode)
-            self.stats.prompt_tokens += len(ids)
+        if len(outputs) != len(sent):
+            raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(sent)} requests")
+        for i, out in zip(sent, outputs, strict=True):
+            res = to_gen_result(prompts[i], out.outputs[0], requests[i].sampling, self.eos_ids, self.tokenizer.decode)
+            self.stats.prompt_tokens += len(prompts[i])
             self.stats.completion_tokens += len(res.completion_ids)
-            results.append(res)
+            results[i] = res
         self.stats.generate_calls += 1
         # decode steps of this call (an estimate: the longest completion; vLLM batches continuously)
-        self.stats.forward_calls += max(len(r.completion_ids) for r in results)
-        self.stats.requests += len(requests)
+        self.stats.forward_calls += max(len(results[i].completion_ids) for i in sent)
+        self.stats.requests += len(sent)
         return results
 
     def release(self, session: str) -> None:

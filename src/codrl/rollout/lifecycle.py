@@ -144,7 +144,7 @@ def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mod
         nonlocal calls
         calls += 1
         req_seed = None if seed is None else (seed + (calls - 1) * 7919) % 2**62
-        return GenRequest(messages, params, prefix, session=session, seed=req_seed)
+        return GenRequest(messages, params, prefix, session=session, seed=req_seed, max_context=cfg.max_context)
 
     session = session or f"{pack.pack_id}/{repeat}/{uuid.uuid4().hex[:12]}"
     prefix = env.reply_prefix if cfg.use_reply_prefix else ""
@@ -350,28 +350,5 @@ class LifecycleRunner:
             live[i] = (gen, req.session)
             return {i: req}
 
-        def screened(requests: dict[Hashable, GenRequest]) -> dict[Hashable, GenRequest]:
-            """The requests that fit the context window; the others are answered at once with an
-            ``overflow`` result (never sent), and what they trigger is screened in turn."""
-            if window is None:
-                return requests
-            out: dict[Hashable, GenRequest] = {}
-            todo = list(requests.items())
-            while todo:
-                key, req = todo.pop(0)
-                n = self.backend.prompt_tokens(req)
-                if n is not None and n + req.sampling.max_new_tokens > window:
-                    todo += list(on_result(key, GenResult(text="", finish_reason="overflow")).items())
-                else:
-                    out[key] = req
-            return out
-
-        window = self.context_window
-        self.backend.serve(screened(admit()), lambda i, out: screened(on_result(i, out)))
+        self.backend.serve(admit(), on_result)
         return [r for r in results if r is not None]
-
-    @property
-    def context_window(self) -> int | None:
-        """The window requests must fit: ``rollout.max_context`` and the engine's, the smaller (None: no limit known)."""
-        sizes = [n for n in (self.cfg.max_context, getattr(self.backend, "context_window", None)) if n]
-        return min(sizes) if sizes else None
