@@ -41,7 +41,7 @@ class NotesContext(Context):
         lines = text.strip().splitlines()
         note = lines[0].strip()[:MAX_CHARS] if lines else ""
         if len(note) < self.cfg.hint_min_chars:  # no usable note: the list stays as it was
-            return ContextUpdate(False, -self.cfg.hint_penalty_coef - self.length_penalty(n_tokens))
+            return ContextUpdate(False, self.own_reward(False, n_tokens))
         notes = [line for line in self.hints.splitlines() if line.strip()] + [f"- {note}"]
         self.hints = "\n".join(notes[-MAX_NOTES:])
-        return ContextUpdate(True, -self.length_penalty(n_tokens))
+        return ContextUpdate(True, self.own_reward(True, n_tokens))

@@ -22,7 +22,7 @@ from codrl.train.config import TrainConfig
 _NODE = re.compile(r"(?:node[ _]?id|NodeID|node_id)[=: ]+\(?'?([0-9a-f]{16,})|(?:node[ _]?ip|IP)[=: ]+'?([0-9.]+)",
                    re.IGNORECASE)
 #: Words of Ray's errors for a worker lost with its node or its process.
-_LOST = ("node", "died", "unavailable", "lost", "dead")
+_LOST = ("died", "unavailable", "lost", "dead")
 
 
 def lost_worker_error(error: BaseException, out: Path) -> CodrlError | None:
@@ -36,13 +36,13 @@ def lost_worker_error(error: BaseException, out: Path) -> CodrlError | None:
     text = "\n".join(texts)
     actor_lost = any(n in text for n in ("ActorDiedError", "ActorUnavailableError", "RayActorError",
                                          "NodeDiedError", "WorkerCrashedError", "ObjectLostError"))
-    if not actor_lost and not ("node" in text.lower() and any(w in text.lower() for w in _LOST[1:])):
+    if not actor_lost and not ("node" in text.lower() and any(w in text.lower() for w in _LOST)):
         return None
     m = _NODE.search(text)
     node = (m.group(1) or m.group(2)) if m else None
     where = f"on node {node}" if node else "(Ray did not name its node)"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    telling = [line for line in lines if any(w in line.lower() for w in _LOST[1:])]
+    telling = [line for line in lines if any(w in line.lower() for w in _LOST)]
     first = (telling or lines or [type(error).__name__])[0][:200]
     return CodrlError(f"a Ray Train worker was lost {where}: {first}; continue from the last checkpoint in "
                       f"{out / 'checkpoints'} with `codrl train --config FILE --resume`")

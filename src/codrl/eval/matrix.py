@@ -43,20 +43,19 @@ from codrl.backends.base import Backend
 from codrl.config import EnvName
 from codrl.errors import CodrlError
 from codrl.eval.metrics import Summary
-from codrl.rollout.config import RolloutConfig, result_mode
+from codrl.rollout.config import RolloutConfig
 from codrl.rollout.contexts import Variant as PlayVariant
 from codrl.rollout.contexts import check_context
 
 #: The built-in variants: a context, optionally played as a Ralph loop (``ralph-<first|expand>[-<context>]``).
-BUILTIN_VARIANTS: tuple[str, ...] = ("cod", "nohint", "curator", "ralph-first", "ralph-expand", "ralph-first-nohint",
-                                     "ralph-first-curator", "ralph-expand-nohint", "ralph-expand-curator")
-VARIANTS = BUILTIN_VARIANTS
+VARIANTS: tuple[str, ...] = ("cod", "nohint", "curator", "ralph-first", "ralph-expand", "ralph-first-nohint",
+                             "ralph-first-curator", "ralph-expand-nohint", "ralph-expand-curator")
 
 
 def _check_variant(variant: str) -> str:
     """``variant`` if it names a built-in variant or a context of your own (an import path, with or
     without a ``ralph-first-``/``ralph-expand-`` prefix); else a ``ValueError`` naming the allowed values."""
-    if variant in BUILTIN_VARIANTS:
+    if variant in VARIANTS:
         return variant
     context = PlayVariant.parse(variant).context
     if ":" not in context:
@@ -89,7 +88,7 @@ def variant_mode(variant: str) -> str:
 
 #: Summary mode of each built-in variant (:func:`~codrl.rollout.config.result_mode`: Ralph runs are
 #: named ``ralph``, ``ralph-nohint`` or ``ralph-curator``).
-VARIANT_MODE: dict[str, str] = {v: result_mode(*variant_settings(v)) for v in VARIANTS}
+VARIANT_MODE: dict[str, str] = {v: variant_mode(v) for v in VARIANTS}
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 

@@ -18,7 +18,7 @@ Intervals
 ---------
 Intervals are two-sided Student-t intervals over the per-pack values, computed by
 :mod:`scipy.stats` (``ttest_1samp`` / ``ttest_ind(equal_var=False)``, imported lazily); this
-module adds only two rules keep them honest for the few packs a quick
+module adds the two rules that keep them honest for the few packs a quick
 evaluation has:
 
 - **reward range**: with ``summarize(..., reward_range=(low, high))`` (the bounds of the

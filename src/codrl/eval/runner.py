@@ -32,7 +32,8 @@ class EvalConfig(BaseModel):
     ``contexts`` lists the contexts to play the same packs with (each one a full evaluation of
     ``packs`` x ``rollout.repeats`` lifecycles, reported as its own mode): ``cod`` (model-written
     hints), ``nohint`` (no context, the baseline), ``curator`` (a lesson list edited by
-    operations) or the import path of a :class:`~codrl.rollout.contexts.Context` of your own. Left empty it is ``[rollout.mode]``, plus ``nohint`` with ``baseline: true``;
+    operations) or the import path of a :class:`~codrl.rollout.contexts.Context` of your own.
+    Left empty it is ``[rollout.mode]``, plus ``nohint`` with ``baseline: true``;
     ``baseline: true`` also adds ``nohint`` to a given list. With ``rollout.ralph`` each context
     is played as a Ralph loop (modes ``ralph``, ``ralph-nohint``, ``ralph-curator``).
     """

@@ -70,20 +70,12 @@ class Context:
         for the next task and say whether the reply was valid and what it scores."""
         raise NotImplementedError
 
-    def length_penalty(self, n_tokens: int) -> float:
-        """The over-length ramp every built-in update pays: ``hint_length_coef * ramp(n_tokens)``."""
+    def own_reward(self, valid: bool, n_tokens: int) -> float:
+        """The own reward every built-in update scores: 0 for a valid reply, else
+        ``-hint_penalty_coef``; minus the over-length ramp ``hint_length_coef * ramp(n_tokens)``."""
         c = self.cfg
-        return c.hint_length_coef * ramp(n_tokens, c.hint_length_start, c.hint_length_end)
-
-
-def hint_reward(hints: str | None, n_tokens: int, cfg: Any) -> tuple[float, bool]:
-    """Own reward of a hints update and whether its block is valid: 0 normally,
-    ``-hint_penalty_coef`` if no block parses or it is shorter than ``hint_min_chars``, minus a
-    linear ramp (``hint_length_coef``) for over-long hints."""
-    valid = hints is not None and len(hints) >= cfg.hint_min_chars
-    reward = 0.0 if valid else -cfg.hint_penalty_coef
-    reward -= cfg.hint_length_coef * ramp(n_tokens, cfg.hint_length_start, cfg.hint_length_end)
-    return reward, valid
+        base = 0.0 if valid else -c.hint_penalty_coef
+        return base - c.hint_length_coef * ramp(n_tokens, c.hint_length_start, c.hint_length_end)
 
 
 class HintsContext(Context):
@@ -101,7 +93,8 @@ class HintsContext(Context):
     def apply(self, text: str, n_tokens: int) -> ContextUpdate:
         c = self.cfg
         parsed = parse_hints_block(text) if c.update_reasoning else parse_hints(c.update_reply_prefix + text)
-        own, valid = hint_reward(parsed, n_tokens, c)
+        valid = parsed is not None and len(parsed) >= c.hint_min_chars  # none parsed, or too short: invalid
+        own = self.own_reward(valid, n_tokens)
         if valid and parsed is not None:
             self.hints = parsed
         elif c.on_hint_parse_failure == "clear":
@@ -140,8 +133,8 @@ class CuratorContext(Context):
         self.lessons = edit.lessons  # only accepted operations changed it
         self.hints = render_lessons(self.lessons)
         valid = edit.applied > 0 or reply.says_none
-        own = (0.0 if valid else -c.hint_penalty_coef) - self.length_penalty(n_tokens)
-        return ContextUpdate(valid, own, {"curator_ops": {**edit.counts(), "ignored": reply.ignored}})
+        ops = {**edit.counts(), "ignored": reply.ignored}
+        return ContextUpdate(valid, self.own_reward(valid, n_tokens), {"curator_ops": ops})
 
 
 #: The built-in contexts by name.

@@ -22,7 +22,9 @@ import os
 import pickle
 import random
 import shutil
+import signal
 import tempfile
+import threading
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -215,16 +217,11 @@ class Preemption:
         self.requested = True
 
     def __enter__(self) -> Preemption:
-        import signal
-        import threading
-
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        import signal
-
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
             self._previous = None

@@ -375,6 +375,11 @@ class Trainer:
         if self.dist.is_main and self.loggers is None:
             self.loggers = Loggers(self.cfg.log, self.out, self.cfg.model_dump(mode="json"))
 
+    def _close_logs(self) -> None:
+        if self.loggers is not None:
+            self.loggers.close()
+            self.loggers = None
+
     def _log(self, metrics: dict[str, Any], step: int) -> None:
         if self.loggers is not None:
             self.loggers.log(metrics, step)
@@ -481,9 +486,7 @@ class Trainer:
             (self.out / "history.json").write_text(json.dumps(self.history, indent=1))
             learned, line = verdict(self.history, adapter_delta(self.model))
             self.console.print(("" if learned else "[bold red]no learning signal:[/] ") + line)
-        if self.loggers is not None:
-            self.loggers.close()
-            self.loggers = None
+        self._close_logs()
         return self.history
 
     def _preempted(self, preemption: Preemption) -> bool:
@@ -500,18 +503,14 @@ class Trainer:
             (self.out / "history.json").write_text(json.dumps(self.history, indent=1))
             self.console.print(f"stopped by SIGTERM after step {self.step_idx}: checkpoint {path}; continue with "
                                "`codrl train ... --resume`")
-        if self.loggers is not None:
-            self.loggers.close()
-            self.loggers = None
+        self._close_logs()
         self.preempted = True
         return self.history
 
     def close(self) -> None:
         """Stop asynchronous rollouts, Ray workers, metric sinks and the process group this trainer created."""
         self._stop_async()
-        if self.loggers is not None:
-            self.loggers.close()
-            self.loggers = None
+        self._close_logs()
         if self.engine is not None:
             self.engine.close()
             self.engine = None
