@@ -70,7 +70,7 @@ from codrl.backends.hf import HFBackend  # noqa: E402
 from codrl.toy.policy import ROLES, SPECIAL_TOKENS, build_tokenizer, num_params  # noqa: E402
 from codrl.envs.frozenlake import CODES, FrozenLakeObscure  # noqa: E402
 from codrl.rollout.config import RolloutConfig  # noqa: E402
-from codrl.rollout.experience import Experience  # noqa: E402
+from codrl.rollout.experience import LifecycleResult  # noqa: E402
 from codrl.rollout.lifecycle import LifecycleRunner, job_seeds, make_jobs, play_lifecycle  # noqa: E402
 from codrl.train.batching import to_sequences  # noqa: E402
 from codrl.train.config import EnvSpec, ModelConfig, TrainConfig  # noqa: E402
@@ -203,35 +203,35 @@ def warm_up(backend: HFBackend) -> None:
 
 
 def rollout(backend: HFBackend, env: FrozenLakeObscure, cfg: RolloutConfig, lifecycles: int, seed: int,
-            device: torch.device) -> tuple[list[Experience], Phase]:
-    """Play ``lifecycles`` lifecycles at once; return their experiences and the phase (generated tokens)."""
+            device: torch.device) -> tuple[list[LifecycleResult], Phase]:
+    """Play ``lifecycles`` lifecycles at once; return them and the phase (generated tokens)."""
     packs = [(env, env.sample_pack("train", seed, i, cfg.pack_size)) for i in range(lifecycles // cfg.repeats)]
     jobs = make_jobs(packs, cfg)
     runner = LifecycleRunner(backend, cfg)
     before = dict(vars(backend.stats))
     results, seconds = timed(lambda: runner.run(jobs, seeds=job_seeds(len(jobs), seed)), device)
     stats = {k: v - before[k] for k, v in vars(backend.stats).items()}
-    exps = [e for r in results for e in r.experiences]
-    detail = (f"{len(jobs)} lifecycles ({len(packs)} packs x {cfg.repeats}, K={cfg.pack_size}), {len(exps)} model "
+    calls = [e for r in results for e in r.experiences]
+    detail = (f"{len(jobs)} lifecycles ({len(packs)} packs x {cfg.repeats}, K={cfg.pack_size}), {len(calls)} model "
               f"calls; {stats['prompt_tokens']} prompt tokens, {stats['cached_tokens']} from the KV cache")
-    return exps, Phase("rollout", sum(len(e.completion_ids) for e in exps), seconds, detail)
+    return results, Phase("rollout", sum(len(e.completion_ids) for e in calls), seconds, detail)
 
 
-def train_step(backend: HFBackend, cfg: TrainConfig, exps: list[Experience], device: torch.device) -> Phase:
-    """Advantages, then one full-fine-tuning AdamW step on ``exps``; the phase counts prompt + completion tokens."""
+def train_step(backend: HFBackend, cfg: TrainConfig, results: list[LifecycleResult], device: torch.device) -> Phase:
+    """Advantages, then one full-fine-tuning AdamW step on ``results``; the phase counts prompt + completion tokens."""
     model = backend.model
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                                   weight_decay=cfg.optim.weight_decay)
     update = PolicyUpdate(cfg, model, optimizer, backend.pad_id)
+    episodes = [ep for r in results for ep in r.model_episodes]
 
     def step() -> dict[str, float]:
-        compute_advantages(exps, cfg.advantage)
-        return update(exps, 0, True)  # the rollout's logprobs are the trained policy's (same weights)
+        compute_advantages(results, cfg.advantage)
+        return update(episodes, 0, True)  # the rollout's logprobs are the trained policy's (same weights)
 
     metrics, seconds = timed(step, device)
-    trained = [e for e in exps if e.completion_ids and e.token_exact]  # what PolicyUpdate trains on
-    rows = to_sequences(trained, merge_turns=cfg.merge_turns)
-    detail = (f"{len(rows)} rows of {len(trained)} experiences; loss {metrics.get('loss', float('nan')):.4f}, "
+    rows = to_sequences(episodes, merge_turns=cfg.merge_turns)  # what PolicyUpdate trains on
+    detail = (f"{len(rows)} rows of {len(episodes)} episodes; loss {metrics.get('loss', float('nan')):.4f}, "
               f"grad norm {metrics.get('grad_norm', float('nan')):.3g}")
     return Phase("train", sum(r.num_tokens for r in rows), seconds, detail)
 
@@ -299,8 +299,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"tokenizer: {tok_desc}")
     backend = HFBackend(model, tokenizer, max_batch_size=args.lifecycles)
     warm_up(backend)
-    exps, gen = rollout(backend, env, rollout_cfg, args.lifecycles, args.seed, device)
-    train = train_step(backend, train_cfg, exps, device)
+    results, gen = rollout(backend, env, rollout_cfg, args.lifecycles, args.seed, device)
+    train = train_step(backend, train_cfg, results, device)
     peak_gib = peak_memory_gib(device)
     print_report([gen, train], peak_gib, device)
     print(f"wall time: {time.perf_counter() - start:.1f}s (setup, warm-up and both phases)")

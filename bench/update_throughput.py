@@ -52,9 +52,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     try:
         t0 = time.time()
         results = trainer.rollout(0)
-        exps = [e for r in results for e in r.experiences if e.completion_ids and e.token_exact]
-        compute_advantages(exps, cfg.advantage)
-        rows = to_sequences(exps, merge_turns=cfg.merge_turns)
+        compute_advantages(results, cfg.advantage)
+        rows = to_sequences([ep for r in results for ep in r.model_episodes], merge_turns=cfg.merge_turns)
         print(f"rows: {len(rows)} from {len(results)} lifecycles (rollout {time.time() - t0:.0f} s), "
               f"{sum(r.num_tokens for r in rows)} tokens, {sum(r.num_trained for r in rows)} trained; "
               f"micro_batch_tokens {cfg.micro_batch_tokens}; torch threads {torch.get_num_threads()}")

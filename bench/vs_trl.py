@@ -350,7 +350,7 @@ def run_codrl(args: argparse.Namespace, model_dir: str, rec: Recorder) -> None:
     from codrl.algo.advantages import AdvantageConfig, compute_advantages
     from codrl.algo.losses import PolicyLossConfig
     from codrl.backends.base import GenRequest, SamplingParams
-    from codrl.rollout.experience import Experience
+    from codrl.rollout.experience import EpisodeRecord, Experience, LifecycleResult, ModelEpisode
     from codrl.train.config import (
         EnvSpec,
         LogConfig,
@@ -394,17 +394,21 @@ def run_codrl(args: argparse.Namespace, model_dir: str, rec: Recorder) -> None:
         for q in reqs:
             backend.release(q.session)
         rec.cur["generate_s"] += time.perf_counter() - t
-        exps = []
+        lifecycles = []  # one single-task lifecycle per completion group member: its repeats form the group
         for k, final in enumerate(turns[-1]):
             p, g = divmod(k, args.group)
             r = reward_of(final.text, prompts[p][1])
             rec.rewards.append(r)
-            for turn, res in enumerate(t[k] for t in turns):
-                exps.append(Experience(pack_id=f"s{step}p{p}", repeat=g, episode_type="solve", position=0, turn=turn,
-                                       prompt_ids=res.prompt_ids, completion_ids=res.completion_ids,
-                                       logprobs=res.logprobs, text=res.text, finish_reason=res.finish_reason,
-                                       own_reward=r, task_rewards=[r]))
-        compute_advantages(exps, cfg.advantage)
+            calls = [Experience(pack_id=f"s{step}p{p}", repeat=g, episode_type="solve", position=0, turn=turn,
+                                prompt_ids=res.prompt_ids, completion_ids=res.completion_ids, logprobs=res.logprobs,
+                                text=res.text, finish_reason=res.finish_reason)
+                     for turn, res in enumerate(t[k] for t in turns)]
+            record = EpisodeRecord(position=0, task_id=f"p{p}", hints_in="", turns=[], env_reward=r, reward=r,
+                                   success=r > 0, format_valid=True, feedback="", completion_tokens=0)
+            lifecycles.append(LifecycleResult(pack_id=f"s{step}p{p}", env="", split="train", repeat=g, mode="cod",
+                                              episodes=[record],
+                                              model_episodes=[ModelEpisode("solve", 0, calls, own_reward=r)]))
+        compute_advantages(lifecycles, cfg.advantage)
         rec.rollout_end()
         results = [res for t in turns for res in t]
         rec.cur["tokens"] += sum(len(r.completion_ids) for r in results)
@@ -412,7 +416,7 @@ def run_codrl(args: argparse.Namespace, model_dir: str, rec: Recorder) -> None:
         rec.add_prompts([r.prompt_ids for r in turns[0]])
         rec.cur["rows"] += len(results)
         rec.cur["truncated"] += sum(r.finish_reason == "length" for r in results)
-        trainer.update(exps)
+        trainer.update([ep for lc in lifecycles for ep in lc.model_episodes])
         trainer.step_idx += 1
         rec.end()
 

@@ -41,3 +41,27 @@ def serve_in_thread(handler: type[BaseHTTPRequestHandler], **attrs: Any) -> Iter
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def lifecycle_result(pack: str, repeat: int, rewards: list[float], updates: list[float] | None = None, *,
+                     solve_turns: int = 1, tokens: int = 2, env: str = "") -> Any:
+    """A finished :class:`~codrl.rollout.experience.LifecycleResult` built by hand: task rewards
+    ``rewards`` (one solve episode of ``solve_turns`` calls each, ``tokens`` sampled tokens a call)
+    and an update episode after task ``j`` with own reward ``updates[j]``."""
+    from codrl.rollout.experience import EpisodeRecord, Experience, LifecycleResult, ModelEpisode
+
+    def call(kind: str, position: int, turn: int) -> Experience:
+        return Experience(pack_id=pack, repeat=repeat, episode_type=kind, position=position,  # type: ignore[arg-type]
+                          turn=turn, prompt_ids=[7, 7, 7], completion_ids=[1] * tokens, logprobs=[-0.5] * tokens,
+                          text="", env=env)
+
+    updates = updates or []
+    records, episodes = [], []
+    for i, r in enumerate(rewards):
+        records.append(EpisodeRecord(position=i, task_id=f"t{i}", hints_in="", turns=[], env_reward=r, reward=r,
+                                     success=r > 0, format_valid=True, feedback="", completion_tokens=0))
+        episodes.append(ModelEpisode("solve", i, [call("solve", i, t) for t in range(solve_turns)], own_reward=r))
+        if i < len(updates):
+            episodes.append(ModelEpisode("update", i, [call("update", i, 0)], own_reward=updates[i]))
+    return LifecycleResult(pack_id=pack, env=env, split="train", repeat=repeat, mode="cod", episodes=records,
+                           model_episodes=episodes)

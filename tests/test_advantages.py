@@ -15,87 +15,51 @@ from codrl.algo.advantages import (
     episode_returns,
     find_reweight_temperature,
     group_advantages,
-    group_episodes,
     reweight_scores,
     sample_std,
     shift_to_nonnegative_mean,
     token_weighted_sum,
 )
-from codrl.rollout.experience import Experience
+from codrl.rollout.experience import LifecycleResult
+from support import lifecycle_result as lifecycle  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
 # helpers
 
 
-def make_exp(
-    pack: str,
-    repeat: int,
-    kind: str,
-    position: int,
-    rewards: list[float],
-    *,
-    turn: int = 0,
-    own: float = 0.0,
-    tokens: int = 2,
-) -> Experience:
-    return Experience(
-        pack_id=pack,
-        repeat=repeat,
-        episode_type=kind,  # type: ignore[arg-type]
-        position=position,
-        turn=turn,
-        prompt_ids=[7, 7, 7],
-        completion_ids=[1] * tokens,
-        logprobs=[-0.5] * tokens,
-        text="",
-        own_reward=own,
-        task_rewards=list(rewards),
-    )
-
-
-def lifecycle(
-    pack: str,
-    repeat: int,
-    rewards: list[float],
-    updates: list[float],
-    *,
-    solve_turns: int = 1,
-    tokens: int = 2,
-) -> list[Experience]:
-    """Experiences of one lifecycle: solve episodes (``solve_turns`` calls each) and updates."""
-    exps = []
-    for i, r in enumerate(rewards):
-        for t in range(solve_turns):
-            exps.append(make_exp(pack, repeat, "solve", i, rewards, turn=t, own=r, tokens=tokens))
-        if i < len(updates):
-            exps.append(make_exp(pack, repeat, "update", i, rewards, own=updates[i], tokens=tokens))
-    return exps
-
-
-def adv(exps: list[Experience], repeat: int, kind: str, position: int) -> list[float]:
+def adv(results: list[LifecycleResult], repeat: int, kind: str, position: int) -> list[float]:
+    """The advantage every call of the matching episode trains with."""
     return [
-        e.advantage
-        for e in exps
-        if e.repeat == repeat and e.episode_type == kind and e.position == position
+        ep.advantage
+        for r in results
+        if r.repeat == repeat
+        for ep in r.model_episodes
+        if ep.episode_type == kind and ep.position == position
+        for _ in ep.calls
     ]
 
 
-def one_adv(exps: list[Experience], repeat: int, kind: str, position: int) -> float:
-    values = adv(exps, repeat, kind, position)
+def one_adv(results: list[LifecycleResult], repeat: int, kind: str, position: int) -> float:
+    values = adv(results, repeat, kind, position)
     assert len(set(values)) == 1, values
     return values[0]
+
+
+def advs(results: list[LifecycleResult]) -> list[float]:
+    """Every episode's advantage, in order."""
+    return [ep.advantage for r in results for ep in r.model_episodes]
 
 
 # Three repeats of pack "p" (K = 3), used by several tests:
 #   repeat 0: r = [0, 1, 1], update penalties [0, 0]
 #   repeat 1: r = [0, 0, 1], update penalties [0, -0.1]
 #   repeat 2: r = [1, 1, 1], update penalties [0, 0]
-def three_repeats(solve_turns: int = 1) -> list[Experience]:
-    return (
-        lifecycle("p", 0, [0, 1, 1], [0, 0], solve_turns=solve_turns)
-        + lifecycle("p", 1, [0, 0, 1], [0, -0.1], solve_turns=solve_turns)
-        + lifecycle("p", 2, [1, 1, 1], [0, 0], solve_turns=solve_turns)
-    )
+def three_repeats(solve_turns: int = 1) -> list[LifecycleResult]:
+    return [
+        lifecycle("p", 0, [0, 1, 1], [0, 0], solve_turns=solve_turns),
+        lifecycle("p", 1, [0, 0, 1], [0, -0.1], solve_turns=solve_turns),
+        lifecycle("p", 2, [1, 1, 1], [0, 0], solve_turns=solve_turns),
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,10 +178,9 @@ def test_advantage_broadcast_to_all_turns() -> None:
 
 
 def test_packs_have_separate_baselines() -> None:
-    exps = lifecycle("a", 0, [1.0], []) + lifecycle("a", 1, [0.0], [])
-    exps += lifecycle("b", 0, [1.0], []) + lifecycle("b", 1, [1.0], [])
+    exps = [lifecycle("a", 0, [1.0]), lifecycle("a", 1, [0.0]), lifecycle("b", 0, [1.0]), lifecycle("b", 1, [1.0])]
     compute_advantages(exps, AdvantageConfig())
-    assert [e.advantage for e in exps] == pytest.approx([0.5, -0.5, 0.0, 0.0])
+    assert advs(exps) == pytest.approx([0.5, -0.5, 0.0, 0.0])
 
 
 def test_std_norm_group() -> None:
@@ -238,11 +201,10 @@ def test_std_norm_group() -> None:
 def test_std_norm_batch() -> None:
     # pack a: A = [0.5, -0.5]; pack b: all equal -> [0, 0].
     # batch sample std of [0.5, -0.5, 0, 0] = sqrt(0.5 / 3)
-    exps = lifecycle("a", 0, [1.0], []) + lifecycle("a", 1, [0.0], [])
-    exps += lifecycle("b", 0, [1.0], []) + lifecycle("b", 1, [1.0], [])
+    exps = [lifecycle("a", 0, [1.0]), lifecycle("a", 1, [0.0]), lifecycle("b", 0, [1.0]), lifecycle("b", 1, [1.0])]
     compute_advantages(exps, AdvantageConfig(std_norm="batch"))
     s = math.sqrt(0.5 / 3)
-    assert [e.advantage for e in exps] == pytest.approx([0.5 / s, -0.5 / s, 0, 0], rel=1e-4)
+    assert advs(exps) == pytest.approx([0.5 / s, -0.5 / s, 0, 0], rel=1e-4)
 
 
 def test_grpo_estimator() -> None:
@@ -264,10 +226,10 @@ def test_grpo_estimator() -> None:
 
 def test_grpo_ignores_std_norm_setting_for_solve_rewards() -> None:
     # the grpo estimator always normalises per group, whatever std_norm says
-    exps = lifecycle("a", 0, [1.0], []) + lifecycle("a", 1, [0.0], [])
+    exps = [lifecycle("a", 0, [1.0]), lifecycle("a", 1, [0.0])]
     compute_advantages(exps, AdvantageConfig(estimator="grpo", std_norm="none"))
     s = math.sqrt(0.5)
-    assert [e.advantage for e in exps] == pytest.approx([0.5 / s, -0.5 / s], rel=1e-4)
+    assert advs(exps) == pytest.approx([0.5 / s, -0.5 / s], rel=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -281,31 +243,29 @@ def test_grpo_ignores_std_norm_setting_for_solve_rewards() -> None:
     ],
 )
 def test_degenerate_groups_give_zero(cfg: AdvantageConfig) -> None:
-    single = lifecycle("solo", 0, [0.0, 1.0, 0.3], [0.0, -0.1])
-    equal = lifecycle("eq", 0, [0.1, 0.1], [0.0]) + lifecycle("eq", 1, [0.1, 0.1], [0.0])
-    exps = single + equal
+    exps = [lifecycle("solo", 0, [0.0, 1.0, 0.3], [0.0, -0.1]),
+            lifecycle("eq", 0, [0.1, 0.1], [0.0]), lifecycle("eq", 1, [0.1, 0.1], [0.0])]
     metrics = compute_advantages(exps, cfg)
-    assert all(e.advantage == 0.0 for e in exps)
+    assert all(a == 0.0 for a in advs(exps))
     assert all(math.isfinite(v) for v in metrics.values())
     assert metrics["zero_adv_frac"] == 1.0
     assert metrics["degenerate_group_frac"] == 1.0
 
 
-def test_grouping_sorts_turns_and_checks_rewards() -> None:
-    exps = [
-        make_exp("p", 0, "solve", 0, [1.0], turn=1),
-        make_exp("p", 0, "solve", 0, [1.0], turn=0),
-    ]
-    (episode,) = group_episodes(exps)
-    assert [e.turn for e in episode.experiences] == [0, 1]
-    bad = exps + [make_exp("p", 0, "update", 0, [0.0])]
-    with pytest.raises(ValueError, match="inconsistent"):
-        group_episodes(bad)
+def test_episode_outside_its_lifecycle_is_an_error() -> None:
+    result = lifecycle("p", 0, [1.0])
+    result.model_episodes[0].position = 3  # no task 3 in a lifecycle of one task
+    with pytest.raises(ValueError, match="outside a lifecycle"):
+        compute_advantages([result], AdvantageConfig())
 
 
-def test_missing_task_rewards_is_an_error() -> None:
-    with pytest.raises(ValueError, match="task_rewards"):
-        compute_advantages([make_exp("p", 0, "solve", 0, [])], AdvantageConfig())
+def test_a_task_without_model_calls_has_no_episode() -> None:
+    # the environment failed to start task 1 of repeat 1: that repeat has no solve episode there
+    results = [lifecycle("p", 0, [1.0, 1.0]), lifecycle("p", 1, [0.0, 0.0])]
+    del results[1].model_episodes[1]
+    metrics = compute_advantages(results, AdvantageConfig())
+    assert metrics["num_episodes"] == 3 and metrics["num_groups"] == 2
+    assert advs(results) == pytest.approx([0.5, 0.0, -0.5])  # position 1 is a group of one
 
 
 def test_empty_batch() -> None:
@@ -360,15 +320,15 @@ def test_shift_to_nonnegative_mean() -> None:
     assert shift_to_nonnegative_mean([], []) == ([], 0.0)
 
 
-def _two_token_counts() -> list[Experience]:
+def _two_token_counts() -> list[LifecycleResult]:
     # pack a (K = 1): A = [0.5, -0.5] with 1 and 3 completion tokens -> weighted sum -1
     # pack b (K = 1): A = [0.5, -0.5] with 3 and 1 completion tokens -> weighted sum +1
-    return (
-        lifecycle("a", 0, [1.0], [], tokens=1)
-        + lifecycle("a", 1, [0.0], [], tokens=3)
-        + lifecycle("b", 0, [1.0], [], tokens=3)
-        + lifecycle("b", 1, [0.0], [], tokens=1)
-    )
+    return [
+        lifecycle("a", 0, [1.0], tokens=1),
+        lifecycle("a", 1, [0.0], tokens=3),
+        lifecycle("b", 0, [1.0], tokens=3),
+        lifecycle("b", 1, [0.0], tokens=1),
+    ]
 
 
 def test_compute_advantages_reweight_per_pack_position() -> None:
@@ -377,7 +337,7 @@ def test_compute_advantages_reweight_per_pack_position() -> None:
     # pack a: 0.5 e^{0.5/T} = 1.5 e^{-0.5/T}  <=>  e^{1/T} = 3  <=>  T = 1 / ln 3
     assert metrics["reweight_temperature"] == pytest.approx(1 / math.log(3), rel=1e-9)
     assert metrics["reweight_frac"] == pytest.approx(0.5)
-    a0, a1, b0, b1 = (e.advantage for e in exps)
+    a0, a1, b0, b1 = advs(exps)
     assert [a0, a1] == pytest.approx([0.5 * math.sqrt(3), -0.5 / math.sqrt(3)])
     assert a0 * 1 + a1 * 3 >= -1e-12
     assert [b0, b1] == [0.5, -0.5]  # pack b was already non-negative
@@ -386,14 +346,14 @@ def test_compute_advantages_reweight_per_pack_position() -> None:
 def test_compute_advantages_reweight_batch_is_noop_when_nonnegative() -> None:
     exps = _two_token_counts()  # batch sum: -1 + 1 = 0
     metrics = compute_advantages(exps, AdvantageConfig(reweight="batch"))
-    assert [e.advantage for e in exps] == [0.5, -0.5, 0.5, -0.5]
+    assert advs(exps) == [0.5, -0.5, 0.5, -0.5]
     assert metrics["reweight_frac"] == 0.0
 
 
 def test_compute_advantages_shift_batch() -> None:
-    exps = lifecycle("a", 0, [1.0], [], tokens=1) + lifecycle("a", 1, [0.0], [], tokens=3)
+    exps = [lifecycle("a", 0, [1.0], tokens=1), lifecycle("a", 1, [0.0], tokens=3)]
     metrics = compute_advantages(exps, AdvantageConfig(shift_negative_mean=True))
     # token-weighted mean (0.5 - 1.5) / 4 = -0.25
-    assert [e.advantage for e in exps] == pytest.approx([0.75, -0.25])
+    assert advs(exps) == pytest.approx([0.75, -0.25])
     assert metrics["shift_mean"] == pytest.approx(-0.25)
     assert metrics["shift_frac"] == 1.0

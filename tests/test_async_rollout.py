@@ -13,7 +13,7 @@ from codrl.toy.policy import build_tiny_policy
 from codrl.distributed.async_rollout import AsyncRollouts, LocalRolloutEngine, split_stale
 from codrl.toy.secret_table import SecretTable
 from codrl.rollout.config import RolloutConfig
-from codrl.rollout.experience import Experience, LifecycleResult
+from codrl.rollout.experience import Experience, LifecycleResult, ModelEpisode
 from codrl.rollout.lifecycle import Job, LifecycleRunner, job_seeds
 from codrl.train.checkpoint import load_tensors, trainable_state
 from codrl.train.config import TrainConfig
@@ -112,8 +112,9 @@ def test_close_stops_a_thread_waiting_for_weights(policy: HFBackend) -> None:
 
 
 def lifecycle(version: int, n: int = 2) -> LifecycleResult:
-    exps = [Experience("p", 0, "solve", i, 0, [1], [2], [-0.1], "x", policy_version=version) for i in range(n)]
-    return LifecycleResult("p", "env", "train", 0, "cod", [], exps)
+    episodes = [ModelEpisode("solve", i, [Experience("p", 0, "solve", i, 0, [1], [2], [-0.1], "x",
+                                                     policy_version=version)], own_reward=0.0) for i in range(n)]
+    return LifecycleResult("p", "env", "train", 0, "cod", [], episodes)
 
 
 def test_split_stale_keeps_whole_lifecycles_within_the_bound() -> None:

@@ -40,7 +40,7 @@ from codrl.distributed.torch_dist import (
     wrap_model,
 )
 from codrl.toy.secret_table import SecretTable
-from codrl.rollout.experience import Experience
+from codrl.rollout.experience import Experience, ModelEpisode
 from codrl.train.batching import (
     TrainSeq,
     balance_by_tokens,
@@ -144,16 +144,16 @@ def synthetic_rows() -> list[TrainSeq]:
     them share their first 10 tokens (a micro-batch of them computes that prefix once)."""
     gen = torch.Generator().manual_seed(1)
     shared = torch.randint(1, 32, (10,), generator=gen).tolist()
-    exps = []
+    episodes = []
     for i, (p, c) in enumerate([(3, 2), (17, 6), (5, 3), (9, 8), (4, 2), (12, 5), (6, 4), (20, 3), (8, 7)]):
         ids = torch.randint(1, 32, (p + c,), generator=gen).tolist()
         if i in (1, 3, 5, 7):
             ids[:10] = shared
         lp = (-0.5 - torch.rand(c, generator=gen)).tolist()
-        exps.append(Experience(pack_id=f"p{i}", repeat=0, episode_type="solve", position=0, turn=0,
-                               prompt_ids=ids[:p], completion_ids=ids[p:], logprobs=lp, text="",
-                               advantage=(-1.0) ** i * (0.5 + i / 10)))
-    return to_sequences(exps, merge_turns=False)
+        call = Experience(pack_id=f"p{i}", repeat=0, episode_type="solve", position=0, turn=0,
+                          prompt_ids=ids[:p], completion_ids=ids[p:], logprobs=lp, text="")
+        episodes.append(ModelEpisode("solve", 0, [call], own_reward=0.0, advantage=(-1.0) ** i * (0.5 + i / 10)))
+    return to_sequences(episodes, merge_turns=False)
 
 
 def tiny_model(lora: bool, device: str) -> nn.Module:

@@ -31,44 +31,44 @@ def small_config(out: Path) -> TrainConfig:
     })
 
 
-def sequence_logprobs(trainer: Trainer, exps: list) -> torch.Tensor:
-    """Sum of logprobs of each experience's sampled tokens under the current policy."""
+def sequence_logprobs(trainer: Trainer, episodes: list) -> torch.Tensor:
+    """Sum of logprobs of each call's sampled tokens under the current policy (one row per call)."""
     from codrl.algo.losses import token_logprobs
 
+    seqs = to_sequences(episodes, merge_turns=False)
     out = {}
-    seqs = to_sequences(exps, merge_turns=False)
-    by_id = {id(s): e for s, e in zip(seqs, exps)}
     with torch.no_grad():
         for mb in micro_batches(seqs, 2048):
             batch = collate(mb, trainer.backend.pad_id, torch.device("cpu"))
             lp = token_logprobs(trainer.model(input_ids=batch["input_ids"],
                                               attention_mask=batch["attention_mask"]).logits, batch["input_ids"])
-            for r, e in enumerate(mb):
-                out[id(by_id[id(e)])] = float((lp[r] * batch["mask"][r]).sum())
-    return torch.tensor([out[id(e)] for e in exps])
+            for r, s in enumerate(mb):
+                out[id(s)] = float((lp[r] * batch["mask"][r]).sum())
+    return torch.tensor([out[id(s)] for s in seqs])
 
 
 def test_one_step_moves_policy_and_checkpoints(tmp_path: Path) -> None:
     cfg = small_config(tmp_path / "run")
     trainer = Trainer(cfg)
     results = trainer.rollout(0)
-    exps = [e for r in results for e in r.experiences if e.completion_ids]
-    assert exps and all(e.token_exact for e in exps)
-    compute_advantages(exps, cfg.advantage)
+    episodes = [ep for r in results for ep in r.model_episodes]
+    calls = [c for ep in episodes for c in ep.calls if c.completion_ids]
+    assert calls and all(c.token_exact for c in calls)
+    compute_advantages(results, cfg.advantage)
     # With a 135M model both repeats often score 0 and every advantage is 0; to test the update
     # mechanics deterministically, give episodes alternating +1/-1 advantages.
-    for i, e in enumerate(exps):
-        e.advantage = 1.0 if i % 2 == 0 else -1.0
-    adv = torch.tensor([e.advantage for e in exps])
-    before_lp = sequence_logprobs(trainer, exps)
+    for i, ep in enumerate(episodes):
+        ep.advantage = 1.0 if i % 2 == 0 else -1.0
+    adv = torch.tensor([s.advantage for s in to_sequences(episodes, merge_turns=False)])
+    before_lp = sequence_logprobs(trainer, episodes)
     lora_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
-    metrics = trainer.update(exps)
+    metrics = trainer.update(episodes)
     assert metrics["grad_norm"] > 0
     changed = [n for n, p in trainer.model.named_parameters() if p.requires_grad and not torch.equal(p, lora_before[n])]
     assert changed, "no adapter weight changed"
     # base weights are frozen
     assert all("lora_" in n for n in lora_before)
-    after_lp = sequence_logprobs(trainer, exps)
+    after_lp = sequence_logprobs(trainer, episodes)
     delta = after_lp - before_lp
     # the policy moved toward positive-advantage tokens and away from negative ones
     assert float((adv * delta).sum()) > 0

@@ -37,9 +37,8 @@ def test_lora_with_kl_to_reference(tiny_dir: Path, tmp_path: Path) -> None:
 def test_kl_needs_lora(tiny_dir: Path, tmp_path: Path) -> None:
     trainer = Trainer(config(tiny_dir, tmp_path, loss={"kl_coef": 0.1}))
     results = trainer.rollout(0)
-    exps = [e for r in results for e in r.experiences]
     with pytest.raises(ValueError, match="LoRA"):
-        trainer.update(exps)
+        trainer.update([ep for r in results for ep in r.model_episodes])
 
 
 def test_full_finetune_recompute_and_minibatches(tiny_dir: Path, tmp_path: Path) -> None:

@@ -6,20 +6,24 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from codrl.algo.losses import PolicyLossConfig, policy_loss, token_logprobs
-from codrl.rollout.experience import Experience
+from codrl.rollout.experience import Experience, ModelEpisode
 from codrl.train.batching import collate, micro_batches, to_sequences
 
 
-def exp(turn: int, prompt: list[int], completion: list[int], adv: float = 1.0, position: int = 0) -> Experience:
+def exp(turn: int, prompt: list[int], completion: list[int], position: int = 0) -> Experience:
     return Experience(pack_id="p", repeat=0, episode_type="solve", position=position, turn=turn, prompt_ids=prompt,
-                      completion_ids=completion, logprobs=[-0.5] * len(completion), text="", advantage=adv)
+                      completion_ids=completion, logprobs=[-0.5] * len(completion), text="")
+
+
+def episode(*calls: Experience, adv: float = 1.0) -> ModelEpisode:
+    return ModelEpisode("solve", calls[0].position, list(calls), own_reward=0.0, advantage=adv)
 
 
 def test_merge_turns_that_extend_each_other() -> None:
     t0 = exp(0, [1, 2, 3], [4, 5])
     t1 = exp(1, [1, 2, 3, 4, 5, 6, 7], [8])
     t2 = exp(2, [1, 2, 3, 4, 5, 6, 7, 8, 9], [10, 11])
-    (seq,) = to_sequences([t2, t0, t1])
+    (seq,) = to_sequences([episode(t0, t1, t2)])
     assert seq.input_ids == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
     assert seq.mask == [0, 0, 0, 1, 1, 0, 0, 1, 0, 1, 1]
     assert seq.num_trained == 5
@@ -29,15 +33,25 @@ def test_merge_turns_that_extend_each_other() -> None:
 def test_turns_that_do_not_extend_stay_separate() -> None:
     t0 = exp(0, [1, 2, 3], [4, 5])
     t1 = exp(1, [1, 2, 3, 9, 5, 6], [8])  # re-tokenized differently: no merge
-    other_episode = exp(0, [1, 2, 3, 4, 5, 6], [7], position=1)
-    seqs = to_sequences([t0, t1, other_episode])
+    other_episode = episode(exp(0, [1, 2, 3, 4, 5, 6], [7], position=1))
+    seqs = to_sequences([episode(t0, t1), other_episode])
     assert len(seqs) == 3
     assert sum(s.num_trained for s in seqs) == 4
-    assert len(to_sequences([t0, t1, other_episode], merge_turns=False)) == 3
+    assert len(to_sequences([episode(t0, t1), other_episode], merge_turns=False)) == 3
+
+
+def test_only_sampled_token_exact_calls_are_trained() -> None:
+    sampled = exp(0, [1, 2], [3])
+    empty = exp(1, [1, 2, 3, 4], [])  # an overflowed or empty reply: nothing sampled
+    text_only = Experience(pack_id="p", repeat=0, episode_type="solve", position=0, turn=2, prompt_ids=[],
+                           completion_ids=[], logprobs=[], text="hi", token_exact=False)
+    (seq,) = to_sequences([episode(sampled, empty, text_only, adv=-0.5)])
+    assert seq.input_ids == [1, 2, 3] and seq.advantage == -0.5
+    assert to_sequences([episode(empty)]) == []
 
 
 def test_micro_batches_respect_token_budget() -> None:
-    seqs = to_sequences([exp(0, list(range(n)), [1], position=n) for n in range(5, 40, 3)])
+    seqs = to_sequences([episode(exp(0, list(range(n)), [1], position=n)) for n in range(5, 40, 3)])
     batches = micro_batches(seqs, 64)
     assert sum(len(b) for b in batches) == len(seqs)
     for b in batches:
@@ -54,7 +68,7 @@ def test_merged_loss_equals_per_turn_loss() -> None:
 
     def loss_of(merge: bool) -> tuple[float, list[torch.Tensor]]:
         model.zero_grad()
-        seqs = to_sequences(turns, merge_turns=merge)
+        seqs = to_sequences([episode(*turns)], merge_turns=merge)
         n = sum(s.num_trained for s in seqs)
         total = 0.0
         for mb in micro_batches(seqs, 10_000):

@@ -9,11 +9,12 @@ episodes get these returns:
 
 The same pack is rolled out N times (``repeat`` = 0..N-1). For every group key
 ``(pack_id, episode_type, position)`` the baseline is the mean of ``G`` over the repeats and the
-advantage is ``A = G - baseline`` (optionally divided by a std). Every experience (model call) of
-an episode receives the episode's advantage, so all sampled tokens of a multi-turn solve episode
-share it.
+advantage is ``A = G - baseline`` (optionally divided by a std). Episodes are the
+:class:`~codrl.rollout.experience.ModelEpisode` s of whole :class:`LifecycleResult` s, which carry
+their own rewards; an episode's advantage is shared by all its sampled tokens (every turn of a
+multi-turn solve episode).
 
-Optional post-processing, in this order, over a *scope* of experiences:
+Optional post-processing, in this order, over a *scope* of episodes:
 
 1. adaptive re-weighting ``a -> a * exp(a / T)`` when the token-weighted advantage sum of the scope
    is negative, with ``T`` chosen by bisection so that the sum becomes non-negative;
@@ -21,8 +22,8 @@ Optional post-processing, in this order, over a *scope* of experiences:
 
 Scopes: ``"pack_position"`` = one ``(pack_id, position)`` (solve and update episodes of that
 position together, over the repeats), ``"pack"`` = one ``pack_id``, ``"env"`` = one environment
-of a mixture (:attr:`Experience.env`), ``"batch"`` = every experience passed in. A token is one
-entry of ``completion_ids``. (The reference implementation calls a pack a "task" and an
+of a mixture (:attr:`LifecycleResult.env`), ``"batch"`` = every episode passed in. Sums weight
+each model call by its sampled tokens (entries of ``completion_ids``). (The reference implementation calls a pack a "task" and an
 environment's dataset a "taskset"; codrl's names say what they group, and the old names
 ``task``/``taskset`` are refused with the name they stand for here.)
 
@@ -38,12 +39,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from codrl.rollout.experience import EpisodeType, Experience
+from codrl.rollout.experience import EpisodeType, LifecycleResult, ModelEpisode
 
 Aggregation = Literal["mean", "window", "discounted"]
 Scope = Literal["pack_position", "pack", "env", "batch"]
@@ -52,7 +52,6 @@ SCOPES: tuple[str, ...] = ("pack_position", "pack", "env", "batch")
 #: Old scope names -> the scope they meant, for a one-line error.
 RENAMED_SCOPES: dict[str, str] = {"task": "pack_position", "taskset": "pack"}
 GroupKey = tuple[str, EpisodeType, int]  # (pack_id, episode_type, position)
-EpisodeKey = tuple[str, EpisodeType, int]  # (lifecycle_id, episode_type, position)
 
 _BISECTION_STEPS = 60
 _MAX_EXPONENT = 80.0  # caps a / T inside exp() so extreme scores cannot overflow
@@ -184,75 +183,14 @@ def _check_position(task_rewards: Sequence[float], position: int) -> None:
 # Grouping
 
 
-@dataclass
-class Episode:
-    """All experiences (model calls) of one episode of one lifecycle, in turn order."""
-
-    pack_id: str
-    repeat: int
-    episode_type: EpisodeType
-    position: int
-    experiences: list[Experience]
-
-    @property
-    def lifecycle_id(self) -> str:
-        return self.experiences[0].lifecycle_id
-
-    @property
-    def group_key(self) -> GroupKey:
-        """Baseline group: the same episode slot over the repeats of a pack."""
-        return (self.pack_id, self.episode_type, self.position)
-
-    @property
-    def task_rewards(self) -> list[float]:
-        return self.experiences[0].task_rewards
-
-    @property
-    def own_reward(self) -> float:
-        """The episode's own reward, read from its last turn."""
-        return self.experiences[-1].own_reward
-
-    @property
-    def num_tokens(self) -> int:
-        """Sampled tokens of the episode (all turns)."""
-        return sum(len(e.completion_ids) for e in self.experiences)
+def group_key(result: LifecycleResult, episode: ModelEpisode) -> GroupKey:
+    """Baseline group of an episode: the same episode slot over the repeats of a pack."""
+    return (result.pack_id, episode.episode_type, episode.position)
 
 
-def group_episodes(experiences: Sequence[Experience]) -> list[Episode]:
-    """Group experiences into episodes keyed by ``(lifecycle_id, episode_type, position)``.
-
-    Episodes keep the order of their first experience; experiences within an episode are sorted
-    by ``turn``. Raises ``ValueError`` when two experiences of one lifecycle disagree on
-    ``task_rewards``.
-    """
-    by_key: dict[EpisodeKey, list[Experience]] = {}
-    lifecycle_rewards: dict[str, list[float]] = {}
-    for exp in experiences:
-        known = lifecycle_rewards.setdefault(exp.lifecycle_id, exp.task_rewards)
-        if list(known) != list(exp.task_rewards):
-            raise ValueError(f"lifecycle {exp.lifecycle_id} has inconsistent task_rewards")
-        by_key.setdefault((exp.lifecycle_id, exp.episode_type, exp.position), []).append(exp)
-    episodes = []
-    for exps in by_key.values():
-        first = exps[0]
-        ordered = sorted(exps, key=lambda e: e.turn)
-        episodes.append(
-            Episode(first.pack_id, first.repeat, first.episode_type, first.position, ordered)
-        )
-    return episodes
-
-
-def group_by_key(episodes: Sequence[Episode]) -> dict[GroupKey, list[Episode]]:
-    """Baseline groups: episodes sharing ``(pack_id, episode_type, position)``."""
-    groups: dict[GroupKey, list[Episode]] = {}
-    for ep in episodes:
-        groups.setdefault(ep.group_key, []).append(ep)
-    return groups
-
-
-def episode_return(episode: Episode, cfg: AdvantageConfig) -> float:
-    """``G`` of one episode under ``cfg.estimator`` (see the module docstring)."""
-    rewards = episode.task_rewards
+def episode_return(result: LifecycleResult, episode: ModelEpisode, cfg: AdvantageConfig) -> float:
+    """``G`` of one episode of ``result`` under ``cfg.estimator`` (see the module docstring)."""
+    rewards = result.task_rewards
     if cfg.estimator == "grpo":
         if episode.episode_type == "solve":
             _check_position(rewards, episode.position)
@@ -383,35 +321,41 @@ def shift_to_nonnegative_mean(
     return [a - mean for a in advantages], mean
 
 
-def scope_key(exp: Experience, scope: Scope) -> Hashable:
-    """The re-weighting scope an experience belongs to (see the module docstring)."""
+def scope_key(result: LifecycleResult, episode: ModelEpisode, scope: Scope) -> Hashable:
+    """The re-weighting scope an episode of ``result`` belongs to (see the module docstring)."""
     if scope == "pack_position":
-        return (exp.pack_id, exp.position)
+        return (result.pack_id, episode.position)
     if scope == "pack":
-        return exp.pack_id
+        return result.pack_id
     if scope == "env":
-        return exp.env
+        return result.env
     if scope == "batch":
         return ()
     raise ValueError(f"unknown re-weighting scope {scope!r}; allowed values: {', '.join(map(repr, SCOPES))}")
 
 
+Scored = list[tuple[LifecycleResult, ModelEpisode]]
+
+
 def _apply_per_scope(
-    experiences: Sequence[Experience],
+    episodes: Scored,
     scope: Scope,
     transform: Callable[[list[float], list[int]], tuple[list[float], float | None]],
 ) -> list[float | None]:
-    """Run ``transform`` on the advantages of each scope, write them back, collect its info."""
-    scopes: dict[Hashable, list[Experience]] = {}
-    for exp in experiences:
-        scopes.setdefault(scope_key(exp, scope), []).append(exp)
+    """Run ``transform`` on the advantages of each scope, write them back, collect its info.
+
+    A scope's entries are its episodes' model calls, each weighted by its own sampled tokens and
+    carrying its episode's advantage; every call of an episode gets the same new value back.
+    """
+    scopes: dict[Hashable, list[ModelEpisode]] = {}
+    for result, ep in episodes:
+        scopes.setdefault(scope_key(result, ep, scope), []).append(ep)
     infos: list[float | None] = []
     for members in scopes.values():
-        new, info = transform(
-            [e.advantage for e in members], [len(e.completion_ids) for e in members]
-        )
-        for exp, adv in zip(members, new, strict=True):
-            exp.advantage = adv
+        calls = [(ep, len(c.completion_ids)) for ep in members for c in ep.calls]
+        new, info = transform([ep.advantage for ep, _ in calls], [n for _, n in calls])
+        for (ep, _), adv in zip(calls, new, strict=True):
+            ep.advantage = adv
         infos.append(info)
     return infos
 
@@ -421,14 +365,13 @@ def _apply_per_scope(
 
 
 def compute_advantages(
-    experiences: list[Experience], cfg: AdvantageConfig | None = None
+    results: Sequence[LifecycleResult], cfg: AdvantageConfig | None = None
 ) -> dict[str, float]:
-    """Fill ``exp.advantage`` of every experience in place and return summary metrics.
+    """Fill ``advantage`` of every model episode of ``results`` in place and return summary metrics.
 
-    Steps: group experiences into episodes, compute each episode's return (``cfg.estimator``),
-    subtract the group baseline per ``(pack_id, episode_type, position)`` (dividing by a std as
-    configured), broadcast every episode's advantage to all its experiences, then apply the
-    optional re-weighting and shift per scope.
+    Steps: compute each episode's return (``cfg.estimator``) from its lifecycle's task rewards and
+    its own reward, subtract the group baseline per ``(pack_id, episode_type, position)`` (dividing
+    by a std as configured), then apply the optional re-weighting and shift per scope.
 
     Metrics: ``return_mean``/``return_std`` (over episodes), ``adv_mean``/``adv_std``/
     ``adv_abs_mean`` and ``zero_adv_frac`` (over episodes, after post-processing),
@@ -439,34 +382,30 @@ def compute_advantages(
     ``shift_mean`` (mean subtracted amount over shifted scopes, 0 if none).
     """
     cfg = cfg or AdvantageConfig()
-    episodes = group_episodes(experiences)
+    episodes: Scored = [(r, ep) for r in results for ep in r.model_episodes]
     if not episodes:
         return {"num_episodes": 0.0}
-    returns = {id(ep): episode_return(ep, cfg) for ep in episodes}
-    groups = group_by_key(episodes)
+    returns = [episode_return(r, ep, cfg) for r, ep in episodes]
+    groups: dict[GroupKey, list[int]] = {}
+    for i, (r, ep) in enumerate(episodes):
+        groups.setdefault(group_key(r, ep), []).append(i)
 
     normalise_group = cfg.estimator == "grpo" or cfg.std_norm == "group"
-    advantages: dict[int, float] = {}
     degenerate = 0
     for members in groups.values():
-        group_returns = [returns[id(ep)] for ep in members]
+        group_returns = [returns[i] for i in members]
         degenerate += len(set(group_returns)) < 2
-        for ep, adv in zip(
-            members, group_advantages(group_returns, normalise_group, cfg.eps), strict=True
-        ):
-            advantages[id(ep)] = adv
+        for i, adv in zip(members, group_advantages(group_returns, normalise_group, cfg.eps), strict=True):
+            episodes[i][1].advantage = adv
     if cfg.estimator == "cod" and cfg.std_norm == "batch":
-        scale = sample_std(list(advantages.values())) + cfg.eps
-        advantages = {k: a / scale for k, a in advantages.items()}
-
-    for ep in episodes:
-        for exp in ep.experiences:
-            exp.advantage = advantages[id(ep)]
+        scale = sample_std([ep.advantage for _, ep in episodes]) + cfg.eps
+        for _, ep in episodes:
+            ep.advantage /= scale
 
     metrics: dict[str, float] = {}
     if cfg.reweight != "none":
         temps = _apply_per_scope(
-            experiences,
+            episodes,
             cfg.reweight,
             lambda a, w: adaptive_reweight(a, w, cfg.reweight_t_min, cfg.reweight_t_max),
         )
@@ -475,19 +414,16 @@ def compute_advantages(
         metrics["reweight_temperature"] = math.fsum(applied) / len(applied) if applied else 0.0
     if cfg.shift_negative_mean:
         shift_scope: Scope = "batch" if cfg.reweight == "none" else cfg.reweight
-        shifts = [
-            s for s in _apply_per_scope(experiences, shift_scope, shift_to_nonnegative_mean) if s
-        ]
-        n_scopes = len({scope_key(e, shift_scope) for e in experiences})
+        shifts = [s for s in _apply_per_scope(episodes, shift_scope, shift_to_nonnegative_mean) if s]
+        n_scopes = len({scope_key(r, ep, shift_scope) for r, ep in episodes})
         metrics["shift_frac"] = len(shifts) / n_scopes
         metrics["shift_mean"] = math.fsum(shifts) / len(shifts) if shifts else 0.0
 
-    final = [ep.experiences[0].advantage for ep in episodes]
-    all_returns = list(returns.values())
+    final = [ep.advantage for _, ep in episodes]
     metrics.update(
         {
-            "return_mean": math.fsum(all_returns) / len(all_returns),
-            "return_std": sample_std(all_returns),
+            "return_mean": math.fsum(returns) / len(returns),
+            "return_std": sample_std(returns),
             "adv_mean": math.fsum(final) / len(final),
             "adv_std": sample_std(final),
             "adv_abs_mean": math.fsum(abs(a) for a in final) / len(final),

@@ -8,7 +8,7 @@ training.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
@@ -22,10 +22,8 @@ class Experience:
 
     ``position`` is the task index: for a solve episode the task being solved, for an
     update-context episode the task whose outcome it summarises (its hints serve task
-    ``position + 1``). ``own_reward`` is the episode's own reward (the penalised task reward for
-    solve episodes, the hint penalty for update episodes); ``task_rewards`` holds the penalised
-    task rewards of the whole lifecycle once it has finished. ``advantage`` is filled in by
-    :mod:`codrl.algo.advantages`.
+    ``position + 1``). Rewards and advantages belong to the episode, not to its calls: see
+    :class:`ModelEpisode`.
     """
 
     pack_id: str
@@ -38,18 +36,11 @@ class Experience:
     logprobs: list[float]
     text: str
     finish_reason: str = "stop"
-    own_reward: float = 0.0
-    task_rewards: list[float] = field(default_factory=list)
-    advantage: float = 0.0
     token_exact: bool = True
     #: Version of the weights that sampled it (the number of updates they had seen).
     policy_version: int = 0
     #: Name of the environment the pack comes from (groups a mixture by environment).
     env: str = ""
-
-    @property
-    def lifecycle_id(self) -> str:
-        return f"{self.pack_id}#{self.repeat}"
 
     @property
     def input_ids(self) -> list[int]:
@@ -64,6 +55,29 @@ class Experience:
     @property
     def num_tokens(self) -> int:
         return len(self.prompt_ids) + len(self.completion_ids)
+
+
+@dataclass
+class ModelEpisode:
+    """The model calls of one solve or update-context episode of a lifecycle, with its own reward.
+
+    A solve episode's calls are its turns; an update episode has one call. ``own_reward`` is the
+    episode's own reward: the penalised task reward of a solve, the context's reward of an update
+    (:meth:`codrl.rollout.contexts.Context.apply`). ``advantage`` is filled in by
+    :func:`codrl.algo.advantages.compute_advantages` and shared by every sampled token of the
+    episode.
+    """
+
+    episode_type: EpisodeType
+    position: int
+    calls: list[Experience]
+    own_reward: float
+    advantage: float = 0.0
+
+    @property
+    def sampled_tokens(self) -> int:
+        """Sampled tokens of the episode, all calls together."""
+        return sum(len(c.completion_ids) for c in self.calls)
 
 
 @dataclass
@@ -117,7 +131,9 @@ class LifecycleResult:
     repeat: int
     mode: str  # "cod" | "nohint" | "curator" | "ralph" | "ralph-nohint" | "ralph-curator"
     episodes: list[EpisodeRecord]
-    experiences: list[Experience]
+    #: The policy's episodes in the order they were played (solve 0, update 0, solve 1, ...);
+    #: a task whose episode made no model call (the environment failed to start it) has none.
+    model_episodes: list[ModelEpisode]
     #: Whether the model was shown each task's reward after the task (the environment's
     #: :attr:`~codrl.envs.base.CoDEnv.reward_visible`); reports show rewards to people either way.
     reward_visible: bool = True
@@ -126,6 +142,11 @@ class LifecycleResult:
     def task_rewards(self) -> list[float]:
         """Penalised task rewards r_0..r_{K-1} (what credit assignment uses)."""
         return [e.reward for e in self.episodes]
+
+    @property
+    def experiences(self) -> list[Experience]:
+        """Every model call of the lifecycle, in the order they were made."""
+        return [c for ep in self.model_episodes for c in ep.calls]
 
     @property
     def env_rewards(self) -> list[float]:

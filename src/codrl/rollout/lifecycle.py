@@ -22,7 +22,7 @@ from codrl.backends.base import Backend, GenRequest, GenResult, SamplingParams
 from codrl.envs.base import CoDEnv, Pack, StepResult, expand_ralph, ralph_pack
 from codrl.rollout.config import RolloutConfig, result_mode
 from codrl.rollout.contexts import make_context
-from codrl.rollout.experience import EpisodeRecord, Experience, LifecycleResult, Turn
+from codrl.rollout.experience import EpisodeRecord, Experience, LifecycleResult, ModelEpisode, Turn
 from codrl.rollout.prompts import ramp, solve_user_message
 
 LifecycleGen = Generator[GenRequest, GenResult, LifecycleResult]
@@ -38,12 +38,11 @@ class Job:
     repeat: int
 
 
-def _experience(pack: Pack, repeat: int, kind: str, position: int, turn: int, res: GenResult,
-                own_reward: float = 0.0) -> Experience:
+def _experience(pack: Pack, repeat: int, kind: str, position: int, turn: int, res: GenResult) -> Experience:
     return Experience(pack_id=pack.pack_id, repeat=repeat, episode_type=kind, position=position,  # type: ignore[arg-type]
                       turn=turn, prompt_ids=res.prompt_ids, completion_ids=res.completion_ids,
                       logprobs=res.logprobs, text=res.text, finish_reason=res.finish_reason,
-                      own_reward=own_reward, token_exact=res.token_exact, env=pack.env)
+                      token_exact=res.token_exact, env=pack.env)
 
 
 def turn_penalty(reward: float, turns_used: int, max_turns: int, coef: float) -> float:
@@ -152,7 +151,7 @@ def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mod
     update_params = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens_update)
     context = make_context(mode, cfg)  # this lifecycle's own context state
     episodes: list[EpisodeRecord] = []
-    experiences: list[Experience] = []
+    model_episodes: list[ModelEpisode] = []
     last = len(pack.tasks) - 1
     state = env.new_state(pack)  # this lifecycle's own world state; dropped when the generator ends
     for task in pack.tasks:
@@ -209,9 +208,8 @@ def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mod
         if overflows:
             env_reward, feedback = 0.0, CONTEXT_FULL
         reward = solve_reward(env_reward, len(turns), env.max_turns, longest, cfg)
-        for exp in solve_exps:
-            exp.own_reward = reward
-        experiences.extend(solve_exps)
+        if solve_exps:
+            model_episodes.append(ModelEpisode("solve", k, solve_exps, own_reward=reward))
         record = EpisodeRecord(position=k, task_id=task.task_id, hints_in=context.hints, turns=turns,
                                env_reward=env_reward, reward=reward, success=env_reward >= env.success_threshold,
                                format_valid=all_valid, feedback=feedback, completion_tokens=total,
@@ -227,17 +225,15 @@ def play_lifecycle(env: CoDEnv, pack: Pack, repeat: int, cfg: RolloutConfig, mod
             else:
                 n_tok = len(res.completion_ids) if res.token_exact else len(res.text.split())
                 upd = context.apply(res.text, n_tok)
-                experiences.append(_experience(pack, repeat, "update", k, 0, res, own_reward=upd.own_reward))
+                model_episodes.append(ModelEpisode("update", k, [_experience(pack, repeat, "update", k, 0, res)],
+                                                   own_reward=upd.own_reward))
                 record.hints_out, record.hint_reward, record.hint_valid = context.hints, upd.own_reward, upd.valid
                 for key, value in upd.details.items():
                     setattr(record, key, value)
         if on_episode is not None:
             on_episode(record)
-    task_rewards = [e.reward for e in episodes]
-    for exp in experiences:
-        exp.task_rewards = list(task_rewards)
     return LifecycleResult(pack_id=pack.pack_id, env=env.name, split=pack.split, repeat=repeat, mode=result_mode(mode),
-                           episodes=episodes, experiences=experiences, reward_visible=env.reward_visible)
+                           episodes=episodes, model_episodes=model_episodes, reward_visible=env.reward_visible)
 
 
 def make_jobs(envs_and_packs: Sequence[tuple[CoDEnv, Pack]], cfg: RolloutConfig) -> list[Job]:

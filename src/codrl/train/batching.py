@@ -1,4 +1,4 @@
-"""Training rows from experiences, and how they are cut into micro-batches.
+"""Training rows from advantage-scored episodes, and how they are cut into micro-batches.
 
 Every row is built from token ids exactly as they were sampled (nothing is re-tokenized): the prompt
 ids, the sampled completion ids with their rollout logprobs, a mask on the sampled tokens, and the
@@ -19,13 +19,13 @@ from dataclasses import dataclass
 import torch
 
 from codrl.backends.kv_cache import common_prefix
-from codrl.rollout.experience import Experience
+from codrl.rollout.experience import Experience, ModelEpisode
 
 
 @dataclass
 class TrainSeq:
     """One training row: token ids, which positions are the model's sampled tokens, their rollout
-    logprobs and the episode's advantage. Built from experiences without re-tokenizing anything."""
+    logprobs and the episode's advantage. Built from sampled token ids without re-tokenizing anything."""
 
     input_ids: list[int]
     mask: list[int]
@@ -41,13 +41,18 @@ class TrainSeq:
         return sum(self.mask)
 
 
-def _seq(e: Experience) -> TrainSeq:
+def _seq(e: Experience, advantage: float) -> TrainSeq:
     p = len(e.prompt_ids)
-    return TrainSeq(e.input_ids, [0] * p + [1] * len(e.completion_ids), [0.0] * p + list(e.logprobs), e.advantage)
+    return TrainSeq(e.input_ids, [0] * p + [1] * len(e.completion_ids), [0.0] * p + list(e.logprobs), advantage)
 
 
-def to_sequences(exps: list[Experience], merge_turns: bool = True) -> list[TrainSeq]:
-    """Training rows from experiences.
+def trainable_calls(episode: ModelEpisode) -> list[Experience]:
+    """The calls of ``episode`` a trainer can learn from: token-exact ones that sampled something."""
+    return [c for c in episode.calls if c.completion_ids and c.token_exact]
+
+
+def to_sequences(episodes: Sequence[ModelEpisode], merge_turns: bool = True) -> list[TrainSeq]:
+    """Training rows from advantage-scored episodes (their :func:`trainable_calls`).
 
     With ``merge_turns``, consecutive turns of one multi-turn episode whose token ids extend each
     other exactly (turn t+1's prompt starts with turn t's prompt + sampled completion) become one
@@ -55,24 +60,24 @@ def to_sequences(exps: list[Experience], merge_turns: bool = True) -> list[Train
     quadratically growing ones. The check is on token ids, so nothing is re-tokenized; turns that
     do not extend each other stay separate rows.
     """
-    if not merge_turns:
-        return [_seq(e) for e in exps]
-    episodes: dict[tuple[str, str, int], list[Experience]] = {}
-    for e in exps:
-        episodes.setdefault((e.lifecycle_id, e.episode_type, e.position), []).append(e)
     out: list[TrainSeq] = []
-    for turns in episodes.values():
-        turns.sort(key=lambda e: e.turn)
-        cur = _seq(turns[0])
-        for e in turns[1:]:
+    for ep in episodes:
+        calls = trainable_calls(ep)
+        if not merge_turns:
+            out.extend(_seq(c, ep.advantage) for c in calls)
+            continue
+        if not calls:
+            continue
+        cur = _seq(calls[0], ep.advantage)
+        for e in calls[1:]:
             n = cur.num_tokens
-            if e.advantage == cur.advantage and e.prompt_ids[:n] == cur.input_ids and len(e.prompt_ids) >= n:
+            if e.prompt_ids[:n] == cur.input_ids and len(e.prompt_ids) >= n:
                 extra = len(e.prompt_ids) - n
                 cur = TrainSeq(e.input_ids, cur.mask + [0] * extra + [1] * len(e.completion_ids),
                                cur.old_logprobs + [0.0] * extra + list(e.logprobs), cur.advantage)
             else:
                 out.append(cur)
-                cur = _seq(e)
+                cur = _seq(e, ep.advantage)
         out.append(cur)
     return out
 

@@ -42,7 +42,7 @@ from codrl.envs import CoDEnv
 from codrl.errors import CodrlError
 from codrl.eval.metrics import Summary
 from codrl.eval.runner import build_env
-from codrl.rollout.experience import Experience, LifecycleResult
+from codrl.rollout.experience import LifecycleResult, ModelEpisode
 from codrl.rollout.lifecycle import Job, LifecycleRunner, job_seeds, make_jobs
 from codrl.train.checkpoint import (
     DAMAGED,
@@ -290,9 +290,9 @@ class Trainer:
             if self._async is not None and weights is not None:
                 self._async.publish(self.step_idx, weights)
 
-    def update(self, exps: list[Experience]) -> dict[str, float]:
-        """Policy-gradient update of the current step on advantage-scored experiences; returns its metrics."""
-        return self.policy_update(exps, self.step_idx, self._use_rollout_logprobs())
+    def update(self, episodes: list[ModelEpisode]) -> dict[str, float]:
+        """Policy-gradient update of the current step on advantage-scored episodes; returns its metrics."""
+        return self.policy_update(episodes, self.step_idx, self._use_rollout_logprobs())
 
     def _use_rollout_logprobs(self) -> bool:
         """Whether the rollout's logprobs serve as old logprobs (else they are recomputed).
@@ -320,9 +320,9 @@ class Trainer:
         if env_errors and self.cfg.rollout.on_env_error == "drop_group":  # a broken pack teaches nothing
             broken = {r.pack_id for r in trained if r.env_errors}
             trained = [r for r in trained if r.pack_id not in broken]
-        exps = [e for r in trained for e in r.experiences]
-        adv_metrics = compute_advantages(exps, self.cfg.advantage) if exps else {}
-        upd = self.update(exps)
+        episodes = [ep for r in trained for ep in r.model_episodes]
+        adv_metrics = compute_advantages(trained, self.cfg.advantage) if episodes else {}
+        upd = self.update(episodes)
         self.step_idx += 1
         self._sync_rollout_engine()
         delta = adapter_delta(self.model)
@@ -338,7 +338,7 @@ class Trainer:
             "format_valid": float(np.mean([e.format_valid for r in results for e in r.episodes])),
             "hint_valid": float(np.mean([e.hint_valid for r in results for e in r.episodes if e.hints_out is not None]
                                         or [1.0])),
-            "tokens/trained": sum(len(e.completion_ids) for e in exps),
+            "tokens/trained": sum(ep.sampled_tokens for ep in episodes),
             "rollout/env_errors": env_errors,
             **_overflow_metrics(results),
             "time/rollout_s": t1 - t0, "time/update_s": t2 - t1,

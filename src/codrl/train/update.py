@@ -1,6 +1,6 @@
-"""The policy update of one RL step: advantage-scored experiences in, one or more AdamW steps out.
+"""The policy update of one RL step: advantage-scored episodes in, one or more AdamW steps out.
 
-:class:`PolicyUpdate` turns experiences into training rows (:mod:`codrl.train.batching`), splits
+:class:`PolicyUpdate` turns episodes into training rows (:mod:`codrl.train.batching`), splits
 them into ``updates_per_step`` mini-batches, cuts each into micro-batches by a token budget and
 accumulates their gradients, normalised by the mini-batch's number of trained tokens (token-mean),
 then clips and steps. Sampled tokens are scored from the model's hidden states chunk by chunk
@@ -24,7 +24,7 @@ import torch
 
 from codrl.algo.losses import masked_mean, policy_loss
 from codrl.distributed.torch_dist import TrainedModel
-from codrl.rollout.experience import Experience
+from codrl.rollout.experience import ModelEpisode
 from codrl.train.batching import (PrefixNode, TrainSeq, collate, filler_row, micro_batches, plan_tokens,
                                   prefix_plan, rank_micro_batches, recurring_prefixes, split_rows, to_sequences,
                                   top_prefix_counts)
@@ -109,15 +109,15 @@ class PolicyUpdate:
         return {"context_tokens_per_trained_token": done / trained,
                 "context_tokens_per_trained_token_unshared": full / trained}
 
-    def __call__(self, exps: list[Experience], step: int, rollout_logprobs: bool) -> dict[str, float]:
-        """Update on advantage-scored experiences; returns metrics averaged over mini-batches
+    def __call__(self, episodes: list[ModelEpisode], step: int, rollout_logprobs: bool) -> dict[str, float]:
+        """Update on advantage-scored episodes; returns metrics averaged over mini-batches
         (the same numbers on every rank).
 
         ``rollout_logprobs``: the rollout's logprobs are the behaviour policy's, as the trainer
         computes them (else they are recomputed under the current weights first).
         """
         with large_frees_to_os():  # else freed activations stay resident (codrl.train.memory)
-            return self._update(exps, step, rollout_logprobs)
+            return self._update(episodes, step, rollout_logprobs)
 
     def _device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -126,14 +126,13 @@ class PolicyUpdate:
     def _use_kl(self) -> bool:
         return self.cfg.loss.kl_coef > 0
 
-    def _update(self, exps: list[Experience], step: int, rollout_logprobs: bool) -> dict[str, float]:
+    def _update(self, episodes: list[ModelEpisode], step: int, rollout_logprobs: bool) -> dict[str, float]:
         cfg = self.cfg
-        exps = [e for e in exps if e.completion_ids and e.token_exact]
-        if not exps:
+        seqs = to_sequences(episodes, merge_turns=cfg.merge_turns)
+        if not seqs:
             return {}
         if self._use_kl and not hasattr(self.model, "disable_adapter"):
             raise ValueError("loss.kl_coef > 0 needs LoRA (the reference is the base model with adapters disabled)")
-        seqs = to_sequences(exps, merge_turns=cfg.merge_turns)
         rng = random.Random(cfg.seed * 7919 + step)
         order = seqs[:]
         rng.shuffle(order)
