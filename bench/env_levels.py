@@ -1,7 +1,7 @@
 """Checklist levels of every built-in environment that has scripted agents.
 
 For each environment of ``codrl.envs.scripted.MODULES`` the four scripted agents of
-:func:`codrl.envs.checklist.levels` play the same test packs: random (the chance level), the
+:func:`codrl.eval.checklist.levels` play the same test packs: random (the chance level), the
 oracle that reads the hidden world (the attainable level), the feedback learner that carries what
 it learned in its hints, and the same learner without memory. A CoD environment shows a learner
 that gains from position 0 to the last position while the memoryless one does not. Environments
@@ -21,9 +21,9 @@ import argparse
 import time
 
 from codrl.envs import make_env
-from codrl.envs.checklist import Levels, levels
 from codrl.envs.scripted import MODULES, agents_for
 from codrl.errors import CodrlError
+from codrl.eval.checklist import Levels, levels
 
 HEADER = ("| env | chance | oracle | learner pos 0 -> last | memoryless pos 0 -> last |\n"
           "| --- | --- | --- | --- | --- |")

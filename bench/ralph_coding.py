@@ -72,8 +72,8 @@ def main() -> None:
                     client.close()
         seconds = time.perf_counter() - t0
         for context, r in rates.items():
-            result += [f"{name}_{context}_a{a['attempt']}={a['pass_rate']:.3f}" for a in r["attempts"]]
-            result += [f"{name}_{context}_reward_a{a['attempt']}={a['mean_reward']:.3f}" for a in r["attempts"]]
+            result += [f"{name}_{context}_a{a.attempt}={a.pass_rate:.3f}" for a in r.attempts]
+            result += [f"{name}_{context}_reward_a{a.attempt}={a.mean_reward:.3f}" for a in r.attempts]
         result.append(f"{name}_seconds={seconds:.0f}")
         print(f"{name}: {seconds:.0f} s", flush=True)
     print("RESULT " + " ".join(result))

@@ -359,7 +359,8 @@ def run_codrl(args: argparse.Namespace, model_dir: str, rec: Recorder) -> None:
         OptimConfig,
         TrainConfig,
     )
-    from codrl.train.trainer import Trainer, build_policy
+    from codrl.train.policy import build_policy
+    from codrl.train.trainer import Trainer
 
     batch = args.prompts * args.group
     cfg = TrainConfig(

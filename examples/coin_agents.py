@@ -1,4 +1,4 @@
-"""Scripted agents of ``coin_env:CoinEnv`` for the checklist harness (:mod:`codrl.envs.checklist`).
+"""Scripted agents of ``coin_env:CoinEnv`` for the checklist harness (:mod:`codrl.eval.checklist`).
 
 ``random_agent`` guesses untried coins uniformly (the chance level), ``oracle_agent`` reads the
 fake marks from ``pack.world``, and ``learner_agent`` sees only prompts, feedback and its own
@@ -12,7 +12,7 @@ import re
 import numpy as np
 
 from codrl.envs import Pack
-from codrl.envs.checklist import TurnText
+from codrl.envs.scripted.base import TurnText
 
 _COIN = re.compile(r"coin (\d+): ([A-Z])")
 _FAKE = re.compile(r"The fake was coin \d+, mark ([A-Z]); marks ([A-Z ]*) are genuine")

@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 from codrl.envs import Pack, Task, make_env
 from codrl.envs.alchemy import (CHANCE_REWARD, FORMAT_HINT, AlchemyRandom, base_need, parse_pair,
                                 plan_crafts)
-from codrl.envs.checklist import play_scripted, reward_matrix
 from codrl.envs.scripted import agents_for
 from codrl.envs.scripted.alchemy import parse_view
+from codrl.errors import CodrlError
+from codrl.eval.checklist import play_pack, reward_matrix
 
 # A hand-made world:  tier 0: earth, fire, water | tier 1: ash (dead end), mud, steam | tier 2: golem
 WORLD = {"tiers": [["earth", "fire", "water"], ["ash", "mud", "steam"], ["golem"]],
@@ -190,7 +191,7 @@ def test_learner_hints_carry_recipes_and_failures():
         agent.act = lambda hints, obs: (seen.append(hints), act(hints, obs))[1]
         return agent
 
-    play_scripted(env, pack, spy, np.random.default_rng(0))
+    play_pack(env, pack, spy, np.random.default_rng(0))
     hints = seen[-1]
     true = {(a, b): r for a, b, r in pack.world["recipes"]}
     lines = hints.splitlines()
@@ -426,7 +427,7 @@ def test_bad_params(kw, field):
 
 
 def test_bad_variant_message_and_registry():
-    with pytest.raises(ValueError, match="variant must be one of easy, hard"):
+    with pytest.raises(CodrlError, match="env 'alchemy'.*variant: Input should be 'easy' or 'hard'"):
         make_env("alchemy", variant="medium")
 
 

@@ -25,7 +25,6 @@ from hypothesis import strategies as st
 import codrl.envs.code as code_pkg
 from codrl import sandbox
 from codrl.envs import describe, make_env
-from codrl.envs.checklist import levels, reward_matrix
 from codrl.envs.code import CodeEnv, extract_code, run_driver
 from codrl.envs.code.driver import (
     DRIVER_SOURCE,
@@ -46,6 +45,7 @@ from codrl.envs.scripted.code import (
     submission,
     write_hint_lines,
 )
+from codrl.eval.checklist import levels, reward_matrix
 
 sys.path.insert(0, str(Path(__file__).parent))
 from host_checks import pids_with  # noqa: E402

@@ -14,7 +14,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from codrl.envs import Pack, Task, describe, make_env
-from codrl.envs.checklist import TurnText, play_scripted, reward_matrix
 from codrl.envs.control import (
     CHANCE_REWARD,
     FORMAT_HINT,
@@ -24,6 +23,7 @@ from codrl.envs.control import (
     extract_answer,
 )
 from codrl.envs.scripted import agents_for
+from codrl.envs.scripted.base import TurnText
 from codrl.envs.scripted.control import (
     PROBE,
     estimate_dynamics,
@@ -34,6 +34,7 @@ from codrl.envs.scripted.control import (
     random_agent,
     sequence_expression,
 )
+from codrl.eval.checklist import play_pack, reward_matrix
 
 WORLD = {"a": 0.8, "b": -0.5}
 SPEC = {"x0": 1.0, "v0": 0.5, "x_target": 3.0, "v_target": 0.0, "horizon": 3}
@@ -79,7 +80,7 @@ def test_presets_and_knobs():
 
 
 @pytest.mark.parametrize("kw,needle", [
-    ({"name": ""}, "name"), ({"preset": "extreme"}, "easy, medium, hard"), ({"preset": None}, "preset"),
+    ({"name": ""}, "name"), ({"preset": "extreme"}, "'easy', 'medium' or 'hard'"), ({"preset": None}, "preset"),
     ({"horizon": 0}, "horizon"), ({"horizon": 2.5}, "horizon"), ({"horizon": True}, "horizon"),
     ({"horizon": 51}, "horizon"), ({"x0_max": -1}, "x0_max"), ({"v0_max": float("nan")}, "v0_max"),
     ({"target_max": "5"}, "target_max"), ({"a_range": (1.0, 0.5)}, "a_range"), ({"a_range": (0, 1)}, "a_range"),
@@ -351,5 +352,5 @@ def test_learner_hints_carry_the_dynamics():
     res = ep.step(reply)
     hints = agent.write_hints("", [TurnText(obs, reply, res.feedback)], res.reward)
     assert f"a = {pack.world['a']:.4f}"[:8] in hints and "b = " in hints
-    rewards = play_scripted(env, pack, learner_agent, np.random.default_rng(0))
+    rewards = play_pack(env, pack, learner_agent, np.random.default_rng(0))
     assert rewards[1] > 0.9 and rewards[-1] > 0.9

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from codrl.backends.base import Backend, GenRequest, GenResult
+from codrl.backends.scripted import FunctionBackend
 from codrl.envs import Pack, Task, make_env
 from codrl.envs.frozenlake import make_spec
 from codrl.eval.runner import EvalConfig, evaluate
@@ -37,7 +38,7 @@ from codrl.rollout.curator import (
     parse_reply,
     render_lessons,
 )
-from codrl.rollout.experience import EpisodeRecord
+from codrl.rollout.experience import EpisodeRecord, Experience, LifecycleResult
 from codrl.rollout.lifecycle import Job, LifecycleRunner, make_jobs, play_lifecycle
 from codrl.rollout.prompts import UPDATE_SYSTEM
 
@@ -49,6 +50,11 @@ PREFIX = RolloutConfig().curator_reply_prefix
 
 # --------------------------------------------------------------------------------------------
 # the scripted engine
+
+
+def own_reward(res: LifecycleResult, call: Experience) -> float:
+    """The own reward of the episode that made ``call``."""
+    return next(m.own_reward for m in res.model_episodes if any(c is call for c in m.calls))
 
 
 def render(req: GenRequest) -> str:
@@ -74,26 +80,21 @@ def shown_lessons(req: GenRequest) -> str:
     return m.group(1)
 
 
-class CuratorScripted(Backend):
-    """Deterministic engine: solve, hints-update and curator replies from three rules."""
+class CuratorScripted(FunctionBackend):
+    """Deterministic token-exact engine: solve, hints-update and curator replies from three rules."""
+
+    token_exact = True
 
     def __init__(self, curator: Rule, solve: Rule = lambda req: "1</answer>",
                  update: Rule = lambda req: "code 1 moves Right.") -> None:
-        super().__init__()
-        self.rules = {"C": curator, "S": solve, "U": update}
-        self.calls: list[list[GenRequest]] = []
-
-    @property
-    def requests(self) -> list[GenRequest]:
-        return [r for call in self.calls for r in call]
+        rules = {"C": curator, "S": solve, "U": update}
+        super().__init__(lambda req: rules[kind(req)](req))
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
-        self.calls.append(list(requests))
         out = []
-        for req in requests:
-            text = self.rules[kind(req)](req)
-            completion = byte_ids(text)
-            out.append(GenResult(text=text, prompt_ids=byte_ids(render(req)), completion_ids=completion,
+        for req, res in zip(requests, super().generate(requests), strict=True):
+            completion = byte_ids(res.text)
+            out.append(GenResult(text=res.text, prompt_ids=byte_ids(render(req)), completion_ids=completion,
                                  logprobs=[-((t % 5) + 1) / 4 for t in completion], finish_reason="stop"))
         return out
 
@@ -361,20 +362,19 @@ def test_curator_lifecycle_lessons_prompts_and_experiences() -> None:
         assert exp.prompt_ids == byte_ids(render(req))  # token-exact: the prompt the engine got
         assert exp.completion_ids == byte_ids(exp.text) and len(exp.logprobs) == len(exp.completion_ids)
         assert exp.loss_mask == [0] * len(exp.prompt_ids) + [1] * len(exp.completion_ids)
-        assert exp.task_rewards == res.task_rewards
         if exp.episode_type == "solve":
             obs = first_obs(pack, exp.position)
             user = req.messages[1]["content"]
             ep = res.episodes[exp.position]
             assert user == (obs if exp.position == 0 else f"Hints:\n{ep.hints_in}\n\n{obs}")
-            assert exp.own_reward == ep.reward
+            assert own_reward(res, exp) == ep.reward
         else:
             assert kind(req) == "C" and req.reply_prefix == PREFIX
             ep = res.episodes[exp.position]
             shown = l1 if exp.position == 1 else []
             assert req.messages == curator_messages(ENV.system_prompt, shown, first_obs(pack, exp.position),
                                                     ep.turns, ep.env_reward, ep.feedback)
-            assert exp.own_reward == ep.hint_reward
+            assert own_reward(res, exp) == ep.hint_reward
     assert [shown_lessons(r) for r in curator_reqs] == ["(none yet)", render_lessons(l1)]
     assert curator_reqs[0].messages[1]["content"].endswith(CURATOR_INSTRUCTIONS)
     assert [e.episode_type for e in res.experiences].count("update") == 2
@@ -391,7 +391,7 @@ def test_curator_reward_and_list_kept(reply: str, valid: bool, reward: float) ->
     [res] = LifecycleRunner(CuratorScripted(lambda req: reply), cfg).run([Job(ENV, hand_pack(["SFFFG"], k=2), 0)])
     e0, e1 = res.episodes
     assert (e0.hint_valid, e0.hint_reward) == (valid, reward)
-    [upd] = [x for x in res.experiences if x.episode_type == "update"]
+    [upd] = [m for m in res.model_episodes if m.episode_type == "update"]
     assert upd.own_reward == reward
     expected = "1. code 1 moves Right" if reply.startswith("ADD") else ""  # nothing else changes the list
     assert e0.hints_out == e1.hints_in == expected

@@ -14,11 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from codrl.envs import Pack, Task, describe, make_env
-from codrl.envs.checklist import TurnText, reward_matrix
 from codrl.envs.diagnosis import (CHANCE_REWARD, CONDITIONS, SYMPTOMS, TESTS, TEXTBOOK, Diagnosis,
                                   format_hint, parse_action)
 from codrl.envs.scripted import agents_for
+from codrl.envs.scripted.base import TurnText
 from codrl.envs.scripted.diagnosis import CaseCounts, ClinicModel, case_from_transcript, read_observation
+from codrl.eval.checklist import reward_matrix
 
 # A hand-made clinic of two conditions and one patient with dust_lung.
 WORLD = {

@@ -178,9 +178,9 @@ def test_context_window_overflow_is_never_sent_silently(tiny_dir: Path, tmp_path
     finally:
         backend.close()
 
-    from codrl.train.trainer import _overflow_metrics
+    from codrl.train.step_metrics import overflow_metrics
 
-    m = _overflow_metrics(results)
+    m = overflow_metrics(results)
     assert m["rollout/context_overflow/all"] == sum(r.context_overflows for r in results) > 0
     assert m["rollout/context_overflow/pos0"] >= 1 and "rollout/context_overflow/pos2" in m
 

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from codrl.envs import BUILTIN, CoDEnv, env_names, make_env
-from codrl.envs.checklist import levels, reward_matrix
 from codrl.envs.scripted import MODULES, agents_for
+from codrl.eval.checklist import levels, reward_matrix
 
 ALL = sorted(BUILTIN)
 REAL = sorted(MODULES)  # every built-in but the toy has scripted agents

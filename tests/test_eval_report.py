@@ -20,13 +20,13 @@ from codrl.eval.metrics import (
     Summary,
     clip_interval,
     difference_range,
-    json_safe,
     mean_ci,
     summarize,
     welch_ci,
 )
 from codrl.eval.report import (
     EPISODE_CSV_COLUMNS,
+    EvalResults,
     plot_curves,
     print_summary,
     write_report,
@@ -96,7 +96,7 @@ def make_lifecycle(
         )
     return LifecycleResult(
         pack_id=pack_id, env=env, split=split, repeat=repeat, mode=mode, episodes=eps,
-        experiences=[],
+        model_episodes=[],
     )
 
 
@@ -365,7 +365,7 @@ def test_single_and_empty_no_nan_in_json() -> None:
     p = one.positions["cod"][0]
     assert p.mean_reward == 0.5 and _nan_pair(p.ci_low, p.ci_high)
     assert one.cod_gain["cod"] == 0.0 and _nan_pair(*one.cod_gain_ci["cod"])
-    text = json.dumps(one.to_json(), allow_nan=False)
+    text = json.dumps(one.model_dump(mode="json"), allow_nan=False)
     data = json.loads(text)
     assert data["positions"]["cod"][0]["hint_valid_rate"] is None
     assert data["positions"]["cod"][0]["ci_low"] is None
@@ -374,10 +374,10 @@ def test_single_and_empty_no_nan_in_json() -> None:
 
     empty = summarize([])
     assert empty.modes == [] and empty.positions == {} and empty.cod_gain == {}
-    json.dumps(empty.to_json(), allow_nan=False)
+    json.dumps(empty.model_dump(mode="json"), allow_nan=False)
 
     lifecycle_without_episodes = summarize([make_lifecycle("p0", [])])
-    data = json.loads(json.dumps(lifecycle_without_episodes.to_json(), allow_nan=False))
+    data = json.loads(json.dumps(lifecycle_without_episodes.model_dump(mode="json"), allow_nan=False))
     assert data["overall"]["cod"]["mean_reward"] is None
     assert data["positions"]["cod"] == []
 
@@ -385,9 +385,8 @@ def test_single_and_empty_no_nan_in_json() -> None:
 def test_summary_json_round_trip() -> None:
     s = summarize([make_lifecycle("p0", [0.0, 1.0]), make_lifecycle("p1", [1.0, 1.0]),
                    make_lifecycle("p0", [0.0, 0.0], mode="nohint")])
-    back = Summary.from_json(json.loads(json.dumps(s.to_json(), allow_nan=False)))
-    assert back.to_json() == s.to_json()
-    assert json_safe({"x": (1.0, float("inf")), "p": Path("a")}) == {"x": [1.0, None], "p": "a"}
+    back = Summary.model_validate(json.loads(json.dumps(s.model_dump(mode="json"), allow_nan=False)))
+    assert back == s and back.model_dump(mode="json") == s.model_dump(mode="json")
 
 
 def test_summary_json_round_trip_null_intervals_and_range() -> None:
@@ -396,25 +395,25 @@ def test_summary_json_round_trip_null_intervals_and_range() -> None:
     results += [make_lifecycle("p0", [0.0, 0.0], mode="nohint"),
                 make_lifecycle("p1", [1.0, 0.0], mode="nohint")]
     s = summarize(results, reward_range=(0.0, 1.0))
-    data = json.loads(json.dumps(s.to_json(), allow_nan=False))
+    data = json.loads(json.dumps(s.model_dump(mode="json"), allow_nan=False))
     assert data["reward_range"] == [0.0, 1.0] and data["min_packs"] == 3
     assert data["positions"]["cod"][0]["ci_low"] == 0.0  # clipped, 3 packs
     assert data["positions"]["nohint"][0]["ci_low"] is None  # 2 packs: n too small
     assert data["mode_diffs"]["cod-nohint"][0]["ci_high"] is None
     assert data["cod_gain_n"] == {"cod": 3, "nohint": 2}
-    back = Summary.from_json(data)
+    back = Summary.model_validate(data)
     assert back.reward_range == (0.0, 1.0) and back.min_packs == 3
     assert _nan_pair(back.positions["nohint"][0].ci_low, back.positions["nohint"][0].ci_high)
-    assert back.to_json() == s.to_json()
+    assert back.model_dump(mode="json") == s.model_dump(mode="json")
     # infinite bounds are written as null and come back infinite
     half_open = summarize(results, reward_range=(-math.inf, 1.0))
-    data = json.loads(json.dumps(half_open.to_json(), allow_nan=False))
+    data = json.loads(json.dumps(half_open.model_dump(mode="json"), allow_nan=False))
     assert data["reward_range"] == [None, 1.0]
-    assert Summary.from_json(data).reward_range == (-math.inf, 1.0)
+    assert Summary.model_validate(data).reward_range == (-math.inf, 1.0)
     # files written before these fields existed still load
     for key in ("min_packs", "reward_range", "cod_gain_n"):
         data.pop(key)
-    old = Summary.from_json(data)
+    old = Summary.model_validate(data)
     assert old.min_packs == MIN_PACKS and old.reward_range is None and old.cod_gain_n == {}
 
 
@@ -446,8 +445,9 @@ def test_write_report_files(tmp_path: Path) -> None:
     data = json.loads((out / "results.json").read_text())
     assert data["title"] == "FrozenLake test"
     assert data["meta"]["model"] == "m" and data["meta"]["path"] == str(tmp_path)
-    assert data["summary"] == summary.to_json()
+    assert data["summary"] == summary.model_dump(mode="json")
     assert "cod-nohint" in data["summary"]["mode_diffs"]
+    assert EvalResults.read(out / "results.json").summary == summary
 
     with (out / "episodes.csv").open(newline="") as fh:
         rows = list(csv.reader(fh))
@@ -487,7 +487,9 @@ def test_write_report_empty_and_single(tmp_path: Path) -> None:
 def test_plot_curves_before_after(tmp_path: Path) -> None:
     before = summarize([make_lifecycle("p0", [0.0, 0.0]), make_lifecycle("p1", [0.0, 1.0])])
     after = summarize([make_lifecycle("p0", [0.0, 1.0]), make_lifecycle("p1", [1.0, 1.0])])
-    nan_stats = PositionStats(0, 0, 0, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan)
+    nan_stats = PositionStats(position=0, n_packs=0, n_episodes=0, mean_reward=math.nan, ci_low=math.nan,
+                              ci_high=math.nan, success_rate=math.nan, format_valid_rate=math.nan,
+                              mean_env_reward=math.nan)
     path = plot_curves(
         {"before": before.positions["cod"], "after": after.positions["cod"],
          "broken": [nan_stats]},
@@ -535,7 +537,7 @@ def test_write_report_small_n_and_reward_range(tmp_path: Path) -> None:
     summary = write_report(results, tmp_path / "r", title="quickstart", meta={},
                            reward_range=(0.0, 1.0))
     data = json.loads((tmp_path / "r" / "results.json").read_text())
-    assert data["summary"] == summary.to_json()
+    assert data["summary"] == summary.model_dump(mode="json")
     assert data["summary"]["reward_range"] == [0.0, 1.0]
     p0 = data["summary"]["positions"]["cod"][0]
     assert p0["mean_reward"] == 0.5 and p0["ci_low"] is None and p0["ci_high"] is None
@@ -601,7 +603,7 @@ def test_contexts_and_ralph_modes_against_their_baseline() -> None:
     assert split_diff_key("ralph-curator-ralph-nohint") == ("ralph-curator", "ralph-nohint")
     assert split_diff_key("cod-nohint") == ("cod", "nohint")
     assert split_diff_key("ralph-nohint") == ("ralph", "nohint")  # a Ralph mode against plain nohint
-    assert Summary.from_json(json.loads(json.dumps(s.to_json()))).to_json() == s.to_json()
+    assert Summary.model_validate(json.loads(json.dumps(s.model_dump(mode="json")))) == s
 
     buf = io.StringIO()
     print_summary(s, console=Console(file=buf, width=200, color_system=None))

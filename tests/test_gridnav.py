@@ -14,13 +14,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from codrl.backends.base import Backend, GenRequest, GenResult
+from codrl.backends.base import GenRequest
+from codrl.backends.scripted import FunctionBackend
 from codrl.envs import Pack, Task, describe, make_env
-from codrl.envs.checklist import play_scripted, reward_matrix
 from codrl.envs.gridnav import (CHANCE_REWARD, GridNavigation, RevealState, best_path, entered_cells,
                                 parse_move, rook_targets)
 from codrl.envs.scripted import agents_for
 from codrl.envs.scripted.gridnav import Situation, learner_agent, oracle_agent, random_agent
+from codrl.eval.checklist import play_pack, reward_matrix
 from codrl.rollout.config import RolloutConfig
 from codrl.rollout.lifecycle import LifecycleRunner, make_jobs
 from codrl.rollout.prompts import UPDATE_SYSTEM
@@ -133,7 +134,7 @@ def test_registry_and_description():
 def test_bad_params(kw, field):
     with pytest.raises(ValueError, match=field):
         GridNavigation(**kw)
-    with pytest.raises(ValueError, match="'train', 'hard'"):
+    with pytest.raises(ValueError, match="'train' or 'hard'"):
         GridNavigation(variant="medium")
 
 
@@ -230,25 +231,19 @@ def test_reveal_persists_within_a_lifecycle_only():
 
 
 # -- per-lifecycle state through the real runner ------------------------------------------------
-class RandomMoveBackend(Backend):
+def random_moves(seed: int = 0) -> FunctionBackend:
     """Test double of an engine: a fresh random legal rook move for every solve request."""
+    rng = np.random.default_rng(seed)
 
-    def __init__(self, seed: int = 0) -> None:
-        super().__init__()
-        self.rng = np.random.default_rng(seed)
+    def reply(req: GenRequest) -> str:
+        if req.messages[0]["content"] == UPDATE_SYSTEM:
+            return "I moved at random; costs vary."
+        sit = Situation(req.messages[-1]["content"])
+        targets = rook_targets(sit.size, sit.pos)
+        r, c = targets[int(rng.integers(len(targets)))]
+        return f"{r},{c}</answer>"
 
-    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
-        out = []
-        for req in requests:
-            if req.messages[0]["content"] == UPDATE_SYSTEM:
-                text = "I moved at random; costs vary."
-            else:
-                sit = Situation(req.messages[-1]["content"])
-                targets = rook_targets(sit.size, sit.pos)
-                r, c = targets[int(self.rng.integers(len(targets)))]
-                text = f"{r},{c}</answer>"
-            out.append(GenResult(text=text, token_exact=False))
-        return out
+    return FunctionBackend(reply)
 
 
 def test_state_isolation_concurrent_repeats():
@@ -258,7 +253,7 @@ def test_state_isolation_concurrent_repeats():
     make_state = env.new_state
     env.new_state = lambda p: states.append(make_state(p)) or states[-1]  # type: ignore[method-assign]
     cfg = RolloutConfig(pack_size=3, repeats=8, max_concurrent=64)
-    results = LifecycleRunner(RandomMoveBackend(), cfg).run(make_jobs([(env, pack)], cfg))
+    results = LifecycleRunner(random_moves(), cfg).run(make_jobs([(env, pack)], cfg))
     assert len(results) == len(states) == 8 and len({id(s) for s in states}) == 8
     n, rad = pack.world["size"], env.reveal_radius
     by_entered = {frozenset(s.entered): s for s in states}
@@ -293,8 +288,8 @@ def test_oracle_is_optimal_and_bounds_the_learner():
     for i in range(12):
         pack = env.sample_pack("test", 0, i, 4)
         costs = np.asarray(pack.world["costs"], dtype=float)
-        ora = play_scripted(env, pack, oracle_agent, np.random.default_rng(i))
-        lrn = play_scripted(env, pack, learner_agent, np.random.default_rng(i))
+        ora = play_pack(env, pack, oracle_agent, np.random.default_rng(i))
+        lrn = play_pack(env, pack, learner_agent, np.random.default_rng(i))
         for t, o, lr in zip(pack.tasks, ora, lrn):
             best = best_path(costs, tuple(t.spec["start"]), tuple(t.spec["goal"]), t.spec["moves"])
             assert best is not None and o == pytest.approx(1 - best[1] / 100)

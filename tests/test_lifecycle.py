@@ -1,7 +1,7 @@
 """The lifecycle runner: solve/update interleaving, hints flow, experiences, batching, Ralph modes.
 
 Fast tests drive the real runner and the real FrozenLake-Obscure environment with
-:class:`ScriptedBackend`, a small deterministic :class:`Backend` whose reply is a pure function
+:class:`ByteEngine`, a small deterministic token-exact engine whose reply is a pure function
 of the request (so any call order gives the same lifecycles). Its token ids are the UTF-8 bytes of
 a plain rendering of the chat (prompt) and of the reply text (completion).
 
@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from codrl.backends.base import Backend, GenRequest, GenResult
+from codrl.backends.scripted import FunctionBackend
 from codrl.envs import Pack, Task, make_env
 from codrl.envs.frozenlake import FORMAT_HINT, make_spec, parse_action
 from codrl.rollout.config import RolloutConfig
@@ -74,30 +75,20 @@ def versioned_hints(req: GenRequest) -> str:
     return f"code 1 was tried; version {n + 1}"
 
 
-class ScriptedBackend(Backend):
-    """Deterministic test double of an engine; records every batched call it receives."""
+class ByteEngine(FunctionBackend):
+    """Deterministic test double of a token-exact engine: a :class:`FunctionBackend` that answers with
+    ``solve`` or ``update`` and gives the UTF-8 bytes of :func:`render` and of the reply as token ids."""
+
+    token_exact = True
 
     def __init__(self, solve: Rule = always("1</answer>"), update: Rule = versioned_hints) -> None:
-        super().__init__()
-        self.solve_rule = solve
-        self.update_rule = update
-        self.calls: list[list[GenRequest]] = []
-
-    @property
-    def requests(self) -> list[GenRequest]:
-        return [r for call in self.calls for r in call]
+        super().__init__(lambda req: (update if is_update(req) else solve)(req))
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
-        self.calls.append(list(requests))
-        self.stats.generate_calls += 1
-        self.stats.requests += len(requests)
         out = []
-        for req in requests:
-            text = (self.update_rule if is_update(req) else self.solve_rule)(req)
-            prompt, completion = byte_ids(render(req)), byte_ids(text)
-            self.stats.prompt_tokens += len(prompt)
-            self.stats.completion_tokens += len(completion)
-            out.append(GenResult(text=text, prompt_ids=prompt, completion_ids=completion,
+        for req, res in zip(requests, super().generate(requests), strict=True):
+            completion = byte_ids(res.text)
+            out.append(GenResult(text=res.text, prompt_ids=byte_ids(render(req)), completion_ids=completion,
                                  logprobs=[-((t % 7) + 1) / 8 for t in completion], finish_reason="stop"))
         return out
 
@@ -119,8 +110,8 @@ def sampled_jobs(cfg: RolloutConfig, n_packs: int = 1, split: str = "train", see
 
 
 def play(jobs: list[Job], cfg: RolloutConfig, backend: Backend | None = None
-         ) -> tuple[list[LifecycleResult], ScriptedBackend]:
-    backend = backend or ScriptedBackend()
+         ) -> tuple[list[LifecycleResult], ByteEngine]:
+    backend = backend or ByteEngine()
     return LifecycleRunner(backend, cfg).run(jobs), backend  # type: ignore[return-value]
 
 
@@ -213,7 +204,7 @@ def test_nohint_mode_no_updates():
 def test_experiences_one_per_call_fields():
     cfg = cfg_(pack_size=3, repeats=1)
     jobs = sampled_jobs(cfg, n_packs=3)
-    be = ScriptedBackend(solve=hashed_code)
+    be = ByteEngine(solve=hashed_code)
     results = []
     for job in jobs:  # one at a time so each lifecycle's requests are known
         n0 = len(be.requests)
@@ -226,16 +217,19 @@ def test_experiences_one_per_call_fields():
         assert res.task_rewards == [e.reward for e in res.episodes]
         updates = [e for e in res.experiences if e.episode_type == "update"]
         assert [(e.position, e.turn) for e in updates] == [(j, 0) for j in range(k - 1)]
+        solve_eps = {m.position: m for m in res.model_episodes if m.episode_type == "solve"}
         for pos, ep in enumerate(res.episodes):
             solves = [e for e in res.experiences if e.episode_type == "solve" and e.position == pos]
             assert [e.turn for e in solves] == list(range(len(ep.turns)))
-            assert all(e.own_reward == ep.reward for e in solves)
+            assert solve_eps[pos].calls == solves and solve_eps[pos].own_reward == ep.reward
             assert ep.completion_tokens == sum(len(e.completion_ids) for e in solves)
             assert ep.format_valid == all(t.valid for t in ep.turns)
+        for m in res.model_episodes:
+            assert all((c.episode_type, c.position) == (m.episode_type, m.position) for c in m.calls)
+            if m.episode_type == "update":
+                assert m.own_reward == res.episodes[m.position].hint_reward
         for exp in res.experiences:
             assert exp.pack_id == res.pack_id and exp.repeat == res.repeat
-            assert exp.lifecycle_id == f"{res.pack_id}#{res.repeat}"
-            assert exp.task_rewards == res.task_rewards
             assert exp.token_exact and len(exp.logprobs) == len(exp.completion_ids) > 0
             # the loss mask covers exactly the completion: 0 on the prompt, 1 on every sampled token
             mask = exp.loss_mask
@@ -243,7 +237,7 @@ def test_experiences_one_per_call_fields():
             assert mask == [0] * len(exp.prompt_ids) + [1] * len(exp.completion_ids)
             assert bytes(t for t, m in zip(exp.input_ids, mask) if m).decode() == exp.text
             if exp.episode_type == "update":
-                assert exp.own_reward == res.episodes[exp.position].hint_reward == 0.0
+                assert res.episodes[exp.position].hint_reward == 0.0
     # the hashed policy makes lifecycles differ: some fail, some succeed or move
     assert len({tuple(len(e.turns) for e in r.episodes) for r in results}) > 1
 
@@ -262,13 +256,13 @@ def test_solve_length_penalty_ramp_uses_longest_reply(start, end, ramp):
     pads = [0, 9, 3, 0]
     solve = lambda req: " " * pads[sum(m["role"] == "assistant" for m in req.messages)] + "1</answer>"  # noqa: E731
     cfg = cfg_(pack_size=1, length_penalty_coef=0.5, length_penalty_start=start, length_penalty_end=end)
-    [res], _ = play([Job(ENV, pack, 0)], cfg, ScriptedBackend(solve=solve))
+    [res], _ = play([Job(ENV, pack, 0)], cfg, ByteEngine(solve=solve))
     [ep] = res.episodes
     assert [len(e.completion_ids) for e in res.experiences] == [10, 19, 13, 10]
     assert ep.env_reward == 1.0 and ep.success and ep.format_valid
     assert ep.reward == pytest.approx(1.0 - 0.5 * ramp)
     assert ramp == expected_ramp(19, start, end)
-    assert all(e.own_reward == pytest.approx(1.0 - 0.5 * ramp) for e in res.experiences)
+    assert [m.own_reward for m in res.model_episodes] == [pytest.approx(1.0 - 0.5 * ramp)]
     assert res.task_rewards == [ep.reward]
 
 
@@ -290,13 +284,13 @@ def test_invalid_hints_penalised_and_previous_kept(bad):
 
     cfg = cfg_(pack_size=3, hint_penalty_coef=0.25)
     pack = hand_pack(["SFFFG"], RIGHT_FIRST, k=3)
-    [res], be = play([Job(ENV, pack, 0)], cfg, ScriptedBackend(update=update))
+    [res], be = play([Job(ENV, pack, 0)], cfg, ByteEngine(update=update))
     e0, e1, e2 = res.episodes
     assert (e0.hint_valid, e0.hint_reward, e0.hints_out) == (True, 0.0, good)
     assert (e1.hint_valid, e1.hint_reward) == (False, -0.25)
     assert e1.hints_out == good  # the invalid block does not replace what was learned
     assert e2.hints_in == good
-    updates = [e for e in res.experiences if e.episode_type == "update"]
+    updates = [m for m in res.model_episodes if m.episode_type == "update"]
     assert [u.own_reward for u in updates] == [0.0, -0.25]
     task2 = [r for r, x in zip(be.requests, res.experiences) if x.episode_type == "solve" and x.position == 2]
     assert task2 and all(r.messages[1]["content"].startswith(f"Hints:\n{good}\n\n") for r in task2)
@@ -312,13 +306,13 @@ def test_unparseable_hints_without_reply_prefix():
         return replies.get(previous_hints(req), "x")
 
     cfg = cfg_(pack_size=2, update_reply_prefix="", hint_penalty_coef=0.1)
-    [res], be = play([Job(ENV, hand_pack(["SFFFG"], RIGHT_FIRST, k=2), 0)], cfg, ScriptedBackend(update=update))
+    [res], be = play([Job(ENV, hand_pack(["SFFFG"], RIGHT_FIRST, k=2), 0)], cfg, ByteEngine(update=update))
     e0, e1 = res.episodes
     assert (e0.hint_valid, e0.hint_reward, e0.hints_out) == (False, -0.1, "")
     assert e1.hints_in == ""
     # and a proper block parses
     replies["(none yet)"] = "Notes first.\nHints: code 1 moves Right."
-    [res], _ = play([Job(ENV, hand_pack(["SFFFG"], RIGHT_FIRST, k=2), 0)], cfg, ScriptedBackend(update=update))
+    [res], _ = play([Job(ENV, hand_pack(["SFFFG"], RIGHT_FIRST, k=2), 0)], cfg, ByteEngine(update=update))
     assert (res.episodes[0].hint_valid, res.episodes[0].hint_reward) == (True, 0.0)
     assert res.episodes[1].hints_in == "code 1 moves Right."
 
@@ -328,7 +322,7 @@ def test_hint_length_ramp(n_bytes, ramp):
     text = ("abcdefghij" * 5)[:n_bytes]  # valid (>= 8 chars) hints of n_bytes tokens
     cfg = cfg_(pack_size=2, hint_length_coef=0.2, hint_length_start=10, hint_length_end=30)
     [res], _ = play([Job(ENV, hand_pack(["SFFFG"], RIGHT_FIRST, k=2), 0)], cfg,
-                    ScriptedBackend(update=always(text)))
+                    ByteEngine(update=always(text)))
     ep = res.episodes[0]
     assert ep.hint_valid and ep.hints_out == text  # over-long hints are still used, only penalised
     assert ep.hint_reward == pytest.approx(-0.2 * ramp)
@@ -338,14 +332,10 @@ def test_hint_length_ramp(n_bytes, ramp):
 def test_text_only_engine_uses_word_counts():
     """Engines without token ids (token_exact False) are scored on whitespace-separated words."""
 
-    class TextOnly(ScriptedBackend):
-        def generate(self, requests: list[GenRequest]) -> list[GenResult]:
-            return [GenResult(text=r.text, token_exact=False) for r in super().generate(requests)]
-
     # 1 then 3 words: "1</answer>" / "1</answer> a b"; the penalty ramp spans 1..5 words
     solve = lambda req: "1</answer>" + (" a b" if len(req.messages) > 2 else "")  # noqa: E731
     cfg = cfg_(pack_size=1, length_penalty_coef=0.4, length_penalty_start=1, length_penalty_end=5)
-    [res], _ = play([Job(ENV, hand_pack(["SFG"], RIGHT_FIRST), 0)], cfg, TextOnly(solve=solve))
+    [res], _ = play([Job(ENV, hand_pack(["SFG"], RIGHT_FIRST), 0)], cfg, FunctionBackend(solve))
     [ep] = res.episodes
     assert ep.success and ep.completion_tokens == 1 + 3
     assert ep.reward == pytest.approx(1.0 - 0.4 * 0.5)
@@ -361,11 +351,11 @@ def test_concurrent_lifecycles_batch_calls_and_match_sequential():
     cfg_par = cfg_(pack_size=2, repeats=2, max_concurrent=8)
     jobs = sampled_jobs(cfg_par, n_packs=4)
     assert len(jobs) == 8
-    seq_runner, par_runner = LifecycleRunner(ScriptedBackend(solve=hashed_code), cfg_seq), \
-        LifecycleRunner(ScriptedBackend(solve=hashed_code), cfg_par)
+    seq_runner, par_runner = LifecycleRunner(ByteEngine(solve=hashed_code), cfg_seq), \
+        LifecycleRunner(ByteEngine(solve=hashed_code), cfg_par)
     seq, par = seq_runner.run(jobs), par_runner.run(jobs)
     seq_be, par_be = seq_runner.backend, par_runner.backend
-    assert isinstance(seq_be, ScriptedBackend) and isinstance(par_be, ScriptedBackend)
+    assert isinstance(seq_be, ByteEngine) and isinstance(par_be, ByteEngine)
     n_requests = sum(len(r.experiences) for r in seq)
     # sequential: one request per engine call
     assert seq_be.stats.generate_calls == n_requests and all(len(c) == 1 for c in seq_be.calls)
@@ -387,7 +377,7 @@ def test_max_concurrent_respected(max_concurrent):
     cfg = cfg_(pack_size=2, repeats=2, max_concurrent=max_concurrent)
     jobs = sampled_jobs(cfg, n_packs=4)
     done: list[LifecycleResult] = []
-    be = ScriptedBackend(solve=hashed_code)
+    be = ByteEngine(solve=hashed_code)
     results = LifecycleRunner(be, cfg).run(jobs, on_done=done.append)
     sizes = [len(c) for c in be.calls]
     assert max(sizes) == max_concurrent
@@ -453,7 +443,7 @@ def test_ralph_expand_makes_one_pack_per_task():
 def test_malformed_solve_reply_is_a_scored_failure(bad):
     cfg = cfg_(pack_size=2)
     pack = hand_pack(["SFFFG"], RIGHT_FIRST, k=2)  # a valid "1" would move right, not fail
-    [res], be = play([Job(ENV, pack, 0)], cfg, ScriptedBackend(solve=always(bad)))
+    [res], be = play([Job(ENV, pack, 0)], cfg, ByteEngine(solve=always(bad)))
     assert kinds(be.requests) == "SUS"  # one reply per task, then the lifecycle goes on
     for ep in res.episodes:
         assert len(ep.turns) == 1

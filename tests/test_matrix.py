@@ -103,7 +103,7 @@ def test_matrix_2x3_killed_and_resumed(tmp_path: Path, tiny_models: list[Path]) 
         ({"models": [{"name": "m", "path": "/no/such/model"}]}, ["model 'm'", "/no/such/model", "config.json"]),
         ({"evals": [{"env": "nope"}]}, ["evals.0.env", "'nope'", "frozenlake"]),
         ({"evals": [{"env": "frozenlake", "variant": "sometimes"}]}, ["evals.0.variant", "'cod'", "'ralph-first'"]),
-        ({"evals": [{"env": "frozenlake", "env_params": {"bogus": 1}}]}, ["bogus", "allowed parameters"]),
+        ({"evals": [{"env": "frozenlake", "env_params": {"bogus": 1}}]}, ["bogus", "unknown key", "allowed keys"]),
         ({"models": [{"name": "a"}, {"name": "a"}]}, ["models: names must be unique"]),
     ],
 )
@@ -190,34 +190,25 @@ def test_variant_settings_rejects_unknown() -> None:
 def test_curator_and_ralph_nohint_cells_read_and_resume(tmp_path: Path) -> None:
     """Cells of the new variants are evaluated with a scripted engine, read back by their summary
     mode, and skipped when the matrix runs again."""
-    from codrl.backends.base import Backend, GenRequest, GenResult
+    from codrl.backends.scripted import FunctionBackend
     from codrl.eval.matrix import MatrixConfig, run_matrix
-
-    class Echo(Backend):
-        def __init__(self) -> None:
-            super().__init__()
-            self.requests = 0
-
-        def generate(self, requests: list[GenRequest]) -> list[GenResult]:
-            self.requests += len(requests)
-            return [GenResult(text="ADD: value 3" if "Current lessons" in r.messages[-1]["content"] else "3",
-                              token_exact=False) for r in requests]
 
     variants = ("curator", "ralph-first-nohint", "ralph-expand-curator")
     cfg = MatrixConfig(models=[{"name": "echo"}],
                        evals=[{"env": "secret_table", "variant": v, "pack_size": 2, "packs": 3} for v in variants],
                        rollout=TOY_ROLLOUT, output_dir=str(tmp_path / "m"))
-    engines: list[Echo] = []
+    engines: list[FunctionBackend] = []
 
-    def factory(spec: object) -> Echo:
-        engines.append(Echo())
+    def factory(spec: object) -> FunctionBackend:
+        engines.append(FunctionBackend(
+            lambda r: "ADD: value 3" if "Current lessons" in r.messages[-1]["content"] else "3"))
         return engines[-1]
 
     result = run_matrix(cfg, progress=False, backend_factory=factory)
-    assert result["complete"] and engines[0].requests > 0
+    assert result.complete and engines[0].requests
     for v in variants:
-        cell = result["cells"]["echo"][f"secret_table/{v}/k2"]
-        assert len(cell["positions"]) == 2
-        assert cell["n_packs"] == (6 if "expand" in v else 3)  # expand: one pack per task
+        cell = result.cells["echo"][f"secret_table/{v}/k2"]
+        assert len(cell.positions) == 2
+        assert cell.n_packs == (6 if "expand" in v else 3)  # expand: one pack per task
     again = run_matrix(cfg, progress=False, backend_factory=factory)
-    assert len(engines) == 1 and again["cells"] == result["cells"]  # every cell skipped
+    assert len(engines) == 1 and again.cells == result.cells  # every cell skipped

@@ -15,7 +15,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from codrl.envs import Pack, Task, make_env
-from codrl.envs.checklist import TurnText, play_scripted, reward_matrix
 from codrl.envs.pde import PDEDiscovery, PDEState, parse_action, score_equation
 from codrl.envs.pde.env import CHANCE_REWARD, FORMAT_HINT, T_STEPS
 from codrl.envs.pde.library import (
@@ -32,7 +31,9 @@ from codrl.envs.pde.library import (
 from codrl.envs.pde.regression import refit, sparse_regression
 from codrl.envs.pde.simulate import initial_profile, residual, simulate, x_grid
 from codrl.envs.scripted import agents_for
+from codrl.envs.scripted.base import TurnText
 from codrl.envs.scripted.pde import learner_agent, oracle_agent, random_agent
+from codrl.eval.checklist import play_pack, reward_matrix
 
 NAMES = ("pde", "pde_hard")
 #: A cheaper grid for tests that simulate many experiments (the default stays 257 x 2001).
@@ -425,7 +426,7 @@ def test_learner_hints_carry_the_support():
     print("\n" + pack.world["text"], np.round(rewards, 3), "\n" + hints)
     assert rewards[-1] > 0.95  # this pack's law is found and then reused
     assert len(transcript) == 3  # sample, regress the remembered support, commit
-    assert play_scripted(env, pack, learner_agent, np.random.default_rng(0)) == rewards
+    assert play_pack(env, pack, learner_agent, np.random.default_rng(0)) == rewards
 
 
 # -- robustness ---------------------------------------------------------------------------------

@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from codrl.envs import CoDEnv, Pack, check_name, describe, env_names, make_env
-from codrl.envs.checklist import levels, play_scripted
 from codrl.errors import CodrlError
+from codrl.eval.checklist import levels, play_pack
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -114,7 +114,7 @@ def test_checklist_levels() -> None:
     assert lv.memoryless_last < lv.memoryless_first + 0.15
     # a lifecycle is what the runner plays: one pack, one fresh agent per task, hints as text
     pack = env.sample_pack("test", 0, 0, 3)
-    assert play_scripted(env, pack, coin_agents.oracle_agent, np.random.default_rng(0)) == [1.0, 1.0, 1.0]
+    assert play_pack(env, pack, coin_agents.oracle_agent, np.random.default_rng(0)) == [1.0, 1.0, 1.0]
 
 
 @functools.lru_cache(maxsize=1)

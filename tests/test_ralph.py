@@ -1,7 +1,7 @@
 """`codrl ralph`: user task folders, test reports, notes after every attempt, bad input, real models.
 
 Fast tests drive the real runner, the real sandbox and the example task folder
-(``examples/ralph_task``) with :class:`CoderBackend`, a deterministic engine whose solution
+(``examples/ralph_task``) with :func:`coder`, a deterministic engine whose solution
 depends only on what its prompt says, so the notes' effect is exact. Slow tests use the embedded
 model in process and the llama.cpp server through the command line.
 """
@@ -19,7 +19,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from codrl.backends.base import Backend, GenRequest, GenResult
+from codrl.backends.base import Backend, GenRequest
+from codrl.backends.scripted import FunctionBackend
 from codrl.envs.code.user_task import UserTaskEnv, load_task_folder, parse_test_summary, score_test_run
 from codrl.errors import CodrlError
 from codrl.eval.ralph import NotesWriter, RalphConfig, pass_rates, run_ralph
@@ -47,30 +48,19 @@ NAIVE = "def parse_duration(text):\n    return int(text)\n```\n</answer>"
 LESSON = "units h m s need a regex"
 
 
-class CoderBackend(Backend):
+def coder(system_prompt: str) -> FunctionBackend:
     """Writes the naive solution unless its prompt carries the lesson; every note step writes the lesson.
 
     A note step (any request whose system prompt is not the task's) answers ``ADD: <lesson>``,
     which a curator parses as an operation and a free-form hints rewrite keeps as text.
     """
 
-    def __init__(self, system_prompt: str) -> None:
-        super().__init__()
-        self.system_prompt = system_prompt
-        self.prompts: list[str] = []
+    def reply(req: GenRequest) -> str:
+        if req.messages[0]["content"] != system_prompt:
+            return f"ADD: {LESSON}"
+        return GOOD if any(LESSON in m["content"] for m in req.messages) else NAIVE
 
-    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
-        out = []
-        for req in requests:
-            prompt = "\n".join(m["content"] for m in req.messages)
-            solve = req.messages[0]["content"] == self.system_prompt
-            if solve:
-                self.prompts.append(req.messages[1]["content"])
-            text = (GOOD if LESSON in prompt else NAIVE) if solve else f"ADD: {LESSON}"
-            ids = list(text.encode())
-            out.append(GenResult(text=text, prompt_ids=list(prompt.encode())[:64], completion_ids=ids,
-                                 logprobs=[-0.5] * len(ids), finish_reason="stop"))
-        return out
+    return FunctionBackend(reply)
 
 
 def _task_folder(tmp_path: Path, **files: str | bytes) -> Path:
@@ -216,16 +206,17 @@ def test_target_errors() -> None:
 
 def test_ralph_loop_carries_notes_and_reports_pass_rate_per_attempt(tmp_path: Path) -> None:
     env = UserTaskEnv(EXAMPLE)
-    backend = CoderBackend(env.system_prompt)
+    backend = coder(env.system_prompt)
     cfg = RalphConfig(target=str(EXAMPLE), attempts=3, contexts=["nohint", "cod", "curator"])
     rates = run_ralph(backend, cfg, tmp_path, progress=False)
-    per = {c: [a["pass_rate"] for a in rates[c]["attempts"]] for c in rates}
+    prompts = [r.messages[1]["content"] for r in backend.requests if r.messages[0]["content"] == env.system_prompt]
+    per = {c: [a.pass_rate for a in rates[c].attempts] for c in rates}
     assert per == {"nohint": [0.0, 0.0, 0.0], "cod": [0.0, 1.0, 1.0], "curator": [0.0, 1.0, 1.0]}
-    assert [a["mean_reward"] for a in rates["nohint"]["attempts"]] == [0.5, 0.5, 0.5]
-    assert [a["solved_by"] for a in rates["cod"]["attempts"]] == [0.0, 1.0, 1.0]
+    assert [a.mean_reward for a in rates["nohint"].attempts] == [0.5, 0.5, 0.5]
+    assert [a.solved_by for a in rates["cod"].attempts] == [0.0, 1.0, 1.0]
     # the second attempt's prompt carried the notes (cod: free-form; curator: a numbered lesson list)
-    assert sum(LESSON in p for p in backend.prompts) == 4
-    assert any(f"1. {LESSON}" in p for p in backend.prompts)
+    assert sum(LESSON in p for p in prompts) == 4
+    assert any(f"1. {LESSON}" in p for p in prompts)
     for context in ("nohint", "cod", "curator"):
         note = tmp_path / "notes" / context / "task_ralph_task_test_0_0_0.md"
         log = note.with_suffix(".log.md").read_text()
@@ -249,12 +240,12 @@ def test_pass_rates_average_loops_of_a_task_first(tmp_path: Path) -> None:
                              reward=float(s), success=s, format_valid=True, feedback="", completion_tokens=1)
                for i, s in enumerate(successes)]
         return LifecycleResult(pack_id=pack, env="x", split="test", repeat=0, mode="ralph", episodes=eps,
-                               experiences=[])
+                               model_episodes=[])
 
     rates = pass_rates([lc("a", [False, True]), lc("a", [False, False]), lc("b", [True, True])], attempts=2)
-    assert rates["tasks"] == 2 and rates["loops"] == 3
-    assert [r["pass_rate"] for r in rates["attempts"]] == [0.5, 0.75]
-    assert [r["solved_by"] for r in rates["attempts"]] == [0.5, 0.75]
+    assert rates.tasks == 2 and rates.loops == 3
+    assert [r.pass_rate for r in rates.attempts] == [0.5, 0.75]
+    assert [r.solved_by for r in rates.attempts] == [0.5, 0.75]
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,8 +289,8 @@ def test_ralph_embedded_model_on_coding_tasks(embedded_backend: Backend, tmp_pat
     rates = run_ralph(embedded_backend, cfg, tmp_path, progress=False)
     assert set(rates) == {"cod", "curator"}
     for context, r in rates.items():
-        assert r["tasks"] == 2 and len(r["attempts"]) == 2
-        assert all(0.0 <= a["pass_rate"] <= 1.0 and 0.0 <= a["mean_reward"] <= 1.0 for a in r["attempts"])
+        assert r.tasks == 2 and len(r.attempts) == 2
+        assert all(0.0 <= a.pass_rate <= 1.0 and 0.0 <= a.mean_reward <= 1.0 for a in r.attempts)
         assert len(list((tmp_path / "notes" / context).glob("*.log.md"))) == 2
     trajectories = [json.loads(line) for line in (tmp_path / "trajectories.jsonl").read_text().splitlines()]
     assert len(trajectories) == 4

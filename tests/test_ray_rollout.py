@@ -34,7 +34,7 @@ from codrl.rollout.experience import Experience, LifecycleResult
 from codrl.rollout.lifecycle import Job, LifecycleRunner, job_seeds, make_jobs
 from codrl.train.checkpoint import trainable_state
 from codrl.train.config import DistributedConfig, EnvSpec, LoraSpec, ModelConfig, TrainConfig
-from codrl.train.trainer import build_policy
+from codrl.train.policy import build_policy
 
 ray = pytest.importorskip("ray")
 

@@ -33,22 +33,22 @@ from codrl.algo.advantages import RENAMED_SCOPES, SCOPES, AdvantageConfig, compu
 from codrl.backends.base import Backend, GenRequest, GenResult, SamplingParams
 from codrl.config import load_yaml, validate
 from codrl.envs import Pack, make_env
-from codrl.envs.checklist import play_scripted
 from codrl.envs.control import OptimalControl
 from codrl.envs.pde import PDEDiscovery
 from codrl.envs.pde.library import format_equation
 from codrl.envs.scripted import agents_for
 from codrl.envs.scripted.pde import OracleAgent
 from codrl.errors import CodrlError
+from codrl.eval.checklist import play_pack
 from codrl.rollout.config import RolloutConfig
 from codrl.rollout.curator import CURATOR_SYSTEM
-from codrl.rollout.experience import Experience, LifecycleResult
+from codrl.rollout.experience import LifecycleResult
 from codrl.rollout.lifecycle import LifecycleRunner, make_jobs, solve_reward, turn_penalty
 from codrl.rollout.prompts import HINTS_END, HINTS_START, NO_HINT, UPDATE_SYSTEM, parse_hints_block
 from codrl.view.data import lifecycle_row
 
 sys.path.insert(0, str(Path(__file__).parent))
-from support import serve_in_thread  # noqa: E402
+from support import lifecycle_result, serve_in_thread  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 Agent = Any  # a scripted agent: act(hints, observation) -> reply
@@ -204,13 +204,13 @@ def test_scripted_learner_sees_what_the_model_sees() -> None:
         return agent
 
     pack = env.sample_pack("test", 0, 0, 4)
-    rewards = play_scripted(env, pack, spying, np.random.default_rng(0))
-    assert given == [None] * 4 and max(rewards) > 0
+    rewards = play_pack(env, pack, spying, np.random.default_rng(0))
+    assert given == [None] * 3 and max(rewards) > 0  # one update between consecutive tasks
     fl = make_env("frozenlake")
     given.clear()
     learner = agents_for("frozenlake").learner
-    fl_rewards = play_scripted(fl, fl.sample_pack("test", 0, 0, 3), spying, np.random.default_rng(0))
-    assert given == pytest.approx(fl_rewards)  # a visible reward still reaches the learner
+    fl_rewards = play_pack(fl, fl.sample_pack("test", 0, 0, 3), spying, np.random.default_rng(0))
+    assert given == pytest.approx(fl_rewards[:-1])  # a visible reward still reaches the learner
 
 
 def test_viewer_marks_a_hidden_score() -> None:
@@ -277,7 +277,7 @@ def test_chat_template_kwargs_reach_the_template(tiny: tuple[Any, Any]) -> None:
 def test_training_config_carries_chat_template_kwargs(tiny: tuple[Any, Any], tmp_path: Path) -> None:
     from codrl.toy.policy import save_policy
     from codrl.train.config import TrainConfig
-    from codrl.train.trainer import build_policy
+    from codrl.train.policy import build_policy
 
     folder = save_policy(*tiny, tmp_path / "tiny")
     cfg = validate(TrainConfig, {"envs": [{"name": "secret_table"}],
@@ -399,23 +399,21 @@ def test_turn_penalty_in_played_lifecycles() -> None:
 # 4. re-weighting scopes
 
 
-def exp_(env: str, pack: str, repeat: int, position: int, reward: float, tokens: int) -> Experience:
-    return Experience(pack_id=pack, repeat=repeat, episode_type="solve", position=position, turn=0,
-                      prompt_ids=[1], completion_ids=[2] * tokens, logprobs=[-0.5] * tokens, text="",
-                      own_reward=reward, task_rewards=[reward], env=env)
+def exp_(env: str, pack: str, repeat: int, reward: float, tokens: int) -> LifecycleResult:
+    return lifecycle_result(pack, repeat, [reward], tokens=tokens, env=env)
 
 
-def scoped_batch() -> list[Experience]:
+def scoped_batch() -> list[LifecycleResult]:
     """Two environments, three packs (K = 1, 2 repeats each), advantages +-0.5 with tokens chosen so
     that pack a1 sums to -1 (1 vs 3 tokens), pack a2 to +1 (environment A: 0), pack b1 to -0.5
     (environment B, and the batch: -0.5)."""
-    return [exp_("A", "a1", 0, 0, 1.0, 1), exp_("A", "a1", 1, 0, 0.0, 3),
-            exp_("A", "a2", 0, 0, 1.0, 3), exp_("A", "a2", 1, 0, 0.0, 1),
-            exp_("B", "b1", 0, 0, 1.0, 1), exp_("B", "b1", 1, 0, 0.0, 2)]
+    return [exp_("A", "a1", 0, 1.0, 1), exp_("A", "a1", 1, 0.0, 3),
+            exp_("A", "a2", 0, 1.0, 3), exp_("A", "a2", 1, 0.0, 1),
+            exp_("B", "b1", 0, 1.0, 1), exp_("B", "b1", 1, 0.0, 2)]
 
 
-def weighted(exps: list[Experience]) -> float:
-    return sum(e.advantage * len(e.completion_ids) for e in exps)
+def weighted(results: list[LifecycleResult]) -> float:
+    return sum(ep.advantage * ep.sampled_tokens for r in results for ep in r.model_episodes)
 
 
 @pytest.mark.parametrize(("scope", "changed"), [
@@ -425,23 +423,25 @@ def test_reweight_scopes_group_as_named(scope: str, changed: set[str]) -> None:
     plain, exps = scoped_batch(), scoped_batch()
     compute_advantages(plain, AdvantageConfig())
     metrics = compute_advantages(exps, AdvantageConfig(reweight=scope))  # type: ignore[arg-type]
-    moved = {e.pack_id for p, e in zip(plain, exps, strict=True) if e.advantage != pytest.approx(p.advantage)}
+    moved = {e.pack_id for p, e in zip(plain, exps, strict=True)
+             if e.model_episodes[0].advantage != pytest.approx(p.model_episodes[0].advantage)}
     assert moved == changed
-    groups: dict[Any, list[Experience]] = {}
+    groups: dict[Any, list[LifecycleResult]] = {}
     for e in exps:
-        groups.setdefault(scope_key(e, scope), []).append(e)  # type: ignore[arg-type]
+        groups.setdefault(scope_key(e, e.model_episodes[0], scope), []).append(e)  # type: ignore[arg-type]
     assert len(groups) == {"pack_position": 3, "pack": 3, "env": 2, "batch": 1}[scope]
     assert all(weighted(g) >= -1e-9 for g in groups.values())  # each scope's sum is made non-negative
-    reweighted = {scope_key(e, scope) for e in exps if e.pack_id in changed}  # type: ignore[arg-type]
+    reweighted = {scope_key(e, e.model_episodes[0], scope)  # type: ignore[arg-type]
+                  for e in exps if e.pack_id in changed}
     assert metrics["reweight_frac"] == pytest.approx(len(reweighted) / len(groups))
 
 
 def test_pack_position_scope_splits_positions() -> None:
-    e0 = exp_("A", "p", 0, 0, 1.0, 1)
-    e1 = exp_("A", "p", 0, 1, 1.0, 1)
-    assert scope_key(e0, "pack_position") != scope_key(e1, "pack_position")
-    assert scope_key(e0, "pack") == scope_key(e1, "pack") == "p"
-    assert scope_key(e0, "env") == "A" and scope_key(e0, "batch") == ()
+    r = lifecycle_result("p", 0, [1.0, 1.0], env="A")
+    e0, e1 = r.model_episodes
+    assert scope_key(r, e0, "pack_position") != scope_key(r, e1, "pack_position")
+    assert scope_key(r, e0, "pack") == scope_key(r, e1, "pack") == "p"
+    assert scope_key(r, e0, "env") == "A" and scope_key(r, e0, "batch") == ()
     assert set(SCOPES) == {"pack_position", "pack", "env", "batch"}
 
 
@@ -666,13 +666,17 @@ def test_env_scope_in_a_played_mixture() -> None:
     results = LifecycleRunner(backend, cfg).run(jobs, seeds=list(range(len(jobs))))
     exps = [e for r in results for e in r.experiences]
     assert {(e.pack_id.split("/")[0], e.env) for e in exps} == {("frozenlake", "frozenlake"), ("alchemy", "alchemy")}
-    assert {scope_key(e, "env") for e in exps} == {"frozenlake", "alchemy"}
-    alone = {env: copy.deepcopy([e for e in exps if e.env == env]) for env in ("frozenlake", "alchemy")}
-    whole = copy.deepcopy(exps)
+    assert {scope_key(r, ep, "env") for r in results for ep in r.model_episodes} == {"frozenlake", "alchemy"}
+    alone = {env: copy.deepcopy([r for r in results if r.env == env]) for env in ("frozenlake", "alchemy")}
+    whole = copy.deepcopy(results)
     compute_advantages(whole, AdvantageConfig(reweight="batch"))
-    metrics = compute_advantages(exps, AdvantageConfig(reweight="env"))
+    metrics = compute_advantages(results, AdvantageConfig(reweight="env"))
     assert metrics["reweight_frac"] > 0
-    assert [e.advantage for e in exps] != pytest.approx([e.advantage for e in whole])  # not the batch's grouping
+
+    def advs(rs: list[LifecycleResult]) -> list[float]:
+        return [ep.advantage for r in rs for ep in r.model_episodes]
+
+    assert advs(results) != pytest.approx(advs(whole))  # not the batch's grouping
     for env, subset in alone.items():  # the env scope re-weights each environment as a batch of its own
         compute_advantages(subset, AdvantageConfig(reweight="batch"))
-        assert [e.advantage for e in exps if e.env == env] == pytest.approx([e.advantage for e in subset])
+        assert advs([r for r in results if r.env == env]) == pytest.approx(advs(subset))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from codrl.envs import Pack, Task, make_env
+from codrl.errors import CodrlError
 from codrl.toy.secret_table import SecretTable, fact, observation_text
 
 TABLE = {"a": "3", "b": "1", "c": "4", "d": "2"}
@@ -200,14 +201,14 @@ def test_chat_style_texts_prefix_and_parse():
         res = ep.step(reply)
         assert (res.reward, res.valid) == (reward, valid), reply
         assert "The number of letter b is 1." in res.feedback  # every outcome reveals the entry
-    with pytest.raises(ValueError, match="style must be one of 'toy', 'chat'"):
+    with pytest.raises(CodrlError, match="env 'secret_table'.*style: Input should be 'toy' or 'chat'"):
         make_env("secret_table", style="prose")
 
 
 @pytest.mark.parametrize("style", ["toy", "chat"])
 def test_checklist_levels(style):
-    from codrl.envs.checklist import levels
     from codrl.envs.scripted import agents_for
+    from codrl.eval.checklist import levels
 
     env = make_env("secret_table", style=style)
     lv = levels(env, *agents_for("secret_table"), packs=200, pack_size=4)
@@ -219,8 +220,8 @@ def test_checklist_levels(style):
 
 
 def test_learner_reads_only_text():
-    from codrl.envs.checklist import reward_matrix
     from codrl.envs.scripted import agents_for
+    from codrl.eval.checklist import reward_matrix
 
     env = make_env("secret_table", style="chat")
     learner = agents_for("secret_table").learner

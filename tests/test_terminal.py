@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 import codrl.envs.scripted.terminal as scripted
 from codrl.envs import Pack, Task, describe, make_env
-from codrl.envs.checklist import TurnText, levels, reward_matrix
 from codrl.envs.scripted import agents_for
+from codrl.envs.scripted.base import TurnText
 from codrl.envs.terminal import TASK_KINDS, Terminal, parse_command
 from codrl.envs.terminal import env as env_mod
 from codrl.envs.terminal import fs as fs_mod
@@ -28,6 +28,7 @@ from codrl.envs.terminal import shell as shell_mod
 from codrl.envs.terminal import tasks as tasks_mod
 from codrl.envs.terminal.fs import MAX_NODES, Dir, File, FileSystem, FsError, mode_string
 from codrl.envs.terminal.shell import Machine, Shell, split_line
+from codrl.eval.checklist import levels, reward_matrix
 
 FAST = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

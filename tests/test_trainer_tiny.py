@@ -11,6 +11,7 @@ import torch
 
 from codrl.train.config import TrainConfig
 from codrl.train.trainer import Trainer
+from codrl.train.rollouts import rollout_logprobs_are_old
 
 sys.path.insert(0, str(Path(__file__).parent))
 from toy_config import toy_train_config  # noqa: E402
@@ -59,7 +60,7 @@ def test_full_finetune_recompute_and_minibatches(tiny_dir: Path, tmp_path: Path)
 def test_rollout_uses_updated_weights(tiny_dir: Path, tmp_path: Path) -> None:
     trainer = Trainer(config(tiny_dir, tmp_path))
     assert trainer.backend.model is trainer.model  # no copy: the next rollout samples the new weights
-    assert trainer._use_rollout_logprobs()
+    assert rollout_logprobs_are_old(trainer.cfg, trainer.backend)
 
 
 def test_mixture_metrics_and_evaluation_per_environment(tiny_dir: Path, tmp_path: Path) -> None:
@@ -75,7 +76,7 @@ def test_mixture_metrics_and_evaluation_per_environment(tiny_dir: Path, tmp_path
     assert [e.name for e in trainer.eval_envs] == ["secret_table", "secret_pairs", "secret_held_out"]
     history = trainer.train()
     m = history[-1]
-    played = {p[0].name for p in trainer.packs_for_step(0)}
+    played = {p[0].name for p in trainer.plan.packs(0)}
     assert played == {"secret_table", "secret_pairs"}  # 8 packs at weights 1:3 drew both
     for name in played:
         assert f"reward/{name}/mean" in m and f"reward/{name}/pos0" in m and f"reward/{name}/pos2" in m

@@ -77,7 +77,7 @@ def make_lifecycle(pack: str, rewards: Sequence[float], *, mode: str = "cod", en
         episodes.append(make_episode(pos, r, hints_in=hints, hints_out=out, reply=reply))
         hints = out or hints
     return LifecycleResult(pack_id=pack, env=env, split="test", repeat=repeat, mode=mode, episodes=episodes,
-                           experiences=[])
+                           model_episodes=[])
 
 
 def write_eval(out: Path, *, reply: str = "<answer>Direction 1</answer>") -> Path:

@@ -24,7 +24,8 @@ from typing import Any
 
 import pytest
 
-from codrl.backends.base import Backend, GenRequest, GenResult
+from codrl.backends.base import GenRequest
+from codrl.backends.scripted import FunctionBackend
 from codrl.envs import make_env
 from codrl.eval.report import write_report
 from codrl.rollout.config import RolloutConfig
@@ -176,31 +177,23 @@ WORDS = ["hole", "goal", "direction", *("".join(_letters.choice("etaoinshrdlucmf
                                         for _ in range(1024))]
 
 
-class RandomTalker(Backend):
+def random_talker(seed: int = 0) -> FunctionBackend:
     """A fast stand-in engine with replies of realistic length: some reasoning, a random direction,
     and hints blocks of a few lines that keep some old lines and change others."""
+    rng = random.Random(seed)
 
-    token_exact = False
+    def sentence(n: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + "."
 
-    def __init__(self, seed: int = 0) -> None:
-        super().__init__()
-        self.rng = random.Random(seed)
+    def reply(req: GenRequest) -> str:
+        if req.messages[0]["content"] == UPDATE_SYSTEM:
+            old = [ln for ln in req.messages[-1]["content"].splitlines() if ln.startswith("- ")][:4]
+            kept = [ln for ln in old if rng.random() < 0.6]
+            new = [f"- {sentence(rng.randint(6, 14))}" for _ in range(rng.randint(1, 3))]
+            return "\n".join(kept + new)
+        return f"{sentence(rng.randint(10, 30))} <answer>Direction {rng.randint(1, 4)}</answer>"
 
-    def _sentence(self, n: int) -> str:
-        return " ".join(self.rng.choice(WORDS) for _ in range(n)).capitalize() + "."
-
-    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
-        out = []
-        for req in requests:
-            if req.messages[0]["content"] == UPDATE_SYSTEM:
-                old = [ln for ln in req.messages[-1]["content"].splitlines() if ln.startswith("- ")][:4]
-                kept = [ln for ln in old if self.rng.random() < 0.6]
-                new = [f"- {self._sentence(self.rng.randint(6, 14))}" for _ in range(self.rng.randint(1, 3))]
-                text = "\n".join(kept + new)
-            else:
-                text = f"{self._sentence(self.rng.randint(10, 30))} <answer>Direction {self.rng.randint(1, 4)}</answer>"
-            out.append(GenResult(text=text, token_exact=False))
-        return out
+    return FunctionBackend(reply)
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +205,7 @@ def big_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for mode in ("cod", "nohint"):
         cfg = RolloutConfig(pack_size=4, repeats=2, mode=mode, use_reply_prefix=False, max_concurrent=256)
         packs = [(env, env.sample_pack("test", 0, i, 4)) for i in range(625)]
-        results += LifecycleRunner(RandomTalker(), cfg).run(make_jobs(packs, cfg))
+        results += LifecycleRunner(random_talker(), cfg).run(make_jobs(packs, cfg))
     write_report(results, out, title="frozenlake: 10,000 episodes", meta={"env": "frozenlake"})
     return out
 

@@ -62,7 +62,7 @@ def test_missing_vllm_fails_before_loading_a_model(monkeypatch: pytest.MonkeyPat
 
 def test_training_config_selects_vllm_and_fails_clearly_without_it(monkeypatch: pytest.MonkeyPatch) -> None:
     from codrl.train.config import TrainConfig
-    from codrl.train.trainer import build_vllm
+    from codrl.train.policy import build_vllm
 
     monkeypatch.setitem(sys.modules, "vllm", None)
     cfg = TrainConfig.model_validate({"envs": [{"name": "frozenlake"}], "model": {"engine": "vllm",

@@ -4,7 +4,7 @@
     codrl eval --baseline           # ... and the no-hint baseline, to read the CoD effect
     codrl eval --contexts cod,nohint,curator   # compare the three contexts on the same packs
     codrl train --config configs/quickstart_cpu.yaml
-    codrl envs                      # list environments
+    codrl envs [NAME]               # list environments, or one environment's typed parameters
     codrl play frozenlake --reveal  # play a pack yourself, seeing exactly what the model sees
     codrl ralph examples/ralph_task --contexts nohint,cod,curator  # the Ralph loop on a task folder
     codrl view runs/quickstart      # one HTML page: curves, lifecycles, hints diffs, comparisons
@@ -391,12 +391,29 @@ def ralph_cmd(
 
 @app.command("envs")
 @_user_errors
-def envs_cmd() -> None:
-    """List the environments (built-in and installed plug-ins) and what their worlds hide."""
-    from codrl.envs import describe, env_names
+def envs_cmd(
+    name: Optional[str] = typer.Argument(None, help="Show this environment's parameters: a built-in name, a "
+                                         "plug-in name or an import path 'package.module:ClassName'."),
+) -> None:
+    """List the environments (built-in and installed plug-ins) and what their worlds hide; with NAME,
+    one environment's summary and its parameters (type, default for that name, description)."""
+    from codrl.envs import check_name, describe, env_names
+    from codrl.envs.registry import param_rows
 
-    for name in env_names():
-        typer.echo(f"{name:18s} {describe(name)}")
+    if name is None:
+        for env in env_names():
+            typer.echo(f"{env:18s} {describe(env)}")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    check_name(name, field="NAME")
+    table = Table(title=f"{name}: {describe(name)}", title_justify="left", box=None)
+    for header in ("parameter", "type", "default", "description"):
+        table.add_column(header, overflow="fold")
+    for row in param_rows(name):
+        table.add_row(*row)
+    Console().print(table, markup=False, highlight=False)
 
 
 @app.command("matrix")

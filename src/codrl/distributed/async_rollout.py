@@ -10,8 +10,9 @@ importance-corrects what exceeds ``max_staleness`` (:func:`split_stale`).
 
 The engine that plays may be a private copy of the policy in this process
 (:class:`LocalRolloutEngine`) or a pool of Ray workers
-(:class:`codrl.distributed.ray_rollout.RayRolloutPool`): anything with ``run(jobs, seeds=...)``,
-``set_weights(tensors, version)`` and a ``policy_version``.
+(:class:`codrl.distributed.ray_rollout.RayRolloutPool`): any
+:class:`~codrl.distributed.engines.RolloutEngine`. :class:`AsyncEngine` is itself one, so the
+trainer plays asynchronous steps through the same seam as synchronous ones.
 """
 
 from __future__ import annotations
@@ -20,34 +21,24 @@ import copy
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from codrl.backends.hf import HFBackend
+from codrl.distributed.engines import RolloutEngine, Weights
 from codrl.rollout.config import RolloutConfig
 from codrl.rollout.experience import LifecycleResult
 from codrl.rollout.lifecycle import Job, LifecycleRunner
 from codrl.train.checkpoint import load_tensors
 
 
-class RolloutEngine(Protocol):
-    """What plays a step's lifecycles with a given version of the weights."""
-
-    policy_version: int
-
-    def run(self, jobs: Sequence[Job], on_done: Callable[[LifecycleResult], None] | None = None,
-            seeds: Sequence[int] | None = None) -> list[LifecycleResult]: ...
-
-    def set_weights(self, tensors: dict[str, torch.Tensor], version: int) -> None: ...
-
-    def close(self) -> None: ...
-
-
 class LocalRolloutEngine:
     """A lifecycle runner over a private, frozen copy of the policy, for asynchronous steps in one
     process: the trainer updates its own model while this copy samples; :meth:`set_weights` then
     brings the copy up to date (the copy's KV cache clears itself when its weights change)."""
+
+    needs_weights = True
 
     def __init__(self, backend: HFBackend, cfg: RolloutConfig) -> None:
         model = copy.deepcopy(backend.model)
@@ -65,7 +56,9 @@ class LocalRolloutEngine:
         self.runner.policy_version = self.policy_version
         return self.runner.run(jobs, on_done=on_done, seeds=seeds)
 
-    def set_weights(self, tensors: dict[str, torch.Tensor], version: int) -> None:
+    def set_weights(self, tensors: Weights, version: int) -> None:
+        if tensors is None:
+            raise ValueError("a policy copy needs the trainable tensors")
         missing = [n for n in self._names if n not in tensors]
         if missing:
             raise KeyError(f"weights lack trainable tensor {missing[0]!r}")
@@ -157,6 +150,58 @@ class AsyncRollouts:
             with self._cond:
                 self._error = e
                 self._cond.notify_all()
+
+
+class AsyncEngine:
+    """The asynchronous seam over ``inner`` (a policy copy or Ray workers): steps are played ahead
+    of training by :class:`AsyncRollouts`, which starts at the first :meth:`set_weights` (its
+    version is the step training starts from: one update per step) and plays until ``stop``.
+
+    :meth:`run` hands out the steps in order and checks that the caller asks for the lifecycles
+    that were played (the same seeds); :meth:`set_weights` publishes each new version.
+    """
+
+    needs_weights = True
+
+    def __init__(self, inner: RolloutEngine, plan: StepPlan, *, stop: int, lookahead: int) -> None:
+        self.inner, self.plan, self.stop, self.lookahead = inner, plan, stop, lookahead
+        self.ahead: AsyncRollouts | None = None
+        self._next = 0
+        self.policy_version = 0
+
+    def set_weights(self, tensors: Weights, version: int) -> None:
+        if tensors is None:
+            raise ValueError("asynchronous rollouts need the trainable tensors")
+        if self.ahead is None:
+            self.ahead = AsyncRollouts(self.inner, self.plan, start=version, stop=self.stop, lookahead=self.lookahead,
+                                       weights=tensors, version=version)
+            self._next = version
+        else:
+            self.ahead.publish(version, tensors)
+        self.policy_version = version
+
+    def run(self, jobs: Sequence[Job], on_done: Callable[[LifecycleResult], None] | None = None,
+            seeds: Sequence[int] | None = None) -> list[LifecycleResult]:
+        if self.ahead is None:
+            raise RuntimeError("asynchronous rollouts start with the first set_weights")
+        step = self._next
+        if seeds is not None and list(seeds) != self.plan(step)[1]:
+            raise ValueError(f"asynchronous rollouts played step {step}; these jobs are another step's")
+        results = self.ahead.get(step)
+        self._next += 1
+        if on_done is not None:
+            for r in results:
+                on_done(r)
+        return results
+
+    def close(self) -> None:
+        """Stop playing ahead and close the inner engine."""
+        if self.ahead is not None:
+            self.ahead.close()
+            self.ahead = None
+        if self.inner is not None:
+            self.inner.close()
+            self.inner = None  # type: ignore[assignment]
 
 
 @dataclass

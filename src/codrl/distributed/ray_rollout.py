@@ -225,6 +225,8 @@ class RayRolloutPool:
     worker). Construction returns once every worker has built its backend.
     """
 
+    needs_weights = True
+
     def __init__(self, factory: BackendFactory, cfg: RolloutConfig, dist: DistributedConfig, *,
                  chunk_size: int | None = None, restarts: int | None = None) -> None:
         if dist.rollout_workers < 1:
@@ -269,12 +271,14 @@ class RayRolloutPool:
                 raise cause from None
             raise
 
-    def set_weights(self, tensors: dict[str, torch.Tensor], version: int) -> None:
+    def set_weights(self, tensors: dict[str, torch.Tensor] | None, version: int) -> None:
         """Make every worker play with ``tensors`` (parameter name -> value) from its next chunk on.
 
         The tensors go into Ray's object store once (all workers read that one copy); any subset
         of the model's parameters may be given: LoRA adapters or full weights.
         """
+        if tensors is None:
+            raise ValueError("Ray rollout workers need the trainable tensors")
         sync = self._weights.sync + 1 if self._weights else 1
         cpu = {name: t.detach().cpu() for name, t in tensors.items()}
         self._weights = WeightsRef(sync, version, [self._ray.put(cpu)])

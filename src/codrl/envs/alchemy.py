@@ -54,13 +54,16 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
+from pydantic import Field
 
-from codrl.envs.base import CoDEnv, Episode, Pack, StepResult, Task, answer_span
+from codrl.envs.base import (CoDEnv, EnvParams, Episode, Pack, StepResult, Task, ValueOrPair, answer_span,
+                             parse_params)
 
-VARIANTS: tuple[str, ...] = ("easy", "hard")
+Variant = Literal["easy", "hard"]
+VARIANTS: tuple[str, ...] = get_args(Variant)
 
 #: Knob defaults of each variant (ranges are inclusive ``(low, high)`` pairs).
 VARIANT_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -78,6 +81,7 @@ VARIANT_DEFAULTS: dict[str, dict[str, Any]] = {
 #: averaged (easy: test 0.228, train 0.225; hard: test 0.179, train 0.175; per-task standard
 #: deviation 0.40 and 0.38, so about +-0.005 on each mean).
 CHANCE_REWARD: dict[str, float] = {"easy": 0.227, "hard": 0.177}
+_EASY = VARIANT_DEFAULTS["easy"]
 
 #: Letters of invented names: consonant-vowel alternation keeps them pronounceable (``bakol``).
 _CONSONANTS = "bdfgklmnprstvz"
@@ -207,13 +211,9 @@ def _round_half_up(x: float) -> int:
 class AlchemyRandom(CoDEnv):
     """Alchemy-Random: craft target elements from a hidden random recipe graph shared by a pack.
 
-    Parameters (``None`` takes the ``variant``'s default, see the module docstring): ``name``,
-    ``variant`` (``easy`` or ``hard``), ``tiers`` (number of tiers, base tier included),
-    ``base_elements``, ``shrink`` (each tier has about ``shrink`` x the previous one's elements,
-    at least 1), ``recipes_per_element``, ``noise_fraction`` (dead-end elements added, as a
-    fraction of the needed ones), ``limited_materials``, ``stock_factor``, ``max_rounds``,
-    ``max_world_tries`` (world redraws allowed to hit the requested split). Ranges are a number or
-    an inclusive ``(low, high)`` pair. Rewards: ``1 - 0.1 * rounds_used / max_rounds`` for crafting
+    Parameters: the keywords of :class:`AlchemyRandom.Params` (a knob left out or ``None`` takes the
+    ``variant``'s value, see the module docstring; ranges are a number or an inclusive
+    ``(low, high)`` pair). Rewards: ``1 - 0.1 * rounds_used / max_rounds`` for crafting
     the target; 0.0 for running out of rounds or materials, or for a malformed reply (which ends
     the episode at once).
     """
@@ -225,35 +225,52 @@ class AlchemyRandom(CoDEnv):
     #: A crafted target scores 1 - 0.1 x rounds_used / max_rounds >= 0.9; a failure scores 0.
     success_threshold = 0.5
 
-    def __init__(self, name: str = "alchemy", variant: str = "easy", tiers: Any = None, base_elements: Any = None,
-                 shrink: Any = None, recipes_per_element: Any = None, noise_fraction: Any = None,
-                 limited_materials: bool | None = None, stock_factor: Any = None, max_rounds: int | None = None,
-                 max_world_tries: int = 1000) -> None:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"alchemy: name must be a non-empty string, got {name!r}")
-        if variant not in VARIANTS:
-            raise ValueError(f"{name}: variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
-        given = {"tiers": tiers, "base_elements": base_elements, "shrink": shrink,
-                 "recipes_per_element": recipes_per_element, "noise_fraction": noise_fraction,
-                 "limited_materials": limited_materials, "stock_factor": stock_factor, "max_rounds": max_rounds}
-        defaults = VARIANT_DEFAULTS[variant]
-        knobs = {k: defaults[k] if v is None else v for k, v in given.items()}
-        self.name = name
-        self.variant = variant
-        self.tiers = _int_range(name, "tiers", knobs["tiers"], 2, 8)
-        self.base_elements = _int_range(name, "base_elements", knobs["base_elements"], 1, 12)
-        self.shrink = _float_range(name, "shrink", knobs["shrink"], 0.0, 1.0, open_low=True)
-        self.recipes_per_element = _int_range(name, "recipes_per_element", knobs["recipes_per_element"], 1, 3)
-        self.noise_fraction = _float_range(name, "noise_fraction", knobs["noise_fraction"], 0.0, 1.0)
-        self.stock_factor = _float_range(name, "stock_factor", knobs["stock_factor"], 1.0, 10.0)
-        if not isinstance(knobs["limited_materials"], (bool, np.bool_)):
-            raise ValueError(f"{name}: limited_materials must be True or False, got {knobs['limited_materials']!r}")
-        self.limited_materials = bool(knobs["limited_materials"])
-        self.max_rounds = _int_range(name, "max_rounds", knobs["max_rounds"], 1, 1000, single=True)[0]
-        self.max_world_tries = _int_range(name, "max_world_tries", max_world_tries, 1, 10**9, single=True)[0]
+    class Params(EnvParams):
+        """Alchemy-Random's parameters: the knobs left out take the variant's value."""
+
+        variant_field = "variant"
+        variant_defaults = VARIANT_DEFAULTS
+        name: str = Field("alchemy", min_length=1, description="Name of the environment (pack ids, reports).")
+        variant: Variant = Field("easy", description="Preset of the knobs below (see the module docstring).")
+        tiers: ValueOrPair[Annotated[int, Field(strict=True, ge=2, le=8)]] = Field(
+            _EASY["tiers"], description="Tiers per world, base tier included: a number or a (low, high) range, 2-8.")
+        base_elements: ValueOrPair[Annotated[int, Field(strict=True, ge=1, le=12)]] = Field(
+            _EASY["base_elements"], description="Base elements per world: a number or a range, 1-12.")
+        shrink: ValueOrPair[Annotated[float, Field(strict=True, gt=0.0, le=1.0)]] = Field(
+            _EASY["shrink"], description="Each tier holds about shrink x the previous one's elements (at least 1): "
+                                         "a number or a range in (0, 1].")
+        recipes_per_element: ValueOrPair[Annotated[int, Field(strict=True, ge=1, le=3)]] = Field(
+            _EASY["recipes_per_element"], description="Recipes that make each element: a number or a range, 1-3.")
+        noise_fraction: ValueOrPair[Annotated[float, Field(strict=True, ge=0.0, le=1.0)]] = Field(
+            _EASY["noise_fraction"], description="Dead-end elements added, as a fraction of the needed ones: "
+                                                 "a number or a range in [0, 1].")
+        limited_materials: bool = Field(
+            _EASY["limited_materials"], strict=True,
+            description="Whether every combination uses up its inputs (inventory counts, dead ends matter).")
+        stock_factor: ValueOrPair[Annotated[float, Field(strict=True, ge=1.0, le=10.0)]] = Field(
+            _EASY["stock_factor"], description="Base stock per task, as a multiple of one cheapest path's needs "
+                                               "(limited materials only): a number or a range in [1, 10].")
+        max_rounds: int = Field(_EASY["max_rounds"], strict=True, ge=1, le=1000,
+                                description="Combinations (turns) per task, 1-1000.")
+        max_world_tries: int = Field(1000, strict=True, ge=1, le=10**9,
+                                     description="World redraws allowed to land in the requested split.")
+
+    def __init__(self, **params: Any) -> None:
+        p = parse_params(self.Params, params)
+        self.name = p.name
+        self.variant = p.variant
+        self.tiers = p.tiers
+        self.base_elements = p.base_elements
+        self.shrink = p.shrink
+        self.recipes_per_element = p.recipes_per_element
+        self.noise_fraction = p.noise_fraction
+        self.stock_factor = p.stock_factor
+        self.limited_materials = p.limited_materials
+        self.max_rounds = p.max_rounds
+        self.max_world_tries = p.max_world_tries
         self.max_turns = self.max_rounds
         # The measured chance level holds only for the variant's own defaults.
-        self.chance_reward = CHANCE_REWARD[variant] if all(v is None for v in given.values()) else None
+        self.chance_reward = CHANCE_REWARD[p.variant] if p.at_defaults(*VARIANT_DEFAULTS[p.variant]) else None
         self.system_prompt = self._build_system_prompt()
 
     def _build_system_prompt(self) -> str:
@@ -381,35 +398,6 @@ def _check_world(world: Any) -> tuple[list[list[str]], list[tuple[str, str, str]
         raise ValueError(f"alchemy world needs 'tiers' (lists of names, base tier first) and 'recipes' "
                          f"([a, b, result] triples), got {world!r}")
     return tiers, recipes, noise
-
-
-def _int_range(env: str, field: str, value: Any, low: int, high: int,
-               single: bool = False) -> tuple[int, int]:
-    what = "an integer" if single else "an integer or a (low, high) pair of integers"
-    vals = [value] if single or not isinstance(value, (list, tuple)) else list(value)
-    if (len(vals) not in (1, 2) or single and len(vals) != 1
-            or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in vals)):
-        raise ValueError(f"{env}: {field} must be {what} in {low}..{high}, got {value!r}")
-    lo, hi = int(vals[0]), int(vals[-1])
-    if not low <= lo <= hi <= high:
-        raise ValueError(f"{env}: {field} must be {what} with {low} <= low <= high <= {high}, got {value!r}")
-    return lo, hi
-
-
-def _float_range(env: str, field: str, value: Any, low: float, high: float,
-                 open_low: bool = False) -> tuple[float, float]:
-    vals = list(value) if isinstance(value, (list, tuple)) else [value]
-    lo_op = "<" if open_low else "<="
-    msg = (f"{env}: {field} must be a number or a (low, high) pair with {low} {lo_op} low <= high <= {high}, "
-           f"got {value!r}")
-    if len(vals) not in (1, 2) or any(isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating))
-                                      for v in vals):
-        raise ValueError(msg)
-    lo, hi = float(vals[0]), float(vals[-1])
-    low_ok = lo > low if open_low else lo >= low
-    if not (math.isfinite(lo) and math.isfinite(hi) and low_ok and lo <= hi <= high):
-        raise ValueError(msg)
-    return lo, hi
 
 
 class AlchemyEpisode(Episode):

@@ -14,6 +14,11 @@ data gathered early is pooled later). Such an environment returns a fresh *lifec
 :meth:`CoDEnv.start` of that lifecycle, and drops it when the lifecycle ends. Two lifecycles never
 share a state object, even when they play the same pack at the same time. Stateless environments
 ignore it.
+
+Every built-in environment declares its constructor's parameters as a nested :class:`EnvParams`
+model named ``Params``: types, bounds and a description per field. The constructor takes them as
+keywords and validates them there (:func:`parse_params`), so a bad value is a one-line
+:class:`ParamsError` naming the field and what is allowed, and ``codrl envs NAME`` lists them.
 """
 
 from __future__ import annotations
@@ -22,13 +27,18 @@ import hashlib
 import json
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import numpy as np
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo,
+                      ValidatorFunctionWrapHandler, WrapValidator, model_validator)
+from pydantic_core import PydanticCustomError
 
+from codrl.config import format_validation_error
 from codrl.envs.world_key import fingerprint, load_key, secret_seed
-from codrl.errors import bad_choice
+from codrl.errors import CodrlError, bad_choice
 
 SPLITS = ("train", "test")
 
@@ -63,6 +73,115 @@ def answer_span(reply: object, max_chars: int | None = None, too_long: str | Non
     if max_chars is not None and end - start > max_chars:
         return too_long if too_long is not None else f"the answer is too long (at most {max_chars} characters)"
     return start, end
+
+
+class ParamsError(CodrlError, ValueError):
+    """Bad environment parameters: a one-line user-facing error, and a ValueError like any bad argument."""
+
+
+class EnvParams(BaseModel):
+    """The typed parameters of an environment: unknown names are refused, every field has a default.
+
+    A model with variants names the field that picks one in :attr:`variant_field` and the knobs each
+    variant sets in :attr:`variant_defaults`: a knob left out (or None) takes the chosen variant's
+    value, so the validated model always holds the values the environment uses.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    #: The field that picks a variant ("" when there are no variants).
+    variant_field: ClassVar[str] = ""
+    #: Variant -> knob -> the value a knob left out takes.
+    variant_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_variant_knobs(cls, data: Any) -> Any:
+        """Fill the knobs left out or None from the chosen variant (an unknown variant is its field's error)."""
+        if not cls.variant_field or not isinstance(data, Mapping):
+            return data
+        variant = data.get(cls.variant_field, cls.model_fields[cls.variant_field].default)
+        knobs = {k for d in cls.variant_defaults.values() for k in d}
+        given = {k: v for k, v in data.items() if not (v is None and k in knobs)}
+        chosen = cls.variant_defaults.get(variant, {}) if isinstance(variant, str) else {}
+        return {**chosen, **given}
+
+    def at_defaults(self, *names: str) -> bool:
+        """Whether the fields ``names`` hold their defaults (a variant's knobs: the chosen variant's)."""
+        chosen = self.variant_defaults.get(getattr(self, self.variant_field), {}) if self.variant_field else {}
+        return all(getattr(self, n) == chosen.get(n, type(self).model_fields[n].default) for n in names)
+
+
+P = TypeVar("P", bound=EnvParams)
+T = TypeVar("T")
+
+
+def parse_params(model: type[P], params: Mapping[str, Any]) -> P:
+    """``params`` validated by ``model``; a bad one is a :class:`ParamsError` naming the env and each field."""
+    try:
+        return model.model_validate(dict(params))
+    except ValidationError as e:
+        name = params.get("name")
+        if not isinstance(name, str) or not name:
+            name = model.model_fields["name"].default if "name" in model.model_fields else model.__qualname__
+        raise ParamsError(str(format_validation_error(model, e, f"parameters of env {name!r}"))) from None
+
+
+def _value_or_pair(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """Validate a pair as it is and a single value ``v`` as ``(v, v)``, its error reported once."""
+    if isinstance(value, (list, tuple)):
+        return handler(value)
+    try:
+        return handler((value, value))
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise PydanticCustomError(first["type"], "{msg}", {"msg": first["msg"]}) from None
+
+
+def _ordered(pair: tuple[Any, Any]) -> tuple[Any, Any]:
+    if pair[0] > pair[1]:
+        raise ValueError("a (low, high) range needs low <= high")
+    return pair
+
+
+#: An inclusive ``(low, high)`` range of ``T`` values, ``low <= high``.
+Pair = Annotated[tuple[T, T], AfterValidator(_ordered)]
+#: The same, where a single value ``v`` also stands for ``(v, v)``.
+ValueOrPair = Annotated[tuple[T, T], WrapValidator(_value_or_pair), AfterValidator(_ordered)]
+
+
+def _unique(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(dict.fromkeys(values))
+
+
+#: A non-empty selection of ``T`` choices, repeats dropped (the first of each kept, in order).
+Subset = Annotated[tuple[T, ...], Field(min_length=1), AfterValidator(_unique)]
+
+
+def one_of(values: Sequence[str]) -> Any:
+    """The ``Literal`` type of the strings ``values`` (choices that another module lists at run time)."""
+    return Literal[tuple(values)]
+
+
+def _compared_to(other: str, sign: int) -> AfterValidator:
+    word = ">=" if sign > 0 else "<="
+
+    def check(value: Any, info: ValidationInfo) -> Any:
+        bound = info.data.get(other)
+        if bound is not None and (value - bound) * sign < 0:
+            raise ValueError(f"must be {word} {other} ({bound})")
+        return value
+
+    return AfterValidator(check)
+
+
+def at_least(other: str) -> AfterValidator:
+    """A field validator: the value must be >= field ``other`` (declared before it)."""
+    return _compared_to(other, 1)
+
+
+def at_most(other: str) -> AfterValidator:
+    """A field validator: the value must be <= field ``other`` (declared before it)."""
+    return _compared_to(other, -1)
 
 
 @dataclass(frozen=True)
@@ -158,6 +277,16 @@ class CoDEnv(ABC):
     #: text then leaves the reward out, so notes cannot carry it from task to task and climb it.
     #: Reports and the viewer still show it to people.
     reward_visible: bool = True
+    #: The typed constructor parameters (declared by each built-in environment; see :class:`EnvParams`).
+    Params: ClassVar[type[EnvParams] | None] = None
+
+    @classmethod
+    def params_model(cls) -> type[EnvParams] | None:
+        """The Params of this class's constructor: None when the class that defines the constructor
+        declares none (a plug-in's constructor signature is then its contract)."""
+        owner = next(c for c in cls.__mro__ if "__init__" in c.__dict__)
+        params = owner.__dict__.get("Params")
+        return params if isinstance(params, type) and issubclass(params, EnvParams) else None
 
     # -- to implement -------------------------------------------------------------------------
     @abstractmethod

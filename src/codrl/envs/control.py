@@ -49,16 +49,18 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
+from pydantic import Field
 
-from codrl.envs.base import CoDEnv, Episode, Pack, StepResult, Task, answer_span
+from codrl.envs.base import CoDEnv, EnvParams, Episode, Pack, Pair, StepResult, Task, answer_span, parse_params
 from codrl.envs.expr import DEFAULT_LIMITS, FUNCTIONS, ExprError, Expression, parse
 
 #: The variables a policy expression may read.
 VARIABLES: tuple[str, ...] = ("x", "v", "t", "x_target", "v_target", "horizon", "remaining_steps")
-PRESETS: tuple[str, ...] = ("easy", "medium", "hard")
+Preset = Literal["easy", "medium", "hard"]
+PRESETS: tuple[str, ...] = get_args(Preset)
 #: Preset -> default task knobs (the reference study's numbers; "hard" is what the study used).
 PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
     "easy": {"horizon": 8, "x0_max": 1.0, "v0_max": 0.5, "target_max": 3.0},
@@ -67,18 +69,15 @@ PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 #: Knobs common to every preset.
 COMMON_DEFAULTS: dict[str, Any] = {"a_range": (0.55, 1.20), "b_range": (0.35, 1.5), "attempts": 1}
+_MEDIUM = PRESET_DEFAULTS["medium"]
 #: Mean reward of the scripted random agent (a random constant or a random linear feedback
 #: expression, see ``codrl.envs.scripted.control``) with the preset's default knobs, measured with
-#: ``codrl.envs.checklist.reward_matrix`` over 2000 packs of 4 test tasks (seed 0; standard error
+#: ``codrl.eval.checklist.reward_matrix`` over 2000 packs of 4 test tasks (seed 0; standard error
 #: about 0.003; "easy" and "medium" under the name ``control``, "hard" under ``control_hard``).
 CHANCE_REWARD: dict[str, float] = {"easy": 0.1694, "medium": 0.1338, "hard": 0.1209}
 VELOCITY_WEIGHT = 2.0
 CONTROL_WEIGHT = 0.03
 U_MAX = 1.0
-#: Bounds of the knobs.
-LIMITS: dict[str, tuple[float, float]] = {"horizon": (1, 50), "x0_max": (0.0, 100.0), "v0_max": (0.0, 100.0),
-                                          "target_max": (0.0, 100.0), "a_range": (0.0, 1.5),
-                                          "b_range": (0.0, 10.0), "attempts": (1, 5), "malformed_reward": (-1.0, 0.0)}
 
 _LEAD_RE = re.compile(r"^\s*(?:u(?:\s*\([^()]{0,60}\))?\s*=(?!=))", re.IGNORECASE)
 
@@ -227,40 +226,11 @@ def render_rollout(spec: dict[str, Any], roll: Rollout) -> str:
     return "\n".join(lines)
 
 
-def _number(name: str, field_: str, value: Any, lo: float, hi: float, integer: bool = False) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
-    if ok and integer and not float(value).is_integer():
-        ok = False
-    if not ok or not math.isfinite(float(value)) or not lo <= float(value) <= hi:
-        kind = "an integer" if integer else "a number"
-        raise ValueError(f"{name}: {field_} must be {kind} in [{lo:g}, {hi:g}], got {value!r}")
-    return float(value)
-
-
-def _range(name: str, field_: str, value: Any, lo: float, hi: float) -> tuple[float, float]:
-    try:
-        low, high = (float(v) for v in value)
-        if any(isinstance(v, bool) for v in value):
-            raise TypeError
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: {field_} must be a pair (low, high) with {lo:g} < low <= high <= {hi:g}, "
-                         f"got {value!r}") from None
-    if not (math.isfinite(low) and math.isfinite(high) and lo < low <= high <= hi):
-        raise ValueError(f"{name}: {field_} must be a pair (low, high) with {lo:g} < low <= high <= {hi:g}, "
-                         f"got {value!r}")
-    return low, high
-
-
 class OptimalControl(CoDEnv):
     """Optimal Control: steer hidden linear dynamics (v' = a v + b u, x' = x + v') with one policy expression.
 
-    Knobs (None takes the preset's value; presets ``easy``, ``medium``, ``hard``, see
-    :data:`PRESET_DEFAULTS`): ``horizon`` (steps per task), ``x0_max``, ``v0_max``, ``target_max``
-    (start position, start velocity and target position are uniform in ``[-max, max]``),
-    ``a_range`` and ``b_range`` (ranges of ``a`` and of ``|b|``), ``attempts`` (replies per task;
-    the last attempt's reward counts), ``show_previous_policy`` (False: show each task the latest
-    earlier policy of the lifecycle that ran, its reward and terminal residuals) and
-    ``malformed_reward`` (0.0, in [-1, 0]: the reward of a malformed reply; the reference uses -0.1).
+    Parameters: the keywords of :class:`OptimalControl.Params` (one left out or None takes the
+    preset's value; presets ``easy``, ``medium``, ``hard``, see :data:`PRESET_DEFAULTS`).
     Rewards: ``1 / (1 + L)``; ``malformed_reward`` for a malformed reply (which ends the task,
     ``valid=False``); 0 for a runtime error of the policy.
     """
@@ -270,37 +240,50 @@ class OptimalControl(CoDEnv):
     #: A continuous reward: 1/(1+L) >= 0.9 means the final-state loss L is at most about 0.11.
     success_threshold = 0.9
 
-    def __init__(self, name: str = "control", preset: str = "medium", horizon: int | None = None,
-                 x0_max: float | None = None, v0_max: float | None = None, target_max: float | None = None,
-                 a_range: Sequence[float] | None = None, b_range: Sequence[float] | None = None,
-                 attempts: int | None = None, show_previous_policy: bool = False,
-                 malformed_reward: float = 0.0) -> None:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"control: name must be a non-empty string, got {name!r}")
-        if preset not in PRESETS:
-            raise ValueError(f"{name}: preset must be one of {', '.join(PRESETS)}, got {preset!r}")
-        given = {"horizon": horizon, "x0_max": x0_max, "v0_max": v0_max, "target_max": target_max,
-                 "a_range": a_range, "b_range": b_range, "attempts": attempts}
-        defaults = {**PRESET_DEFAULTS[preset], **COMMON_DEFAULTS}
-        knobs = {k: defaults[k] if v is None else v for k, v in given.items()}
-        self.name = name
-        self.preset = preset
-        self.horizon = int(_number(name, "horizon", knobs["horizon"], *LIMITS["horizon"], integer=True))
-        self.x0_max = _number(name, "x0_max", knobs["x0_max"], *LIMITS["x0_max"])
-        self.v0_max = _number(name, "v0_max", knobs["v0_max"], *LIMITS["v0_max"])
-        self.target_max = _number(name, "target_max", knobs["target_max"], *LIMITS["target_max"])
-        self.a_range = _range(name, "a_range", knobs["a_range"], *LIMITS["a_range"])
-        self.b_range = _range(name, "b_range", knobs["b_range"], *LIMITS["b_range"])
-        self.attempts = int(_number(name, "attempts", knobs["attempts"], *LIMITS["attempts"], integer=True))
+    class Params(EnvParams):
+        """Optimal Control's parameters: the knobs left out take the preset's value."""
+
+        variant_field = "preset"
+        variant_defaults = {p: {**PRESET_DEFAULTS[p], **COMMON_DEFAULTS} for p in PRESETS}
+        name: str = Field("control", min_length=1, description="Name of the environment (pack ids, reports).")
+        preset: Preset = Field("medium", description="Preset of the task knobs (see PRESET_DEFAULTS).")
+        horizon: int = Field(_MEDIUM["horizon"], strict=True, ge=1, le=50, description="Steps per task, 1-50.")
+        x0_max: float = Field(_MEDIUM["x0_max"], strict=True, ge=0.0, le=100.0,
+                              description="Start positions are uniform in [-x0_max, x0_max]; 0-100.")
+        v0_max: float = Field(_MEDIUM["v0_max"], strict=True, ge=0.0, le=100.0,
+                              description="Start velocities are uniform in [-v0_max, v0_max]; 0-100.")
+        target_max: float = Field(_MEDIUM["target_max"], strict=True, ge=0.0, le=100.0,
+                                  description="Target positions are uniform in [-target_max, target_max]; 0-100.")
+        a_range: Pair[Annotated[float, Field(strict=True, gt=0.0, le=1.5)]] = Field(
+            COMMON_DEFAULTS["a_range"], description="Range (low, high) of the hidden a, 0 < low <= high <= 1.5.")
+        b_range: Pair[Annotated[float, Field(strict=True, gt=0.0, le=10.0)]] = Field(
+            COMMON_DEFAULTS["b_range"], description="Range (low, high) of |b| (its sign is random), "
+                                                    "0 < low <= high <= 10.")
+        attempts: int = Field(COMMON_DEFAULTS["attempts"], strict=True, ge=1, le=5,
+                              description="Replies per task, 1-5; the last attempt's reward counts.")
+        show_previous_policy: bool = Field(False, strict=True, description=(
+            "Show each task the lifecycle's latest earlier policy that ran, its reward and terminal residuals."))
+        malformed_reward: float = Field(0.0, strict=True, ge=-1.0, le=0.0,
+                                        description="Reward of a malformed reply, -1-0 (the reference uses -0.1).")
+
+    def __init__(self, **params: Any) -> None:
+        p = parse_params(self.Params, params)
+        self.name = p.name
+        self.preset = p.preset
+        self.horizon = p.horizon
+        self.x0_max = p.x0_max
+        self.v0_max = p.v0_max
+        self.target_max = p.target_max
+        self.a_range = p.a_range
+        self.b_range = p.b_range
+        self.attempts = p.attempts
         self.max_turns = self.attempts
-        if not isinstance(show_previous_policy, bool):
-            raise ValueError(f"{name}: show_previous_policy must be true or false, got {show_previous_policy!r}")
-        self.show_previous_policy = show_previous_policy
-        self.malformed_reward = _number(name, "malformed_reward", malformed_reward, *LIMITS["malformed_reward"])
+        self.show_previous_policy = p.show_previous_policy
+        self.malformed_reward = p.malformed_reward
         self.reward_range = (min(0.0, self.malformed_reward), 1.0)
         # The measured chance level holds only for the preset's own defaults (the random agent's
         # replies always parse, so malformed_reward does not change it).
-        self.chance_reward = CHANCE_REWARD[preset] if all(v is None for v in given.values()) else None
+        self.chance_reward = CHANCE_REWARD[p.preset] if p.at_defaults(*p.variant_defaults[p.preset]) else None
         self.system_prompt = self._build_system_prompt()
 
     def _build_system_prompt(self) -> str:

@@ -45,14 +45,15 @@ World format (probabilities rounded to 2 decimals; only the clinic's conditions 
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
+from pydantic import Field
 
-from codrl.envs.base import CoDEnv, Episode, Pack, StepResult, Task, answer_span
+from codrl.envs.base import (CoDEnv, EnvParams, Episode, Pack, StepResult, Task, ValueOrPair, answer_span,
+                             parse_params)
 
 #: The symptoms an agent may ask about (answers are ``yes`` or ``no``).
 SYMPTOMS: tuple[str, ...] = ("fever", "chills", "cough", "sore_throat", "rash", "itching", "headache",
@@ -94,7 +95,8 @@ CONDITIONS: tuple[str, ...] = tuple(TEXTBOOK)
 #: split evenly over its other results.
 TEXTBOOK_KEY, TEXTBOOK_OTHER, TEXTBOOK_TYPICAL = 0.8, 0.1, 0.8
 
-MISLEADING_KINDS: tuple[str, ...] = ("mixed", "uninformative", "reversed", "none")
+Misleading = Literal["mixed", "uninformative", "reversed", "none"]
+MISLEADING_KINDS: tuple[str, ...] = get_args(Misleading)
 
 #: Mean reward of :func:`codrl.envs.scripted.diagnosis.random_agent` (a uniformly random valid
 #: action each turn, out of the 12 questions, 3 tests and 10 diagnoses) with the default knobs:
@@ -188,22 +190,10 @@ def _validate_spec(spec: Any) -> None:
         raise ValueError(f"diagnosis task spec needs 'condition', 'complaint', 'symptoms' and 'tests', got {spec!r}")
 
 
-def _is_number(v: Any) -> bool:
-    return not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v)
-
-
 class Diagnosis(CoDEnv):
     """Diagnosis: ask, test and diagnose simulated patients of a clinic with a hidden profile.
 
-    Parameters: ``name``; ``conditions_per_clinic`` (how many of the 10 conditions a clinic sees:
-    an integer or an inclusive ``(low, high)`` pair in 1..10, default 3-4); ``base_rate_concentration``
-    (Dirichlet concentration of the clinic's base rates, > 0; smaller is more skewed, default 0.7);
-    ``local_variation`` (probability in [0, 1] that a symptom or test entry of a condition departs
-    from the textbook at a clinic, default 0.15); ``misleading`` (the misleading symptom's kind:
-    ``mixed`` (either, at random), ``uninformative``, ``reversed`` or ``none``); ``question_cost``
-    and ``test_cost`` (in [0, 1], defaults 0.05 and 0.1); ``max_turns`` (replies per patient, the
-    last of which must be a diagnosis, 1..50, default 8); ``reveal_record`` (whether the final
-    feedback lists the patient's full case record besides the true condition, default True).
+    Parameters: the keywords of :class:`Diagnosis.Params`.
     """
 
     reply_prefix = "<answer>"
@@ -212,44 +202,40 @@ class Diagnosis(CoDEnv):
     #: the turn cap), a wrong one 0: any positive reward is a solved task.
     success_threshold = 0.01
 
-    def __init__(self, name: str = "diagnosis", conditions_per_clinic: int | Sequence[int] = (3, 4),
-                 base_rate_concentration: float = 0.7, local_variation: float = 0.15,
-                 misleading: str = "mixed", question_cost: float = 0.05, test_cost: float = 0.1,
-                 max_turns: int = 8, reveal_record: bool = True) -> None:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"diagnosis: name must be a non-empty string, got {name!r}")
-        cpc = conditions_per_clinic
-        vals = list(cpc) if isinstance(cpc, (list, tuple)) else [cpc]
-        if (len(vals) not in (1, 2) or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in vals)
-                or not 1 <= vals[0] <= vals[-1] <= len(CONDITIONS)):
-            raise ValueError(f"{name}: conditions_per_clinic must be an integer or a (low, high) pair with "
-                             f"1 <= low <= high <= {len(CONDITIONS)}, got {conditions_per_clinic!r}")
-        if not _is_number(base_rate_concentration) or base_rate_concentration <= 0:
-            raise ValueError(f"{name}: base_rate_concentration must be a number > 0, got {base_rate_concentration!r}")
-        for key, val in (("local_variation", local_variation), ("question_cost", question_cost),
-                         ("test_cost", test_cost)):
-            if not _is_number(val) or not 0.0 <= val <= 1.0:
-                raise ValueError(f"{name}: {key} must be a number in [0, 1], got {val!r}")
-        if misleading not in MISLEADING_KINDS:
-            raise ValueError(f"{name}: misleading must be one of {', '.join(MISLEADING_KINDS)}, got {misleading!r}")
-        if isinstance(max_turns, bool) or not isinstance(max_turns, (int, np.integer)) or not 1 <= max_turns <= 50:
-            raise ValueError(f"{name}: max_turns must be an integer in 1..50, got {max_turns!r}")
-        if not isinstance(reveal_record, (bool, np.bool_)):
-            raise ValueError(f"{name}: reveal_record must be True or False, got {reveal_record!r}")
-        self.name = name
-        self.conditions_per_clinic = (int(vals[0]), int(vals[-1]))
-        self.base_rate_concentration = float(base_rate_concentration)
-        self.local_variation = float(local_variation)
-        self.misleading = misleading
-        self.question_cost = float(question_cost)
-        self.test_cost = float(test_cost)
-        self.max_turns = int(max_turns)
-        self.reveal_record = bool(reveal_record)
-        defaults = ((3, 4), 0.7, 0.15, "mixed", 0.05, 0.1, 8, True)
-        current = (self.conditions_per_clinic, self.base_rate_concentration, self.local_variation, self.misleading,
-                   self.question_cost, self.test_cost, self.max_turns, self.reveal_record)
+    class Params(EnvParams):
+        """Diagnosis's parameters."""
+
+        name: str = Field("diagnosis", min_length=1, description="Name of the environment (pack ids, reports).")
+        conditions_per_clinic: ValueOrPair[Annotated[int, Field(strict=True, ge=1, le=len(CONDITIONS))]] = Field(
+            (3, 4), description=f"Conditions a clinic sees: a number or a (low, high) range, 1-{len(CONDITIONS)}.")
+        base_rate_concentration: float = Field(0.7, strict=True, gt=0.0, allow_inf_nan=False, description=(
+            "Dirichlet concentration of the clinic's base rates, > 0 (smaller is more skewed)."))
+        local_variation: float = Field(0.15, strict=True, ge=0.0, le=1.0, description=(
+            "Probability that a symptom or test entry of a condition departs from the textbook at a clinic."))
+        misleading: Misleading = Field("mixed", description=(
+            "Kind of the misleading symptom: either at random (mixed), uninformative, reversed or none."))
+        question_cost: float = Field(0.05, strict=True, ge=0.0, le=1.0,
+                                     description="Reward lost per question asked, 0-1.")
+        test_cost: float = Field(0.1, strict=True, ge=0.0, le=1.0, description="Reward lost per test ordered, 0-1.")
+        max_turns: int = Field(8, strict=True, ge=1, le=50,
+                               description="Replies per patient, 1-50; the last must be a diagnosis.")
+        reveal_record: bool = Field(True, strict=True, description=(
+            "Whether the final feedback lists the patient's full case record besides the true condition."))
+
+    def __init__(self, **params: Any) -> None:
+        p = parse_params(self.Params, params)
+        self.name = p.name
+        self.conditions_per_clinic = p.conditions_per_clinic
+        self.base_rate_concentration = p.base_rate_concentration
+        self.local_variation = p.local_variation
+        self.misleading = p.misleading
+        self.question_cost = p.question_cost
+        self.test_cost = p.test_cost
+        self.max_turns = p.max_turns
+        self.reveal_record = p.reveal_record
+        knobs = [f for f in self.Params.model_fields if f != "name"]
         # The measured chance level holds only for the default knobs.
-        self.chance_reward = CHANCE_REWARD if current == defaults else None
+        self.chance_reward = CHANCE_REWARD if p.at_defaults(*knobs) else None
         self.system_prompt = self._build_system_prompt()
 
     def _build_system_prompt(self) -> str:

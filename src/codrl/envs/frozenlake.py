@@ -20,11 +20,13 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import Field
 
-from codrl.envs.base import CoDEnv, Episode, Pack, StepResult, Task, answer_span
+from codrl.envs.base import (CoDEnv, EnvParams, Episode, Pack, Pair, StepResult, Task, answer_span, at_least,
+                             parse_params)
 
 #: The four directions, in a fixed order (the world permutes them over the codes 1-4).
 DIRECTIONS: tuple[str, ...] = ("Left", "Down", "Right", "Up")
@@ -112,6 +114,7 @@ def _check_mapping(world: dict[str, Any]) -> dict[str, str]:
 class FrozenLakeObscure(CoDEnv):
     """FrozenLake with obscured action codes; the code -> direction permutation is the world.
 
+    Parameters: the keywords of :class:`FrozenLakeObscure.Params`.
     Rewards: 1.0 for reaching ``G``; 0.0 for falling into ``H``, running out of moves
     (``max_env_steps``) or replies (``max_agent_steps``), or a malformed reply (which ends the
     episode at once).
@@ -120,32 +123,29 @@ class FrozenLakeObscure(CoDEnv):
     reply_prefix = "<answer>Direction "
     stop_strings = ("</answer>",)
 
-    def __init__(self, name: str = "frozenlake", min_size: int = 4, max_size: int = 5,
-                 safe_prob_range: Sequence[float] = (0.6, 0.7), max_env_steps: int = 6,
-                 max_agent_steps: int = 8, max_sample_tries: int = 10_000) -> None:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"frozenlake: name must be a non-empty string, got {name!r}")
-        for key, val in (("min_size", min_size), ("max_size", max_size), ("max_env_steps", max_env_steps),
-                         ("max_agent_steps", max_agent_steps), ("max_sample_tries", max_sample_tries)):
-            if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
-                raise ValueError(f"frozenlake: {key} must be a positive integer, got {val!r}")
-        if min_size < 2:
-            raise ValueError(f"frozenlake: min_size must be >= 2 (room for S and G), got {min_size}")
-        if max_size < min_size:
-            raise ValueError(f"frozenlake: max_size ({max_size}) must be >= min_size ({min_size})")
-        try:
-            lo, hi = (float(x) for x in safe_prob_range)
-        except (TypeError, ValueError):
-            raise ValueError(f"frozenlake: safe_prob_range must be two numbers, got {safe_prob_range!r}") from None
-        if not 0.0 < lo <= hi <= 1.0:
-            raise ValueError(f"frozenlake: safe_prob_range must satisfy 0 < low <= high <= 1, got {safe_prob_range!r}")
-        self.name = name
-        self.min_size = int(min_size)
-        self.max_size = int(max_size)
-        self.safe_prob_range = (lo, hi)
-        self.max_env_steps = int(max_env_steps)
-        self.max_agent_steps = int(max_agent_steps)
-        self.max_sample_tries = int(max_sample_tries)
+    class Params(EnvParams):
+        """FrozenLake-Obscure's parameters."""
+
+        name: str = Field("frozenlake", min_length=1, description="Name of the environment (pack ids, reports).")
+        min_size: int = Field(4, strict=True, ge=2, description="Smallest map side, >= 2 (room for S and G).")
+        max_size: Annotated[int, at_least("min_size")] = Field(5, strict=True, ge=2,
+                                                               description="Largest map side, >= min_size.")
+        safe_prob_range: Pair[Annotated[float, Field(strict=True, gt=0.0, le=1.0)]] = Field(
+            (0.6, 0.7), description="Range (low, high) of a map's share of safe tiles, 0 < low <= high <= 1.")
+        max_env_steps: int = Field(6, strict=True, ge=1, description="Moves per task, >= 1.")
+        max_agent_steps: int = Field(8, strict=True, ge=1, description="Replies per task, >= 1.")
+        max_sample_tries: int = Field(10_000, strict=True, ge=1,
+                                      description="Map draws allowed to find a solvable map, >= 1.")
+
+    def __init__(self, **params: Any) -> None:
+        p = parse_params(self.Params, params)
+        self.name = p.name
+        self.min_size = p.min_size
+        self.max_size = p.max_size
+        self.safe_prob_range = p.safe_prob_range
+        self.max_env_steps = p.max_env_steps
+        self.max_agent_steps = p.max_agent_steps
+        self.max_sample_tries = p.max_sample_tries
         self.max_turns = self.max_agent_steps
         self.chance_reward = None
         self.system_prompt = self._build_system_prompt()

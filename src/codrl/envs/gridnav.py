@@ -30,15 +30,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
+from pydantic import Field
 
-from codrl.envs.base import CoDEnv, Episode, Pack, StepResult, Task, answer_span
+from codrl.envs.base import (CoDEnv, EnvParams, Episode, Pack, StepResult, Task, answer_span, at_least, parse_params)
 
 Cell = tuple[int, int]
 
-VARIANTS: tuple[str, ...] = ("train", "hard")
+Variant = Literal["train", "hard"]
+VARIANTS: tuple[str, ...] = get_args(Variant)
 #: Variant -> default knobs (the reference study's numbers: 8-12 grids, 4 hills, 4-6 moves and
 #: reveal radius 2 for training; 10-14 grids, 5 hills, 3-5 moves and radius 1 for the hard test).
 VARIANT_DEFAULTS: dict[str, dict[str, int]] = {
@@ -46,13 +48,10 @@ VARIANT_DEFAULTS: dict[str, dict[str, int]] = {
     "hard": {"min_size": 10, "max_size": 14, "n_bumps": 5, "min_moves": 3, "max_moves": 5, "reveal_radius": 1},
 }
 #: Mean reward of the scripted random agent (uniformly random rook moves inside the grid) with the
-#: variant's default knobs, measured with ``codrl.envs.checklist.reward_matrix`` over 2000 packs of
+#: variant's default knobs, measured with ``codrl.eval.checklist.reward_matrix`` over 2000 packs of
 #: 4 test tasks (seed 0). Almost zero: a random walk seldom ends on the goal after exactly R moves.
 CHANCE_REWARD: dict[str, float] = {"train": 0.0078, "hard": 0.0056}
-#: Bounds of the knobs (grids stay readable with two-digit headers; plans stay cheap).
-LIMITS: dict[str, tuple[int, int]] = {"min_size": (2, 30), "max_size": (2, 30), "n_bumps": (1, 50),
-                                      "min_moves": (1, 20), "max_moves": (1, 20), "reveal_radius": (0, 30),
-                                      "max_sample_tries": (1, 1_000_000)}
+_TRAIN = VARIANT_DEFAULTS["train"]
 MAX_COST = 99
 
 FORMAT_HINT = ("Reply with exactly one `<answer>row,col</answer>` naming the cell to move to, "
@@ -228,7 +227,8 @@ def _check_cell(spec: dict[str, Any], key: str, size: int) -> Cell:
 class GridNavigation(CoDEnv):
     """Grid Navigation: rook moves over a hidden cost map that is revealed as you go.
 
-    Knobs (defaults from ``variant``, ``"train"`` or ``"hard"``): ``min_size``/``max_size`` (grid
+    Knobs (the keywords of :class:`GridNavigation.Params`; defaults from ``variant``, ``"train"``
+    or ``"hard"``): ``min_size``/``max_size`` (grid
     side N), ``n_bumps`` (hills in the cost map), ``min_moves``/``max_moves`` (R, the exact number
     of moves of a task), ``reveal_radius`` (Chebyshev radius revealed around each entered cell),
     ``keep_reveals`` (True: reveals last for the lifecycle, as specified; False: every task starts
@@ -242,42 +242,46 @@ class GridNavigation(CoDEnv):
     #: Standing on the goal after exactly R moves scores 1 - mean(entered costs)/100 > 0; else 0.
     success_threshold = 1e-6
 
-    def __init__(self, name: str = "gridnav", variant: str = "train", min_size: int | None = None,
-                 max_size: int | None = None, n_bumps: int | None = None, min_moves: int | None = None,
-                 max_moves: int | None = None, reveal_radius: int | None = None,
-                 keep_reveals: bool = True, max_sample_tries: int = 10_000) -> None:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"gridnav: name must be a non-empty string, got {name!r}")
-        if variant not in VARIANTS:
-            raise ValueError(f"{name}: variant {variant!r} is not allowed; allowed values: "
-                             + ", ".join(repr(v) for v in VARIANTS))
-        given = {"min_size": min_size, "max_size": max_size, "n_bumps": n_bumps, "min_moves": min_moves,
-                 "max_moves": max_moves, "reveal_radius": reveal_radius}
-        knobs = {k: (VARIANT_DEFAULTS[variant][k] if v is None else v) for k, v in given.items()}
-        knobs["max_sample_tries"] = max_sample_tries
-        for key, val in knobs.items():
-            lo, hi = LIMITS[key]
-            if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or not lo <= val <= hi:
-                raise ValueError(f"{name}: {key} must be an integer in {lo}..{hi}, got {val!r}")
-        if not isinstance(keep_reveals, bool):
-            raise ValueError(f"{name}: keep_reveals {keep_reveals!r} is not allowed; allowed values: True, False")
-        if knobs["max_size"] < knobs["min_size"]:
-            raise ValueError(f"{name}: max_size ({knobs['max_size']}) must be >= min_size ({knobs['min_size']})")
-        if knobs["max_moves"] < knobs["min_moves"]:
-            raise ValueError(f"{name}: max_moves ({knobs['max_moves']}) must be >= min_moves ({knobs['min_moves']})")
-        self.name = name
-        self.variant = variant
-        self.min_size = int(knobs["min_size"])
-        self.max_size = int(knobs["max_size"])
-        self.n_bumps = int(knobs["n_bumps"])
-        self.min_moves = int(knobs["min_moves"])
-        self.max_moves = int(knobs["max_moves"])
-        self.reveal_radius = int(knobs["reveal_radius"])
-        self.keep_reveals = keep_reveals
-        self.max_sample_tries = int(max_sample_tries)
+    class Params(EnvParams):
+        """Grid Navigation's parameters: the knobs left out take the variant's value.
+
+        The bounds keep grids readable with two-digit headers and plans cheap.
+        """
+
+        variant_field = "variant"
+        variant_defaults = VARIANT_DEFAULTS
+        name: str = Field("gridnav", min_length=1, description="Name of the environment (pack ids, reports).")
+        variant: Variant = Field("train", description="Preset of the knobs below (see VARIANT_DEFAULTS).")
+        min_size: int = Field(_TRAIN["min_size"], strict=True, ge=2, le=30, description="Smallest grid side N, 2-30.")
+        max_size: Annotated[int, at_least("min_size")] = Field(
+            _TRAIN["max_size"], strict=True, ge=2, le=30, description="Largest grid side N, 2-30, >= min_size.")
+        n_bumps: int = Field(_TRAIN["n_bumps"], strict=True, ge=1, le=50, description="Hills in the cost map, 1-50.")
+        min_moves: int = Field(_TRAIN["min_moves"], strict=True, ge=1, le=20,
+                               description="Fewest moves R of a task, 1-20.")
+        max_moves: Annotated[int, at_least("min_moves")] = Field(
+            _TRAIN["max_moves"], strict=True, ge=1, le=20, description="Most moves R of a task, 1-20, >= min_moves.")
+        reveal_radius: int = Field(_TRAIN["reveal_radius"], strict=True, ge=0, le=30, description=(
+            "Chebyshev radius revealed around each entered cell, 0-30."))
+        keep_reveals: bool = Field(True, strict=True, description=(
+            "Whether revealed cells stay revealed for the lifecycle (False: every task starts all hidden)."))
+        max_sample_tries: int = Field(10_000, strict=True, ge=1, le=1_000_000,
+                                      description="Task draws allowed to find a feasible one, 1-1000000.")
+
+    def __init__(self, **params: Any) -> None:
+        p = parse_params(self.Params, params)
+        self.name = p.name
+        self.variant = p.variant
+        self.min_size = p.min_size
+        self.max_size = p.max_size
+        self.n_bumps = p.n_bumps
+        self.min_moves = p.min_moves
+        self.max_moves = p.max_moves
+        self.reveal_radius = p.reveal_radius
+        self.keep_reveals = p.keep_reveals
+        self.max_sample_tries = p.max_sample_tries
         self.max_turns = self.max_moves
-        defaults = keep_reveals and all(getattr(self, k) == v for k, v in VARIANT_DEFAULTS[variant].items())
-        self.chance_reward = CHANCE_REWARD[variant] if defaults else None
+        defaults = p.at_defaults("keep_reveals", *VARIANT_DEFAULTS[p.variant])
+        self.chance_reward = CHANCE_REWARD[p.variant] if defaults else None
         self.system_prompt = self._build_system_prompt()
 
     def _build_system_prompt(self) -> str:

@@ -17,9 +17,11 @@ import importlib
 import inspect
 from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from codrl.envs.base import CoDEnv
+from codrl.config import validate
+from codrl.envs.base import CoDEnv, EnvParams
 from codrl.errors import CodrlError
 
 #: Entry-point group through which installed packages register environments.
@@ -124,16 +126,28 @@ def check_name(name: str, field: str = "env") -> str:
     return name
 
 
+def params_model(factory: Callable[..., Any]) -> type[EnvParams] | None:
+    """The typed parameters of an environment factory (None: a function, or a plug-in without Params)."""
+    return factory.params_model() if inspect.isclass(factory) and issubclass(factory, CoDEnv) else None
+
+
 def make_env(name: str, /, **params: Any) -> CoDEnv:
     """Build environment ``name`` with keyword ``params`` on top of the name's defaults.
 
-    Raises :class:`CodrlError` for an unknown name or import path and for an object that is not an
-    environment; ``TypeError``/``ValueError`` from the environment itself for bad parameters
-    (callers that face users wrap them, see :func:`codrl.eval.runner.build_env`).
+    Raises :class:`CodrlError` for an unknown name or import path, for parameters its ``Params``
+    refuses (one line naming ``name``, each bad field and what is allowed) and for an object that
+    is not an environment. A plug-in without ``Params`` gets its unknown keywords refused here;
+    its own ``TypeError``/``ValueError`` for bad values passes through (callers that face users
+    wrap them, see :func:`codrl.eval.runner.build_env`).
     """
     factory, defaults = _resolve_env(name)
-    _check_params(name, factory, params)
-    env = factory(**{**defaults, **params})
+    merged = {**defaults, **params}
+    model = params_model(factory)
+    if model is not None:
+        validate(model, merged, source=f"parameters of env {name!r}")
+    else:
+        _check_params(name, factory, params)
+    env = factory(**merged)
     if not isinstance(env, CoDEnv):
         raise CodrlError(f"env {name!r}: {factory!r} returned {type(env).__name__}, not a CoDEnv")
     return env
@@ -153,6 +167,40 @@ def _check_params(name: str, factory: Callable[..., Any], params: dict[str, Any]
     if unknown:
         raise CodrlError(f"env {name!r}: unknown parameter(s) {', '.join(unknown)}; "
                          f"allowed parameters: {', '.join(allowed)}")
+
+
+def param_rows(name: str) -> list[tuple[str, str, str, str]]:
+    """``(name, type, default, description)`` of each parameter of environment ``name``, the name's
+    own defaults applied (``alchemy_hard``: ``variant`` is ``hard``, and so are the knobs it sets).
+
+    A plug-in without ``Params`` lists its constructor's keywords, without types or descriptions.
+    """
+    factory, defaults = _resolve_env(name)
+    model = params_model(factory)
+    if model is None:
+        sig = inspect.signature(factory)
+        return [(p.name, "" if p.annotation is p.empty else str(p.annotation),
+                 "(required)" if p.default is p.empty else repr(p.default), "")
+                for p in sig.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    values = validate(model, defaults, source=f"defaults of env {name!r}")
+    return [(field, _type_text(info.annotation), repr(getattr(values, field)), info.description or "")
+            for field, info in model.model_fields.items()]
+
+
+def _type_text(annotation: Any) -> str:
+    """A short readable form of a Params annotation: constraints left to the description."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _type_text(args[0])
+    if origin is Literal:  # a long list of choices is left to the description
+        return " | ".join(repr(a) for a in args) if len(args) <= 4 else "str"
+    if origin in (Union, UnionType):
+        return " | ".join(_type_text(a) for a in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"({_type_text(args[0])}, ...)"
+        return "(" + ", ".join(_type_text(a) for a in args) + ")"
+    return "None" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
 
 
 def describe(name: str) -> str:

@@ -10,7 +10,8 @@ checkpoints, Hugging Face folders, OpenAI-compatible endpoints) on every evaluat
 * ``matrix.md`` and ``matrix.csv``: rows = models, columns = evaluation sets, each cell the mean
   reward at position 0, at the last position, and the CoD gain with its 95% interval over packs;
 * ``matrix.png``: one panel per evaluation set, one curve per model, shaded intervals;
-* ``matrix.json``: every number (per-position means and intervals of every cell).
+* ``matrix.json``: every number (per-position means and intervals of every cell), a
+  :class:`MatrixResults` (read back with :meth:`MatrixResults.read`).
 
 A variant names the context a set is played with and, optionally, the Ralph loop around it:
 
@@ -27,13 +28,12 @@ Every model path, endpoint, environment name and variant is checked before any m
 from __future__ import annotations
 
 import csv
-import json
 import math
 import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from rich.console import Console
@@ -42,7 +42,8 @@ from rich.table import Table
 from codrl.backends.base import Backend
 from codrl.config import EnvName
 from codrl.errors import CodrlError
-from codrl.eval.metrics import Summary
+from codrl.eval.metrics import JsonFloat, PositionStats
+from codrl.eval.report import RESULTS_JSON, EvalResults, ResultsFile, plot_panels
 from codrl.rollout.config import RolloutConfig
 from codrl.rollout.contexts import Variant as PlayVariant
 from codrl.rollout.contexts import check_context
@@ -214,7 +215,7 @@ def eval_config(cfg: MatrixConfig, ev: EvalSet) -> Any:
 
 
 def run_matrix(cfg: MatrixConfig, *, console: Console | None = None, progress: bool = True,
-               backend_factory: Callable[[ModelSpec], Backend] | None = None) -> dict[str, Any]:
+               backend_factory: Callable[[ModelSpec], Backend] | None = None) -> MatrixResults:
     """Evaluate every missing cell, then write the table, plots and ``matrix.json``; return the latter."""
     from codrl.config import dump_yaml
     from codrl.eval.runner import build_env, evaluate
@@ -231,7 +232,7 @@ def run_matrix(cfg: MatrixConfig, *, console: Console | None = None, progress: b
     total = len(cfg.models) * len(cfg.evals)
     done = 0
     for model in cfg.models:
-        todo = [ev for ev in cfg.evals if not (cell_dir(out, model, ev) / "results.json").is_file()]
+        todo = [ev for ev in cfg.evals if not (cell_dir(out, model, ev) / RESULTS_JSON).is_file()]
         done += len(cfg.evals) - len(todo)
         if not todo:
             console.print(f"[dim]{model.name}: all {len(cfg.evals)} cells done, skipped[/dim]")
@@ -256,52 +257,72 @@ def run_matrix(cfg: MatrixConfig, *, console: Console | None = None, progress: b
 
 
 # -- the table -------------------------------------------------------------------------------------
-def _f(x: float | None) -> float:
-    return math.nan if x is None else float(x)
+class MatrixCell(BaseModel):
+    """One cell of ``matrix.json``: a model's numbers on an evaluation set (its variant's mode)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    positions: list[PositionStats]
+    first: JsonFloat = Field(description="mean reward at position 0")
+    last: JsonFloat = Field(description="mean reward at the last position")
+    gain: JsonFloat = Field(description="CoD gain: last minus first")
+    gain_ci: tuple[JsonFloat, JsonFloat] = Field(description="interval of the gain over packs (null: n too small)")
+    n_packs: int
+    chance_reward: float | None = None
+    folder: str = Field(description="the cell's report folder")
 
 
-def load_cell(folder: Path, variant: str) -> dict[str, Any]:
+class MatrixResults(ResultsFile):
+    """``matrix.json``: the models, the evaluation sets and every finished cell (``cells[model][eval label]``)."""
+
+    kind: ClassVar[str] = "matrix results file"
+
+    models: list[str]
+    evals: list[EvalSet]
+    eval_labels: list[str]
+    cells: dict[str, dict[str, MatrixCell]]
+    complete: bool
+
+
+def load_cell(folder: Path, variant: str) -> MatrixCell:
     """One cell's numbers from its ``results.json``."""
-    data = json.loads((folder / "results.json").read_text())
-    summary = Summary.from_json(data["summary"])
+    results = EvalResults.read(folder / RESULTS_JSON)
+    summary = results.summary
     mode = variant_mode(variant)
     positions = summary.positions.get(mode, [])
-    gain_ci = summary.cod_gain_ci.get(mode, (math.nan, math.nan))
-    return {
-        "positions": [p.to_json() for p in positions],
-        "first": positions[0].mean_reward if positions else math.nan,
-        "last": positions[-1].mean_reward if positions else math.nan,
-        "gain": summary.cod_gain.get(mode, math.nan),
-        "gain_ci": [_f(gain_ci[0]), _f(gain_ci[1])],
-        "n_packs": positions[0].n_packs if positions else 0,
-        "chance_reward": data.get("meta", {}).get("chance_reward"),
-    }
+    return MatrixCell(
+        positions=positions,
+        first=positions[0].mean_reward if positions else math.nan,
+        last=positions[-1].mean_reward if positions else math.nan,
+        gain=summary.cod_gain.get(mode, math.nan),
+        gain_ci=summary.cod_gain_ci.get(mode, (math.nan, math.nan)),
+        n_packs=positions[0].n_packs if positions else 0,
+        chance_reward=results.meta.get("chance_reward"),
+        folder=str(folder),
+    )
 
 
-def cell_text(c: dict[str, Any]) -> str:
+def cell_text(c: MatrixCell) -> str:
     """``0.12 -> 0.40, gain +0.28 [0.05, 0.51]`` (``n<3`` when no interval is defined)."""
-    lo, hi = c["gain_ci"]
-    ci = f"[{lo:+.2f}, {hi:+.2f}]" if math.isfinite(lo) and math.isfinite(hi) else f"(n={c['n_packs']}, no CI)"
-    return f"{c['first']:.2f} -> {c['last']:.2f}, gain {c['gain']:+.2f} {ci}"
+    lo, hi = c.gain_ci
+    ci = f"[{lo:+.2f}, {hi:+.2f}]" if math.isfinite(lo) and math.isfinite(hi) else f"(n={c.n_packs}, no CI)"
+    return f"{c.first:.2f} -> {c.last:.2f}, gain {c.gain:+.2f} {ci}"
 
 
-def write_matrix(cfg: MatrixConfig, console: Console | None = None) -> dict[str, Any]:
+def write_matrix(cfg: MatrixConfig, console: Console | None = None) -> MatrixResults:
     """Collect every finished cell into ``matrix.{json,md,csv,png}`` and print the table."""
-    from codrl.eval.metrics import json_safe
-
     console = console or Console()
     out = Path(cfg.output_dir)
-    cells: dict[str, dict[str, Any]] = {}
+    cells: dict[str, dict[str, MatrixCell]] = {}
     for m in cfg.models:
         for ev in cfg.evals:
             folder = cell_dir(out, m, ev)
-            if (folder / "results.json").is_file():
-                cells.setdefault(m.name, {})[ev.label] = {**load_cell(folder, ev.variant), "folder": str(folder)}
+            if (folder / RESULTS_JSON).is_file():
+                cells.setdefault(m.name, {})[ev.label] = load_cell(folder, ev.variant)
     labels = [ev.label for ev in cfg.evals]
-    result = {"models": [m.name for m in cfg.models], "evals": [ev.model_dump(mode="json") for ev in cfg.evals],
-              "eval_labels": labels, "cells": cells,
-              "complete": all(ev.label in cells.get(m.name, {}) for m in cfg.models for ev in cfg.evals)}
-    (out / "matrix.json").write_text(json.dumps(json_safe(result), indent=1))
+    result = MatrixResults(models=[m.name for m in cfg.models], evals=cfg.evals, eval_labels=labels, cells=cells,
+                           complete=all(ev.label in cells.get(m.name, {}) for m in cfg.models for ev in cfg.evals))
+    result.write(out / "matrix.json")
 
     header = ["model", *labels]
     rows = [[m.name, *[cell_text(cells[m.name][lbl]) if lbl in cells.get(m.name, {}) else "missing"
@@ -318,8 +339,7 @@ def write_matrix(cfg: MatrixConfig, console: Console | None = None) -> dict[str,
             for lbl in labels:
                 c = cells.get(m.name, {}).get(lbl)
                 if c is not None:
-                    w.writerow([m.name, lbl, *(f"{x:.6g}" for x in (c["first"], c["last"], c["gain"], *c["gain_ci"])),
-                                c["n_packs"]])
+                    w.writerow([m.name, lbl, *(f"{x:.6g}" for x in (c.first, c.last, c.gain, *c.gain_ci)), c.n_packs])
     table = Table(title="reward at position 0 -> last, CoD gain [95% CI over packs]", show_lines=True)
     for h in header:
         table.add_column(h, overflow="fold")
@@ -332,15 +352,11 @@ def write_matrix(cfg: MatrixConfig, console: Console | None = None) -> dict[str,
     return result
 
 
-def plot_matrix(cfg: MatrixConfig, cells: dict[str, dict[str, Any]], path: Path) -> Path:
+def plot_matrix(cfg: MatrixConfig, cells: dict[str, dict[str, MatrixCell]], path: Path) -> Path:
     """One panel per evaluation set, one curve per model with its shaded interval."""
-    from codrl.eval.metrics import PositionStats
-    from codrl.eval.report import plot_panels
-
     panels = {}
     for ev in cfg.evals:
-        curves = {m.name: [PositionStats.from_json(p) for p in cells[m.name][ev.label]["positions"]]
-                  for m in cfg.models if ev.label in cells.get(m.name, {})}
-        chance = next((cells[m][ev.label].get("chance_reward") for m in cells if ev.label in cells[m]), None)
+        curves = {m.name: cells[m.name][ev.label].positions for m in cfg.models if ev.label in cells.get(m.name, {})}
+        chance = next((cells[m][ev.label].chance_reward for m in cells if ev.label in cells[m]), None)
         panels[ev.label] = (curves, chance)
     return plot_panels(panels, path, title="reward by pack position, per evaluation set")

@@ -36,8 +36,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, PlainSerializer
 
 from codrl.rollout.experience import EpisodeRecord, LifecycleResult
 
@@ -59,7 +60,7 @@ __all__ = [
     "clip_interval",
     "difference_range",
     "summarize",
-    "json_safe",
+    "JsonFloat",
 ]
 
 #: Preferred display order of rollout modes; other modes follow alphabetically.
@@ -74,7 +75,7 @@ MIN_PACKS = 3
 #: Identifies a pack (the clustering unit): ``(env, split, pack_id)``.
 PackKey = tuple[str, str, str]
 
-_NAN = float("nan")
+_NAN = math.nan
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,41 +189,42 @@ def welch_ci(
     return d, lo, hi
 
 
-def json_safe(obj: Any) -> Any:
-    """Recursively convert ``obj`` for strict JSON: non-finite floats become ``None``.
-
-    Tuples become lists; dataclasses with a ``to_json`` method are converted with it; other
-    unknown objects (paths, enums...) become their ``str``.
-    """
-    if obj is None or isinstance(obj, (bool, str, int)):
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Mapping):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return [json_safe(v) for v in obj]
-    to_json = getattr(obj, "to_json", None)
-    if callable(to_json):
-        return json_safe(to_json())
-    try:  # numpy scalars and arrays without importing numpy here
-        return json_safe(obj.tolist())
-    except AttributeError:
-        pass
-    return str(obj)
-
-
-def _nan_if_none(v: Any) -> float:
-    return _NAN if v is None else float(v)
-
-
 # --------------------------------------------------------------------------------------------
-# Result dataclasses
+# JSON numbers
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class PositionStats:
+def _null_reads_as(value: float) -> BeforeValidator:
+    """A validator that reads ``None`` (JSON ``null``) as ``value``."""
+    return BeforeValidator(lambda v: value if v is None else v)
+
+
+def _canonical_nan(value: float) -> float:
+    """Every NaN becomes the one :data:`math.nan` object, so models holding NaN compare equal."""
+    return math.nan if math.isnan(value) else value
+
+
+def _null_if_not_finite(value: float) -> float | None:
+    """NaN and infinities are written as ``None`` (JSON ``null``): strict JSON has no such numbers."""
+    return value if math.isfinite(value) else None
+
+
+_TO_JSON = PlainSerializer(_null_if_not_finite, return_type=float | None, when_used="json")
+
+#: A float written as JSON ``null`` when it is not finite and read back from ``null`` as NaN.
+JsonFloat = Annotated[float, _null_reads_as(_NAN), AfterValidator(_canonical_nan), _TO_JSON]
+#: Lower end of a reward range: ``null`` reads back as minus infinity.
+_LowBound = Annotated[float, _null_reads_as(-math.inf), _TO_JSON]
+#: Upper end of a reward range: ``null`` reads back as plus infinity.
+_HighBound = Annotated[float, _null_reads_as(math.inf), _TO_JSON]
+
+
+# --------------------------------------------------------------------------------------------
+# Result models
+# --------------------------------------------------------------------------------------------
+
+
+class PositionStats(BaseModel):
     """Statistics of one ``(mode, position)`` cell, computed over packs (see module docstring).
 
     ``mean_reward`` and its interval ``[ci_low, ci_high]`` use the penalised task reward; the
@@ -232,75 +234,43 @@ class PositionStats:
     no-hint baseline.
     """
 
+    model_config = ConfigDict(extra="ignore")
+
     position: int
     n_packs: int
     n_episodes: int
-    mean_reward: float
-    ci_low: float
-    ci_high: float
-    success_rate: float
-    format_valid_rate: float
-    mean_env_reward: float
-    hint_valid_rate: float = _NAN
+    mean_reward: JsonFloat
+    ci_low: JsonFloat
+    ci_high: JsonFloat
+    success_rate: JsonFloat
+    format_valid_rate: JsonFloat
+    mean_env_reward: JsonFloat
+    hint_valid_rate: JsonFloat = _NAN
     n_updates: int = 0
 
-    def to_json(self) -> dict[str, Any]:
-        """Plain dict; NaN becomes ``None``."""
-        return json_safe({f.name: getattr(self, f.name) for f in fields(self)})
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> PositionStats:
-        """Inverse of :meth:`to_json` (``None`` floats become NaN)."""
-        return cls(
-            position=int(data["position"]),
-            n_packs=int(data["n_packs"]),
-            n_episodes=int(data["n_episodes"]),
-            mean_reward=_nan_if_none(data.get("mean_reward")),
-            ci_low=_nan_if_none(data.get("ci_low")),
-            ci_high=_nan_if_none(data.get("ci_high")),
-            success_rate=_nan_if_none(data.get("success_rate")),
-            format_valid_rate=_nan_if_none(data.get("format_valid_rate")),
-            mean_env_reward=_nan_if_none(data.get("mean_env_reward")),
-            hint_valid_rate=_nan_if_none(data.get("hint_valid_rate")),
-            n_updates=int(data.get("n_updates", 0)),
-        )
-
-
-@dataclass
-class OverallStats:
+class OverallStats(BaseModel):
     """All positions of one mode together (per pack: mean over repeats and positions first).
 
     The interval follows the same rules as :class:`PositionStats` (NaN below ``min_packs``).
     """
 
+    model_config = ConfigDict(extra="ignore")
+
     n_lifecycles: int
     n_packs: int
     n_episodes: int
-    mean_reward: float
-    ci_low: float
-    ci_high: float
-    success_rate: float
-    format_valid_rate: float
-    mean_env_reward: float
-    hint_valid_rate: float = _NAN
-    mean_completion_tokens: float = _NAN
-
-    def to_json(self) -> dict[str, Any]:
-        """Plain dict; NaN becomes ``None``."""
-        return json_safe({f.name: getattr(self, f.name) for f in fields(self)})
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> OverallStats:
-        """Inverse of :meth:`to_json`."""
-        kw: dict[str, Any] = {}
-        for f in fields(cls):
-            v = data.get(f.name)
-            kw[f.name] = int(v or 0) if f.name.startswith("n_") else _nan_if_none(v)
-        return cls(**kw)
+    mean_reward: JsonFloat
+    ci_low: JsonFloat
+    ci_high: JsonFloat
+    success_rate: JsonFloat
+    format_valid_rate: JsonFloat
+    mean_env_reward: JsonFloat
+    hint_valid_rate: JsonFloat = _NAN
+    mean_completion_tokens: JsonFloat = _NAN
 
 
-@dataclass
-class ModeDiffStats:
+class ModeDiffStats(BaseModel):
     """Per-position difference ``mean_reward(mode) - mean_reward(baseline)``.
 
     ``paired`` is True when both modes ran exactly the same packs at this position: the interval
@@ -310,32 +280,17 @@ class ModeDiffStats:
     ``(low - high, high - low)`` of the reward range.
     """
 
+    model_config = ConfigDict(extra="ignore")
+
     position: int
-    diff: float
-    ci_low: float
-    ci_high: float
+    diff: JsonFloat
+    ci_low: JsonFloat
+    ci_high: JsonFloat
     n_packs: int
     paired: bool
 
-    def to_json(self) -> dict[str, Any]:
-        """Plain dict; NaN becomes ``None``."""
-        return json_safe({f.name: getattr(self, f.name) for f in fields(self)})
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> ModeDiffStats:
-        """Inverse of :meth:`to_json`."""
-        return cls(
-            position=int(data["position"]),
-            diff=_nan_if_none(data.get("diff")),
-            ci_low=_nan_if_none(data.get("ci_low")),
-            ci_high=_nan_if_none(data.get("ci_high")),
-            n_packs=int(data.get("n_packs", 0)),
-            paired=bool(data.get("paired", False)),
-        )
-
-
-@dataclass
-class Summary:
+class Summary(BaseModel):
     """Evaluation summary over lifecycle results, possibly of several modes.
 
     - ``positions[mode]``: one :class:`PositionStats` per position, sorted by position.
@@ -351,75 +306,25 @@ class Summary:
       :func:`split_diff_key` splits a key back into ``(mode, baseline)``.
     - ``reward_range``: the per-episode reward bounds intervals were clipped to (``None``: not
       clipped); ``min_packs``: fewer packs than this give no interval (see module docstring).
+
+    ``model_dump(mode="json")`` is strict JSON (NaN and infinities written as ``null``) and
+    ``model_validate`` reads it back: ``null`` numbers as NaN, an infinite reward bound
+    infinite. Summaries written before ``min_packs``, ``reward_range`` and ``cod_gain_n``
+    existed read with the defaults.
     """
 
+    model_config = ConfigDict(extra="ignore")
+
     confidence: float = 0.95
-    modes: list[str] = field(default_factory=list)
-    positions: dict[str, list[PositionStats]] = field(default_factory=dict)
-    overall: dict[str, OverallStats] = field(default_factory=dict)
-    cod_gain: dict[str, float] = field(default_factory=dict)
-    cod_gain_ci: dict[str, tuple[float, float]] = field(default_factory=dict)
-    cod_gain_n: dict[str, int] = field(default_factory=dict)
-    mode_diffs: dict[str, list[ModeDiffStats]] = field(default_factory=dict)
-    reward_range: tuple[float, float] | None = None
     min_packs: int = MIN_PACKS
-
-    def to_json(self) -> dict[str, Any]:
-        """Strict-JSON-serialisable dict (NaN written as ``None``)."""
-        return json_safe(
-            {
-                "confidence": self.confidence,
-                "min_packs": self.min_packs,
-                "reward_range": None if self.reward_range is None else list(self.reward_range),
-                "modes": list(self.modes),
-                "positions": {
-                    m: [p.to_json() for p in ps] for m, ps in self.positions.items()
-                },
-                "overall": {m: o.to_json() for m, o in self.overall.items()},
-                "cod_gain": dict(self.cod_gain),
-                "cod_gain_ci": {m: list(ci) for m, ci in self.cod_gain_ci.items()},
-                "cod_gain_n": dict(self.cod_gain_n),
-                "mode_diffs": {
-                    k: [d.to_json() for d in ds] for k, ds in self.mode_diffs.items()
-                },
-            }
-        )
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Summary:
-        """Rebuild a summary from :meth:`to_json` output (e.g. ``results.json["summary"]``).
-
-        Older files without ``min_packs`` / ``reward_range`` / ``cod_gain_n`` load with the
-        defaults. An infinite reward bound (written as ``null``) comes back infinite.
-        """
-        rr = data.get("reward_range")
-        reward_range = None
-        if rr is not None:
-            reward_range = (
-                -math.inf if rr[0] is None else float(rr[0]),
-                math.inf if rr[1] is None else float(rr[1]),
-            )
-        return cls(
-            confidence=float(data.get("confidence", 0.95)),
-            min_packs=int(data.get("min_packs", MIN_PACKS)),
-            reward_range=reward_range,
-            modes=list(data.get("modes", [])),
-            positions={
-                m: [PositionStats.from_json(p) for p in ps]
-                for m, ps in data.get("positions", {}).items()
-            },
-            overall={m: OverallStats.from_json(o) for m, o in data.get("overall", {}).items()},
-            cod_gain={m: _nan_if_none(g) for m, g in data.get("cod_gain", {}).items()},
-            cod_gain_ci={
-                m: (_nan_if_none(ci[0]), _nan_if_none(ci[1]))
-                for m, ci in data.get("cod_gain_ci", {}).items()
-            },
-            cod_gain_n={m: int(n) for m, n in data.get("cod_gain_n", {}).items()},
-            mode_diffs={
-                k: [ModeDiffStats.from_json(d) for d in ds]
-                for k, ds in data.get("mode_diffs", {}).items()
-            },
-        )
+    reward_range: tuple[_LowBound, _HighBound] | None = None
+    modes: list[str] = []
+    positions: dict[str, list[PositionStats]] = {}
+    overall: dict[str, OverallStats] = {}
+    cod_gain: dict[str, JsonFloat] = {}
+    cod_gain_ci: dict[str, tuple[JsonFloat, JsonFloat]] = {}
+    cod_gain_n: dict[str, int] = {}
+    mode_diffs: dict[str, list[ModeDiffStats]] = {}
 
     def mean_rewards(self, mode: str) -> list[float]:
         """Mean reward per position for ``mode`` (empty if the mode was not run)."""
@@ -518,11 +423,12 @@ def _mode_diff(
     if a and set(a) == set(b):
         diffs = [a[k] - b[k] for k in a]
         d, lo, hi = mean_ci(diffs, confidence, bounds=bounds, min_n=min_packs)
-        return ModeDiffStats(position, d, lo, hi, len(diffs), True)
+        return ModeDiffStats(position=position, diff=d, ci_low=lo, ci_high=hi, n_packs=len(diffs), paired=True)
     d, lo, hi = welch_ci(
         list(a.values()), list(b.values()), confidence, bounds=bounds, min_n=min_packs
     )
-    return ModeDiffStats(position, d, lo, hi, min(len(a), len(b)), False)
+    return ModeDiffStats(position=position, diff=d, ci_low=lo, ci_high=hi, n_packs=min(len(a), len(b)),
+                         paired=False)
 
 
 def summarize(
@@ -560,15 +466,16 @@ def summarize(
             cells.setdefault(r.mode, {}).setdefault(pos, {}).setdefault(key, []).append(ep)
             by_pack[r.mode][key].append(ep)
 
-    summary = Summary(
-        confidence=confidence,
-        modes=_order_modes(lifecycles),
-        reward_range=bounds,
-        min_packs=min_packs,
-    )
-    for mode in summary.modes:
+    modes = _order_modes(lifecycles)
+    positions: dict[str, list[PositionStats]] = {}
+    overall: dict[str, OverallStats] = {}
+    cod_gain: dict[str, float] = {}
+    cod_gain_ci: dict[str, tuple[float, float]] = {}
+    cod_gain_n: dict[str, int] = {}
+    mode_diffs: dict[str, list[ModeDiffStats]] = {}
+    for mode in modes:
         pos_cells = cells.get(mode, {})
-        summary.positions[mode] = [
+        positions[mode] = [
             _position_stats(p, pos_cells[p], confidence, bounds, min_packs)
             for p in sorted(pos_cells)
         ]
@@ -577,7 +484,7 @@ def summarize(
             list(_pack_means(packs, "reward").values()), confidence, bounds=bounds, min_n=min_packs
         )
         hvr, _ = _hint_valid_rate(packs)
-        summary.overall[mode] = OverallStats(
+        overall[mode] = OverallStats(
             n_lifecycles=lifecycles[mode],
             n_packs=len(packs),
             n_episodes=sum(len(v) for v in packs.values()),
@@ -590,25 +497,25 @@ def summarize(
             hint_valid_rate=hvr,
             mean_completion_tokens=_clustered(packs, "completion_tokens"),
         )
-        stats = summary.positions[mode]
+        stats = positions[mode]
         if stats:
             first, last = stats[0], stats[-1]
             gain = last.mean_reward - first.mean_reward
-            summary.cod_gain[mode] = gain
+            cod_gain[mode] = gain
             # paired over the packs that have both positions
             m_first = _pack_means(pos_cells[first.position], "reward")
             m_last = _pack_means(pos_cells[last.position], "reward")
             gains = [m_last[k] - m_first[k] for k in m_last if k in m_first]
             _, glo, ghi = mean_ci(gains, confidence, min_n=min_packs)
-            summary.cod_gain_ci[mode] = clip_interval(gain, glo, ghi, diff_bounds)
-            summary.cod_gain_n[mode] = len(gains)
+            cod_gain_ci[mode] = clip_interval(gain, glo, ghi, diff_bounds)
+            cod_gain_n[mode] = len(gains)
 
-    for mode in summary.modes:
+    for mode in modes:
         base_mode = baseline_for(mode)
         if mode == base_mode or mode not in cells or base_mode not in cells:
             continue
         base = cells[base_mode]
-        summary.mode_diffs[diff_key(mode, base_mode)] = [
+        mode_diffs[diff_key(mode, base_mode)] = [
             _mode_diff(
                 p,
                 _pack_means(cells[mode][p], "reward"),
@@ -619,4 +526,6 @@ def summarize(
             )
             for p in sorted(set(cells[mode]) & set(base))
         ]
-    return summary
+    return Summary(confidence=confidence, min_packs=min_packs, reward_range=bounds, modes=modes,
+                   positions=positions, overall=overall, cod_gain=cod_gain, cod_gain_ci=cod_gain_ci,
+                   cod_gain_n=cod_gain_n, mode_diffs=mode_diffs)

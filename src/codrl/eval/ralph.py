@@ -12,18 +12,18 @@ attempts the context is carried on:
 After every attempt the notes are written to ``notes/<context>/<task>.md`` (the current notes) and
 appended to ``notes/<context>/<task>.log.md`` (every attempt's outcome and notes), so a user can
 read them while the loop runs. The run ends with the pass rate per attempt of each context
-(``ralph.md``, ``ralph.json``) and the usual evaluation report (``results.json``, ``episodes.csv``,
-``trajectories.jsonl``, ``reward_by_position.png``, where position = attempt).
+(``ralph.md``; ``ralph.json``, a :class:`RalphResults`) and the usual evaluation report
+(``results.json``, ``episodes.csv``, ``trajectories.jsonl``, ``reward_by_position.png``, where
+position = attempt).
 """
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
@@ -32,8 +32,8 @@ from rich.table import Table
 
 from codrl.backends.base import Backend
 from codrl.envs import CoDEnv
-from codrl.eval.metrics import json_safe, mean_ci
-from codrl.eval.report import fmt_number, write_report
+from codrl.eval.metrics import JsonFloat, mean_ci
+from codrl.eval.report import ResultsFile, fmt_number, write_report
 from codrl.eval.runner import build_env, reward_bounds
 from codrl.rollout.config import ContextName, RolloutConfig, result_mode
 from codrl.rollout.contexts import context_class, context_name
@@ -129,7 +129,41 @@ class NotesWriter:
         return path
 
 
-def pass_rates(results: Sequence[LifecycleResult], attempts: int) -> dict[str, Any]:
+class AttemptRates(BaseModel):
+    """One attempt of a context's loops: the pass rate (with a 95% interval over tasks, null when
+    there are too few tasks), the mean reward and the rate of loops solved by this attempt."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    attempt: int
+    pass_rate: JsonFloat
+    ci_low: JsonFloat
+    ci_high: JsonFloat
+    mean_reward: JsonFloat
+    solved_by: JsonFloat
+
+
+class ContextRates(BaseModel):
+    """The pass rates of one context: how many tasks and loops, and every attempt."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    tasks: int
+    loops: int
+    attempts: list[AttemptRates]
+
+
+class RalphResults(ResultsFile):
+    """``ralph.json``: the run's ``meta`` (target, tasks, attempts, config...) and the pass rates of
+    every context."""
+
+    kind: ClassVar[str] = "Ralph results file"
+
+    meta: dict[str, Any] = {}
+    rates: dict[str, ContextRates]
+
+
+def pass_rates(results: Sequence[LifecycleResult], attempts: int) -> ContextRates:
     """Per attempt: pass rate (with a 95% interval over tasks), mean reward, solved-by-then rate."""
     by_task: dict[str, list[LifecycleResult]] = {}
     for r in results:
@@ -140,28 +174,28 @@ def pass_rates(results: Sequence[LifecycleResult], attempts: int) -> dict[str, A
         reward = [sum(r.episodes[a].env_reward for r in rs) / len(rs) for rs in by_task.values()]
         solved = [sum(any(e.success for e in r.episodes[:a + 1]) for r in rs) / len(rs) for rs in by_task.values()]
         m, lo, hi = mean_ci(per_task, bounds=(0.0, 1.0))
-        rows.append({"attempt": a + 1, "pass_rate": m, "ci_low": lo, "ci_high": hi,
-                     "mean_reward": sum(reward) / len(reward), "solved_by": sum(solved) / len(solved)})
-    return {"tasks": len(by_task), "loops": len(results), "attempts": rows}
+        rows.append(AttemptRates(attempt=a + 1, pass_rate=m, ci_low=lo, ci_high=hi,
+                                 mean_reward=sum(reward) / len(reward), solved_by=sum(solved) / len(solved)))
+    return ContextRates(tasks=len(by_task), loops=len(results), attempts=rows)
 
 
-def ralph_table(rates: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+def ralph_table(rates: dict[str, ContextRates]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the per-attempt table: attempt | one 'pass rate (reward)' column per context."""
     contexts = list(rates)
     header = ["attempt", *[f"{c}: pass rate (mean reward)" for c in contexts]]
-    attempts = len(next(iter(rates.values()))["attempts"]) if rates else 0
+    attempts = len(next(iter(rates.values())).attempts) if rates else 0
     rows = []
     for a in range(attempts):
         row = [str(a + 1)]
         for c in contexts:
-            r = rates[c]["attempts"][a]
-            row.append(f"{fmt_number(r['pass_rate'], 2)} ({fmt_number(r['mean_reward'], 2)})")
+            r = rates[c].attempts[a]
+            row.append(f"{fmt_number(r.pass_rate, 2)} ({fmt_number(r.mean_reward, 2)})")
         rows.append(row)
     return header, rows
 
 
 def run_ralph(backend: Backend, cfg: RalphConfig, out_dir: Path, *, console: Console | None = None,
-              progress: bool = True, meta: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+              progress: bool = True, meta: dict[str, Any] | None = None) -> dict[str, ContextRates]:
     """Play the Ralph loop for every context, write notes and reports; return pass rates per context."""
     console = console or Console()
     out = Path(out_dir)
@@ -169,7 +203,7 @@ def run_ralph(backend: Backend, cfg: RalphConfig, out_dir: Path, *, console: Con
     env = ralph_env(cfg)
     packs = [(env, env.sample_pack(cfg.split, cfg.seed, i, cfg.attempts)) for i in range(cfg.tasks)]
     all_results: list[LifecycleResult] = []
-    rates: dict[str, dict[str, Any]] = {}
+    rates: dict[str, ContextRates] = {}
     loops = cfg.tasks * cfg.repeats
     verbose = loops * len(cfg.contexts) <= 4  # few loops: one line per attempt instead of a bar
     t0 = time.time()
@@ -217,9 +251,8 @@ def run_ralph(backend: Backend, cfg: RalphConfig, out_dir: Path, *, console: Con
     return rates
 
 
-def _write_rates(out: Path, rates: dict[str, dict[str, Any]], info: dict[str, Any]) -> None:
-    (out / "ralph.json").write_text(json.dumps(json_safe({"meta": info, "rates": rates}), indent=2,
-                                               allow_nan=False) + "\n", encoding="utf-8")
+def _write_rates(out: Path, rates: dict[str, ContextRates], info: dict[str, Any]) -> None:
+    RalphResults(meta=info, rates=rates).write(out / "ralph.json")
     header, rows = ralph_table(rates)
     lines = [f"# Ralph loop: {info['target']} ({info['tasks']} task(s), {info['attempts']} attempts)", "",
              "Pass rate per attempt: the fraction of loops whose attempt passed every test; in brackets the mean "
@@ -227,11 +260,11 @@ def _write_rates(out: Path, rates: dict[str, dict[str, Any]], info: dict[str, An
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += ["", "Solved by attempt k (any attempt up to k passed): " + "; ".join(
-        f"{c}: " + ", ".join(fmt_number(r["solved_by"], 2) for r in v["attempts"]) for c, v in rates.items())]
+        f"{c}: " + ", ".join(fmt_number(r.solved_by, 2) for r in v.attempts) for c, v in rates.items())]
     (out / "ralph.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def _print_rates(rates: dict[str, dict[str, Any]], console: Console, name: str) -> None:
+def _print_rates(rates: dict[str, ContextRates], console: Console, name: str) -> None:
     header, rows = ralph_table(rates)
     table = Table(title=f"{name}: pass rate per attempt (mean reward)")
     for h in header:

@@ -2,7 +2,8 @@
 
 :func:`write_report` writes into ``out_dir``:
 
-- ``results.json``: ``{"title", "meta", "summary"}`` (strict JSON, NaN written as ``null``);
+- ``results.json``: an :class:`EvalResults` (``{"title", "meta", "summary"}``, strict JSON, NaN
+  written as ``null``), read back with :meth:`EvalResults.read`;
 - ``episodes.csv``: one row per (lifecycle, position), see :data:`EPISODE_CSV_COLUMNS`;
 - ``trajectories.jsonl``: one line per lifecycle, :meth:`LifecycleResult.to_json` (every hints
   block included);
@@ -16,17 +17,18 @@ one, and absent below ``min_packs`` packs, where the console table and the plot 
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import matplotlib
+import pydantic_core
 
 matplotlib.use("Agg")  # headless; must precede pyplot
 
 import matplotlib.pyplot as plt  # noqa: E402
+from pydantic import BaseModel, ConfigDict, ValidationError  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
@@ -35,16 +37,18 @@ from codrl.eval.metrics import (  # noqa: E402
     MIN_PACKS,
     PositionStats,
     Summary,
-    json_safe,
     split_diff_key,
     summarize,
 )
+from codrl.errors import CodrlError  # noqa: E402
 from codrl.rollout.experience import LifecycleResult  # noqa: E402
 
 __all__ = [
     "MODE_LABELS",
     "EPISODE_CSV_COLUMNS",
     "RESULTS_JSON",
+    "ResultsFile",
+    "EvalResults",
     "EPISODES_CSV",
     "TRAJECTORIES_JSONL",
     "REWARD_PLOT",
@@ -107,10 +111,6 @@ def mode_label(mode: str) -> str:
     return MODE_LABELS.get(mode, mode)
 
 
-def _dump_json(obj: Any) -> str:
-    return json.dumps(json_safe(obj), allow_nan=False, ensure_ascii=False)
-
-
 def fmt_number(v: float, digits: int = 3) -> str:
     """``v`` with ``digits`` decimals, or ``n/a`` for None, NaN and infinities."""
     return "n/a" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
@@ -150,6 +150,53 @@ def _fmt_pct(v: float) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+class ResultsFile(BaseModel):
+    """A JSON result file written and read by one type (``results.json``, ``matrix.json``,
+    ``ralph.json``).
+
+    :meth:`write` writes strict JSON (non-finite numbers as ``null``, values of no JSON type as
+    their ``str``); :meth:`read` validates a file with the same type and turns a missing,
+    unparsable or malformed file into a one-line :class:`~codrl.errors.CodrlError` naming the file
+    and the first bad field. Unknown keys are ignored, so newer files read with older code.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    #: What error messages call the file ("not a codrl <kind>").
+    kind: ClassVar[str] = "results file"
+
+    def write(self, path: Path) -> Path:
+        """Write this object to ``path`` as indented JSON; return ``path``."""
+        path = Path(path)
+        path.write_text(self.model_dump_json(indent=2, fallback=str) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def read(cls, path: Path) -> Self:
+        """The object stored in ``path``."""
+        try:
+            return cls.model_validate_json(Path(path).read_bytes())
+        except OSError as e:
+            raise CodrlError(f"{path}: cannot read the {cls.kind} ({e.strerror or e})") from None
+        except ValidationError as e:
+            first = e.errors()[0]
+            field = ".".join(str(part) for part in first["loc"]) or "(the whole file)"
+            got = first.get("input")
+            got_s = f" (got {got!r})" if first["loc"] and not isinstance(got, (dict, list)) else ""
+            more = f"; and {e.error_count() - 1} more" if e.error_count() > 1 else ""
+            raise CodrlError(f"{path}: not a codrl {cls.kind}: {field}: {first['msg']}{got_s}{more}") from None
+
+
+class EvalResults(ResultsFile):
+    """``results.json`` of an evaluation (``codrl eval``, a matrix cell, a Ralph run, a training
+    evaluation): its title, the caller's ``meta`` (stored as given; ``chance_reward`` draws the
+    chance line) and the :class:`~codrl.eval.metrics.Summary`."""
+
+    title: str = ""
+    meta: dict[str, Any] = {}
+    summary: Summary
+
+
 def write_episodes_csv(results: Sequence[LifecycleResult], path: Path) -> Path:
     """Write one CSV row per (lifecycle, position) with :data:`EPISODE_CSV_COLUMNS`."""
     path = Path(path)
@@ -186,11 +233,11 @@ def write_episodes_csv(results: Sequence[LifecycleResult], path: Path) -> Path:
 
 
 def write_trajectories(results: Sequence[LifecycleResult], path: Path) -> Path:
-    """Write one JSON line per lifecycle (:meth:`LifecycleResult.to_json`)."""
+    """Write one JSON line per lifecycle (:meth:`LifecycleResult.to_json`; non-finite numbers as ``null``)."""
     path = Path(path)
     with path.open("w", encoding="utf-8") as fh:
         for r in results:
-            fh.write(_dump_json(r.to_json()) + "\n")
+            fh.write(pydantic_core.to_json(r.to_json(), inf_nan_mode="null").decode() + "\n")
     return path
 
 
@@ -206,10 +253,10 @@ def write_report(
 ) -> Summary:
     """Summarise ``results`` and write the report files (see module docstring) to ``out_dir``.
 
-    ``meta`` is stored verbatim in ``results.json`` (non-JSON values as strings); its optional
-    ``"chance_reward"`` draws a dashed chance-level line in the plot. ``reward_range`` and
-    ``min_packs`` go to :func:`~codrl.eval.metrics.summarize` (interval clipping and the
-    "n too small" rule). Returns the summary.
+    ``meta`` is stored verbatim in ``results.json`` (an :class:`EvalResults`; non-JSON values as
+    strings); its optional ``"chance_reward"`` draws a dashed chance-level line in the plot.
+    ``reward_range`` and ``min_packs`` go to :func:`~codrl.eval.metrics.summarize` (interval
+    clipping and the "n too small" rule). Returns the summary.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -217,11 +264,7 @@ def write_report(
         results, confidence=confidence, reward_range=reward_range, min_packs=min_packs
     )
 
-    payload = {"title": title, "meta": dict(meta), "summary": summary.to_json()}
-    (out / RESULTS_JSON).write_text(
-        json.dumps(json_safe(payload), allow_nan=False, indent=2, ensure_ascii=False) + "\n",
-        encoding="utf-8",
-    )
+    EvalResults(title=title, meta=dict(meta), summary=summary).write(out / RESULTS_JSON)
     write_episodes_csv(results, out / EPISODES_CSV)
     write_trajectories(results, out / TRAJECTORIES_JSONL)
     plot_curves(

@@ -24,11 +24,12 @@ from __future__ import annotations
 import json
 import re
 import string
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
+from pydantic import Field
 
-from codrl.envs.base import CoDEnv, Episode, Pack, StepResult, Task
+from codrl.envs.base import CoDEnv, EnvParams, Episode, Pack, StepResult, Task, at_most, parse_params
 
 #: Texts of the environment (short; every word is a token of the tiny policy's vocabulary).
 SYSTEM_PROMPT = "Secret table. Answer with one value."
@@ -40,12 +41,6 @@ OVER_TEXT = "Over."
 
 #: Largest supported table: one lower-case letter per key.
 MAX_KEYS = len(string.ascii_lowercase)
-
-
-def _positive_int(env: str, field: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{env}: {field} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def fact(key: str, value: str) -> str:
@@ -62,7 +57,8 @@ _CHAT_ANSWER_RE = re.compile(r"<answer>\s*(\d+)(?!\d)")
 
 #: Styles of the texts: ``toy`` (few distinct words, for the word-level tiny policy) and ``chat``
 #: (plain sentences and an answer tag, for real chat models).
-STYLES = ("toy", "chat")
+Style = Literal["toy", "chat"]
+STYLES: tuple[str, ...] = get_args(Style)
 
 
 def chat_system_prompt(keys: tuple[str, ...], values: tuple[str, ...]) -> str:
@@ -81,12 +77,10 @@ def chat_observation_text(key: str) -> str:
 class SecretTable(CoDEnv):
     """A hidden key -> value table shared by a pack; each task asks for one key's value.
 
-    Parameters: ``num_keys`` (keys ``a``, ``b``, ...; at most 26), ``num_values`` (values ``1`` ..
-    ``num_values``; at least 2), ``keys_per_pack`` (how many distinct keys a pack asks about;
-    between 1 and ``num_keys``), ``style`` (``toy``: terse texts for the tiny policy; ``chat``:
-    sentences for a real chat model, whose reply is prefilled with ``<answer>`` so that it writes
-    one number and closes the tag), ``name``. Rewards: 1.0 for the right value, 0.0 for a wrong or
-    malformed reply. Episodes are single-turn; the feedback always reveals ``key=value``.
+    Parameters: the keywords of :class:`SecretTable.Params` (style ``chat`` prefills the reply
+    with ``<answer>``, so that a chat model writes one number and closes the tag). Rewards: 1.0 for
+    the right value, 0.0 for a wrong or malformed reply. Episodes are single-turn; the feedback
+    always reveals ``key=value``.
     """
 
     reply_prefix = ""
@@ -94,37 +88,38 @@ class SecretTable(CoDEnv):
     max_turns = 1
     split_by = "world"  # the split is a property of the table
 
-    def __init__(self, num_keys: int = 4, num_values: int = 4, keys_per_pack: int = 1,
-                 name: str = "secret_table", max_world_tries: int = 10_000, style: str = "toy") -> None:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"secret_table: name must be a non-empty string, got {name!r}")
-        if style not in STYLES:
-            raise ValueError(f"{name}: style must be one of {', '.join(map(repr, STYLES))}, got {style!r}")
-        num_keys = _positive_int(name, "num_keys", num_keys)
-        num_values = _positive_int(name, "num_values", num_values)
-        keys_per_pack = _positive_int(name, "keys_per_pack", keys_per_pack)
-        max_world_tries = _positive_int(name, "max_world_tries", max_world_tries)
-        if num_keys > MAX_KEYS:
-            raise ValueError(f"{name}: num_keys must be at most {MAX_KEYS} (one letter per key), got {num_keys}")
-        if num_values < 2:
-            raise ValueError(f"{name}: num_values must be >= 2 (one value would need no learning), got {num_values}")
-        if keys_per_pack > num_keys:
-            raise ValueError(f"{name}: keys_per_pack ({keys_per_pack}) must be <= num_keys ({num_keys})")
-        self.name = name
-        self.num_keys = num_keys
-        self.num_values = num_values
-        self.keys_per_pack = keys_per_pack
-        self.max_world_tries = max_world_tries
-        self.keys: tuple[str, ...] = tuple(string.ascii_lowercase[:num_keys])
-        self.values: tuple[str, ...] = tuple(str(v) for v in range(1, num_values + 1))
-        self.style = style
-        if style == "chat":
+    class Params(EnvParams):
+        """SecretTable's parameters."""
+
+        num_keys: int = Field(4, strict=True, ge=1, le=MAX_KEYS,
+                              description=f"Keys a, b, ... of the table, 1-{MAX_KEYS} (one letter per key).")
+        num_values: int = Field(4, strict=True, ge=2, description=(
+            "Values 1 .. num_values, >= 2 (one value would need no learning)."))
+        keys_per_pack: Annotated[int, at_most("num_keys")] = Field(
+            1, strict=True, ge=1, description="Distinct keys a pack asks about, 1 to num_keys.")
+        name: str = Field("secret_table", min_length=1, description="Name of the environment (pack ids, reports).")
+        max_world_tries: int = Field(10_000, strict=True, ge=1,
+                                     description="Table draws allowed to land in the requested split.")
+        style: Style = Field("toy", description=(
+            "toy: terse texts for the tiny policy; chat: sentences and an <answer> tag for a real chat model."))
+
+    def __init__(self, **params: Any) -> None:
+        p = parse_params(self.Params, params)
+        self.name = p.name
+        self.num_keys = p.num_keys
+        self.num_values = p.num_values
+        self.keys_per_pack = p.keys_per_pack
+        self.max_world_tries = p.max_world_tries
+        self.keys: tuple[str, ...] = tuple(string.ascii_lowercase[:p.num_keys])
+        self.values: tuple[str, ...] = tuple(str(v) for v in range(1, p.num_values + 1))
+        self.style = p.style
+        if p.style == "chat":
             self.system_prompt = chat_system_prompt(self.keys, self.values)
             self.reply_prefix = "<answer>"
             self.stop_strings = ("</answer>",)
         else:
             self.system_prompt = SYSTEM_PROMPT
-        self.chance_reward = 1.0 / num_values
+        self.chance_reward = 1.0 / p.num_values
 
     # -- CoDEnv -------------------------------------------------------------------------------
     def sample_world(self, rng: np.random.Generator) -> dict[str, Any]:

@@ -225,3 +225,30 @@ class Preemption:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
             self._previous = None
+
+
+def restore_newest(root: Path, model: torch.nn.Module, parallel: Any, optimizer: torch.optim.Optimizer,
+                   console: Any) -> tuple[Path, dict[str, Any]] | None:
+    """Restore the newest readable checkpoint under ``root`` into ``parallel`` (the trained model
+    as it is wrapped: :class:`~codrl.distributed.torch_dist.TrainedModel`) and ``optimizer``, and the
+    RNG states; return its path and state, or None when there is none.
+
+    A damaged checkpoint (a truncated or garbled file, a missing tensor, bad JSON) is passed over
+    with a warning on ``console`` naming it, and the previous complete one is used. Every rank
+    reads the files (whatever world size wrote them) and keeps its own part.
+    """
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    for path in resume_candidates(root):
+        try:
+            snapshot, state = read_checkpoint(path)
+            missing = sorted(trainable - set(snapshot.trainable))
+            if missing:
+                raise ValueError(f"{path / 'trainable.pt'} lacks {len(missing)} tensor(s), e.g. {missing[0]}")
+            parallel.restore(snapshot, optimizer, path)
+        except DAMAGED as e:
+            console.print(f"[bold yellow]warning:[/] checkpoint {path} is damaged and was skipped "
+                          f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})")
+            continue
+        restore_rng(state)
+        return path, state
+    return None

@@ -6,14 +6,20 @@ quickstart and a GPU config mirroring the paper's FrozenLake-Obscure study.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from codrl.algo.advantages import AdvantageConfig
-from codrl.config import EnvName
+from codrl.config import EnvName, dump_yaml
 from codrl.algo.losses import PolicyLossConfig
 from codrl.rollout.config import RolloutConfig
+
+if TYPE_CHECKING:
+    from codrl.envs import CoDEnv
 
 
 class EnvSpec(BaseModel):
@@ -186,3 +192,13 @@ class TrainConfig(BaseModel):
     save_every: int = Field(1, ge=0, description="checkpoint every N steps (0 = only at the end)")
     output_dir: str = "runs/train"
     seed: int = 0
+
+
+def write_run_config(cfg: TrainConfig, out: Path, envs: Sequence[CoDEnv]) -> None:
+    """What a run was started with, in its output folder: ``config.yaml`` and, for environments
+    whose worlds come from a secret key, ``world_keys.json`` (the key's fingerprint, never the key)."""
+    out.mkdir(parents=True, exist_ok=True)
+    dump_yaml(cfg, out / "config.yaml")
+    keys = {e.name: e.world_key_fingerprint() for e in envs if e.secret_worlds}
+    if keys:
+        (out / "world_keys.json").write_text(json.dumps(keys, indent=1) + "\n")

@@ -19,7 +19,6 @@ Everything here is plain data, tested without a browser; :mod:`codrl.view.page` 
 from __future__ import annotations
 
 import difflib
-import json
 import math
 import random
 import re
@@ -32,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from codrl.errors import CodrlError
 from codrl.eval.metrics import PositionStats, Summary
-from codrl.eval.report import RESULTS_JSON, TRAJECTORIES_JSONL, finite_ci, mode_label
+from codrl.eval.report import RESULTS_JSON, TRAJECTORIES_JSONL, EvalResults, finite_ci, mode_label
 from codrl.rollout.experience import EpisodeJSON, TrajectoryRecord
 
 #: Folders never searched for reports (model weights, notes, TensorBoard logs).
@@ -96,23 +95,20 @@ def _walk_results(root: Path) -> Iterator[Path]:
 def find_reports(run_dir: Path | str) -> list[ReportFolder]:
     """Every report folder under ``run_dir``, training steps in step order.
 
-    Raises :class:`~codrl.errors.CodrlError` when ``run_dir`` is missing or holds no report.
+    Reports are read with :class:`~codrl.eval.report.EvalResults`, the type that wrote them. Raises
+    :class:`~codrl.errors.CodrlError` when ``run_dir`` is missing, holds no report or a malformed
+    one (the message names the file and the field).
     """
     root = Path(run_dir)
     if not root.is_dir():
         raise CodrlError(f"run folder {str(root)!r} does not exist (give a folder written by "
                          "codrl eval, train, matrix or ralph)")
     folders: list[ReportFolder] = []
-    for results in _walk_results(root):
-        try:
-            data = json.loads(results.read_text(encoding="utf-8"))
-            summary = Summary.from_json(data["summary"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise CodrlError(f"{results}: not a codrl results file ({e})") from None
-        folder = results.parent
+    for path in _walk_results(root):
+        results = EvalResults.read(path)
+        folder = path.parent
         rel = folder.relative_to(root).as_posix() or "."
-        meta = dict(data.get("meta") or {})
-        folders.append(_describe(folder, rel, str(data.get("title", rel)), meta, summary))
+        folders.append(_describe(folder, rel, results.title or rel, results.meta, results.summary))
     if not folders:
         raise CodrlError(f"no evaluation report under {str(root)!r}: expected a {RESULTS_JSON} written by "
                          "codrl eval, train, matrix or ralph")

@@ -21,12 +21,12 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
-from codrl.envs.base import CoDEnv, Episode, Pack, StepResult, Task
+from codrl.envs.base import CoDEnv, EnvParams, Episode, Pack, StepResult, Subset, Task, one_of, parse_params
 from codrl.envs.code.driver import DriverResults, Limits, run_driver
 from codrl.envs.code.report import Grade, TestCase, format_report, grade
 from codrl.envs.code.submission import FORMAT_HINT, STOP_STRINGS, CodeSubmission, extract_code
@@ -38,7 +38,6 @@ from codrl.envs.code.world import (
     house_source,
     sample_world,
 )
-from codrl.errors import CodrlError
 from codrl.sandbox import SandboxResult
 
 #: Per-variant defaults of the knobs left as None.
@@ -46,6 +45,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "base": {"max_turns": 2, "max_failures_shown": 3, "tail_chars": 600},
     "hard": {"max_turns": 2, "max_failures_shown": 1, "tail_chars": 300},
 }
+_BASE = DEFAULTS["base"]
+Variant = one_of(VARIANTS)
+Template = one_of(TEMPLATE_NAMES)
 
 SYSTEM_PROMPT = (
     "You write Python functions for a shop's code base. Each task shows the API of the shop's module `house` "
@@ -59,37 +61,14 @@ SYSTEM_PROMPT = (
 )
 
 
-def _number(field: str, value: Any, lo: float, hi: float, integer: bool = False) -> Any:
-    kinds: tuple[type, ...] = (int, np.integer) if integer else (int, float, np.integer, np.floating)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not lo <= value <= hi:
-        what = "an integer" if integer else "a number"
-        raise ValueError(f"code: {field} must be {what} from {lo:g} to {hi:g}, got {value!r}")
-    return int(value) if integer else float(value)
-
-
 class CodeEnv(CoDEnv):
     """Code: write one function per task in a shop's code base; its hidden house conventions are shared.
 
-    Parameters:
-
-    * ``name``: the environment's name (``"code"``; ``"code_hard"`` for the hard preset).
-    * ``variant``: ``"base"`` (records through ``house.read``) or ``"hard"`` (a 1-based
-      ``house.Ledger``, quantity-0 records possibly discontinued, less feedback).
-    * ``max_turns``: submissions per task, 1-10 (default 2).
-    * ``max_failures_shown``: failing tests listed per report, 0-20 (base 3, hard 1).
-    * ``tail_chars``: characters of the program's own output shown, 0-5000 (base 600, hard 300).
-    * ``timeout_s``: wall-clock limit of one test run, 0.5-60 (default 10).
-    * ``call_timeout_s``: time limit of one test call, 0.05-10 (default 1).
-    * ``memory_mb``: address-space limit of the test run, 64-4096 (default 256).
-    * ``templates``: task templates to draw from, a non-empty subset of
-      :data:`~codrl.envs.code.tasks.TEMPLATE_NAMES`.
-    * ``world_key``: a key file for the secret the pack worlds are drawn from (default: this
-      installation's key, see :mod:`codrl.envs.world_key`). Model code runs in these worlds, so
-      they are never drawn from a guessable seed.
-    * ``cache_size``: test runs remembered per environment, 0-100000 (default 512; 0 turns it off).
-      A run is a pure function of the house code, the submission and the test inputs, so an
-      identical submission (common among the samples of one group) reuses the earlier result;
-      runs that hit a time or resource limit are never reused.
+    Parameters: the keywords of :class:`CodeEnv.Params`. Model code runs in these worlds, so they
+    are drawn from a secret (``world_key``, see :mod:`codrl.envs.world_key`), never from a
+    guessable seed. A test run is a pure function of the house code, the submission and the test
+    inputs, so an identical submission (common among the samples of one group) reuses the earlier
+    result (``cache_size``).
 
     Reward: the fraction of hidden tests the last submission passes (0 for a malformed reply): it
     depends only on what the submitted function returns or raises under the hidden tests, and on
@@ -107,38 +86,48 @@ class CodeEnv(CoDEnv):
     #: invalid-input test is often passed by luck.
     chance_reward = 0.24
 
-    def __init__(self, name: str = "code", variant: str = "base", max_turns: int | None = None,
-                 max_failures_shown: int | None = None, tail_chars: int | None = None, timeout_s: float = 10.0,
-                 call_timeout_s: float = 1.0, memory_mb: int = 256,
-                 templates: Sequence[str] = TEMPLATE_NAMES, cache_size: int = 512,
-                 world_key: str | None = None) -> None:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"code: name must be a non-empty string, got {name!r}")
-        if variant not in VARIANTS:
-            raise ValueError(f"code: variant must be one of {list(VARIANTS)}, got {variant!r}")
-        d = DEFAULTS[variant]
-        self.name = name
-        self.variant = variant
-        self.max_turns = _number("max_turns", d["max_turns"] if max_turns is None else max_turns, 1, 10, True)
-        self.max_failures_shown = _number("max_failures_shown", d["max_failures_shown"] if max_failures_shown
-                                          is None else max_failures_shown, 0, 20, True)
-        self.tail_chars = _number("tail_chars", d["tail_chars"] if tail_chars is None else tail_chars, 0, 5000, True)
-        timeout = _number("timeout_s", timeout_s, 0.5, 60)
-        call_timeout = _number("call_timeout_s", call_timeout_s, 0.05, 10)
-        memory = _number("memory_mb", memory_mb, 64, 4096, True)
-        if isinstance(templates, str) or not isinstance(templates, (list, tuple)) or not templates:
-            raise ValueError(f"code: templates must be a non-empty list drawn from {list(TEMPLATE_NAMES)}, "
-                             f"got {templates!r}")
-        bad = [t for t in templates if t not in TEMPLATE_NAMES]
-        if bad:
-            raise ValueError(f"code: templates has unknown value(s) {bad}; allowed values: {list(TEMPLATE_NAMES)}")
-        self.templates = tuple(dict.fromkeys(str(t) for t in templates))
-        self.limits = Limits(timeout_s=timeout, cpu_s=max(1, int(np.ceil(timeout / 2))), memory_mb=memory,
-                             call_timeout_s=call_timeout, import_timeout_s=min(2 * call_timeout + 1, timeout))
-        self.cache_size = _number("cache_size", cache_size, 0, 100_000, True)
-        if world_key is not None and (not isinstance(world_key, str) or not world_key):
-            raise ValueError(f"code: world_key must be the path of a key file, got {world_key!r}")
-        self.world_key = world_key
+    class Params(EnvParams):
+        """Code's parameters: the knobs left out take the variant's value."""
+
+        variant_field = "variant"
+        variant_defaults = DEFAULTS
+        name: str = Field("code", min_length=1, description="Name of the environment (pack ids, reports).")
+        variant: Variant = Field("base", description=(
+            "base (records through house.read) or hard (a 1-based house.Ledger, quantity-0 records possibly "
+            "discontinued, less feedback)."))
+        max_turns: int = Field(_BASE["max_turns"], strict=True, ge=1, le=10, description="Submissions per task, 1-10.")
+        max_failures_shown: int = Field(_BASE["max_failures_shown"], strict=True, ge=0, le=20,
+                                        description="Failing tests listed per report, 0-20 (base 3, hard 1).")
+        tail_chars: int = Field(_BASE["tail_chars"], strict=True, ge=0, le=5000, description=(
+            "Characters of the program's own output shown, 0-5000 (base 600, hard 300)."))
+        timeout_s: float = Field(10.0, strict=True, ge=0.5, le=60, description="Wall-clock limit of one test run "
+                                                                             "in seconds, 0.5-60.")
+        call_timeout_s: float = Field(1.0, strict=True, ge=0.05, le=10,
+                                      description="Time limit of one test call in seconds, 0.05-10.")
+        memory_mb: int = Field(256, strict=True, ge=64, le=4096,
+                               description="Address-space limit of the test run in MiB, 64-4096.")
+        templates: Subset[Template] = Field(
+            TEMPLATE_NAMES, description="Task templates to draw from: a non-empty subset of all "
+                                                      "of them (the default).")
+        cache_size: int = Field(512, strict=True, ge=0, le=100_000, description=(
+            "Test runs remembered per environment, 0-100000 (0 turns the cache off); runs that hit a limit "
+            "are never reused."))
+        world_key: str | None = Field(None, min_length=1, description=(
+            "Key file of the secret the pack worlds are drawn from (None: this installation's key)."))
+
+    def __init__(self, **params: Any) -> None:
+        p = parse_params(self.Params, params)
+        self.name = p.name
+        self.variant = p.variant
+        self.max_turns = p.max_turns
+        self.max_failures_shown = p.max_failures_shown
+        self.tail_chars = p.tail_chars
+        self.templates = p.templates
+        self.limits = Limits(timeout_s=p.timeout_s, cpu_s=max(1, int(np.ceil(p.timeout_s / 2))),
+                             memory_mb=p.memory_mb, call_timeout_s=p.call_timeout_s,
+                             import_timeout_s=min(2 * p.call_timeout_s + 1, p.timeout_s))
+        self.cache_size = p.cache_size
+        self.world_key = p.world_key
         self._cache: OrderedDict[str, tuple[DriverResults, SandboxResult]] = OrderedDict()
         self._lock = threading.Lock()
         self.system_prompt = SYSTEM_PROMPT

@@ -34,11 +34,12 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
+from pydantic import AfterValidator, Field
 
-from codrl.envs.base import CoDEnv, Episode, Pack, StepResult, Task, answer_span
+from codrl.envs.base import CoDEnv, EnvParams, Episode, Pack, Pair, StepResult, Task, answer_span, parse_params
 from codrl.envs.pde.library import (
     HARD_TEMPLATES,
     TERM_NAMES,
@@ -55,7 +56,8 @@ from codrl.envs.pde.library import (
 from codrl.envs.pde.regression import Fit, refit, sparse_regression
 from codrl.envs.pde.simulate import initial_profile, max_abs, simulate, x_grid
 
-VARIANTS: tuple[str, ...] = ("train", "hard")
+Variant = Literal["train", "hard"]
+VARIANTS: tuple[str, ...] = get_args(Variant)
 TEMPLATES = {"train": TRAIN_TEMPLATES, "hard": HARD_TEMPLATES}
 #: Variant -> default knobs. Hard worlds have up to 3 terms, so the regression cap is 3.
 VARIANT_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -63,7 +65,7 @@ VARIANT_DEFAULTS: dict[str, dict[str, Any]] = {
     "hard": {"term_cap": 3},
 }
 #: Mean reward of the scripted random agent (a random action each turn; commits a random rank of
-#: the last table) with the default knobs, measured with ``codrl.envs.checklist.reward_matrix`` over
+#: the last table) with the default knobs, measured with ``codrl.eval.checklist.reward_matrix`` over
 #: 400 packs of 4 test tasks (seed 0): 0.0546 (train), 0.0533 (hard); per-task sd 0.14. Most random
 #: tasks never commit; it rises over a pack (0.017 -> 0.08) because pooled points let early random
 #: regressions succeed.
@@ -193,32 +195,17 @@ class PDEState:
         return data[:, 3], data[:, 4]
 
 
-def _int_knob(name: str, key: str, val: Any, lo: int, hi: int) -> int:
-    if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or not lo <= val <= hi:
-        raise ValueError(f"{name}: {key} must be an integer in {lo}..{hi}, got {val!r}")
-    return int(val)
-
-
-def _float_knob(name: str, key: str, val: Any, lo: float, hi: float) -> float:
-    if isinstance(val, bool) or not isinstance(val, (int, float, np.integer, np.floating)) or not lo <= val <= hi:
-        raise ValueError(f"{name}: {key} must be a number in [{lo}, {hi}], got {val!r}")
-    return float(val)
-
-
-def _range_knob(name: str, key: str, val: Any, lo: float, hi: float) -> tuple[float, float]:
-    try:
-        a, b = (float(x) for x in val)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: {key} must be two numbers (low, high), got {val!r}") from None
-    if not lo < a <= b <= hi:
-        raise ValueError(f"{name}: {key} must satisfy {lo} < low <= high <= {hi}, got {val!r}")
-    return a, b
+def _nt_on_sample_grid(nt: int) -> int:
+    if (nt - 1) % T_STEPS:
+        raise ValueError(f"nt - 1 must be a multiple of {T_STEPS} (e.g. 201, 401, 2001)")
+    return nt
 
 
 class PDEDiscovery(CoDEnv):
     """PDE Discovery: sample a reaction-diffusion field and identify its hidden reaction term f(u).
 
-    Knobs (defaults from ``variant``, ``"train"`` or ``"hard"``): ``term_cap`` (largest support a
+    Knobs (the keywords of :class:`PDEDiscovery.Params`; defaults from ``variant``, ``"train"`` or
+    ``"hard"``): ``term_cap`` (largest support a
     regression tries; 2 train, 3 hard), ``regress_terms`` (library terms one regression may use, 3),
     ``points_per_task`` (6), ``turns`` (replies per task, 6), ``amplitude_range`` ((1.0, 2.5): the
     peak |u(x, 0)|, stratified over a pack), ``magnitude_range`` ((0.5, 2.0): |coefficients| of f),
@@ -235,35 +222,52 @@ class PDEDiscovery(CoDEnv):
     #: (not in the feedback, not in the context step after a task).
     reward_visible = False
 
-    def __init__(self, name: str = "pde", variant: str = "train", term_cap: int | None = None,
-                 regress_terms: int = 3, points_per_task: int = 6, turns: int = 6,
-                 amplitude_range: Sequence[float] = (1.0, 2.5), magnitude_range: Sequence[float] = (0.5, 2.0),
-                 nx: int = 257, nt: int = 2001, noise_u: float = 0.002, noise_y: float = 0.0005) -> None:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"pde: name must be a non-empty string, got {name!r}")
-        if variant not in VARIANTS:
-            raise ValueError(f"{name}: variant {variant!r} is not allowed; allowed values: "
-                             + ", ".join(repr(v) for v in VARIANTS))
-        self.name = name
-        self.variant = variant
-        self.templates = TEMPLATES[variant]
-        self.term_cap = _int_knob(name, "term_cap", VARIANT_DEFAULTS[variant]["term_cap"] if term_cap is None
-                                  else term_cap, 1, 4)
-        self.regress_terms = _int_knob(name, "regress_terms", regress_terms, 1, len(TERM_NAMES))
-        self.points_per_task = _int_knob(name, "points_per_task", points_per_task, 1, 100)
-        self.turns = _int_knob(name, "turns", turns, 2, 50)
-        self.amplitude_range = _range_knob(name, "amplitude_range", amplitude_range, 0.0, 2.8)
-        self.magnitude_range = _range_knob(name, "magnitude_range", magnitude_range, 0.0, 5.0)
-        self.nx = _int_knob(name, "nx", nx, 9, 2049)
-        self.nt = _int_knob(name, "nt", nt, T_STEPS + 1, 100 * T_STEPS + 1)
-        if (self.nt - 1) % T_STEPS:
-            raise ValueError(f"{name}: nt - 1 must be a multiple of {T_STEPS} (e.g. 201, 401, 2001), got {nt!r}")
-        self.noise_u = _float_knob(name, "noise_u", noise_u, 0.0, 1.0)
-        self.noise_y = _float_knob(name, "noise_y", noise_y, 0.0, 1.0)
+    class Params(EnvParams):
+        """PDE Discovery's parameters: ``term_cap`` left out takes the variant's value."""
+
+        variant_field = "variant"
+        variant_defaults = VARIANT_DEFAULTS
+        name: str = Field("pde", min_length=1, description="Name of the environment (pack ids, reports).")
+        variant: Variant = Field("train", description=(
+            "Templates of f: train (16 templates, 1-2 terms) or hard (14 other templates, 1-3 terms)."))
+        term_cap: int = Field(VARIANT_DEFAULTS["train"]["term_cap"], strict=True, ge=1, le=4,
+                              description="Largest support a regression tries, 1-4 (train 2, hard 3).")
+        regress_terms: int = Field(3, strict=True, ge=1, le=len(TERM_NAMES),
+                                   description=f"Library terms one regression may use, 1-{len(TERM_NAMES)}.")
+        points_per_task: int = Field(6, strict=True, ge=1, le=100, description="Sample points per task, 1-100.")
+        turns: int = Field(6, strict=True, ge=2, le=50, description="Replies per task, 2-50.")
+        amplitude_range: Pair[Annotated[float, Field(strict=True, gt=0.0, le=2.8)]] = Field(
+            (1.0, 2.5), description="Range (low, high) of the peak |u(x, 0)|, stratified over a pack; "
+                                    "0 < low <= high <= 2.8.")
+        magnitude_range: Pair[Annotated[float, Field(strict=True, gt=0.0, le=5.0)]] = Field(
+            (0.5, 2.0), description="Range (low, high) of the |coefficients| of f; 0 < low <= high <= 5.")
+        nx: int = Field(257, strict=True, ge=9, le=2049, description="Grid points in x, 9-2049.")
+        nt: Annotated[int, AfterValidator(_nt_on_sample_grid)] = Field(
+            2001, strict=True, ge=T_STEPS + 1, le=100 * T_STEPS + 1,
+            description=f"Grid points in t, {T_STEPS + 1}-{100 * T_STEPS + 1}, nt - 1 a multiple of {T_STEPS}.")
+        noise_u: float = Field(0.002, strict=True, ge=0.0, le=1.0,
+                               description="Standard deviation of the Gaussian noise of a sampled u, 0-1.")
+        noise_y: float = Field(0.0005, strict=True, ge=0.0, le=1.0,
+                               description="Standard deviation of the Gaussian noise of a sampled y = f(u), 0-1.")
+
+    def __init__(self, **params: Any) -> None:
+        p = parse_params(self.Params, params)
+        self.name = p.name
+        self.variant = p.variant
+        self.templates = TEMPLATES[p.variant]
+        self.term_cap = p.term_cap
+        self.regress_terms = p.regress_terms
+        self.points_per_task = p.points_per_task
+        self.turns = p.turns
+        self.amplitude_range = p.amplitude_range
+        self.magnitude_range = p.magnitude_range
+        self.nx = p.nx
+        self.nt = p.nt
+        self.noise_u = p.noise_u
+        self.noise_y = p.noise_y
         self.max_turns = self.turns
-        defaults = (self.term_cap == VARIANT_DEFAULTS[variant]["term_cap"] and self.regress_terms == 3
-                    and self.points_per_task == 6 and self.turns == 6)
-        self.chance_reward = CHANCE_REWARD[variant] if defaults else None
+        defaults = p.at_defaults("term_cap", "regress_terms", "points_per_task", "turns")
+        self.chance_reward = CHANCE_REWARD[p.variant] if defaults else None
         self.system_prompt = self._build_system_prompt()
 
     # -- text ---------------------------------------------------------------------------------

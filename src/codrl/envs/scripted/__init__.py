@@ -1,7 +1,7 @@
 """Scripted agents of every built-in environment: random, oracle and feedback learner.
 
 Each module ``codrl.envs.scripted.<env>`` defines three agent factories with the signature of
-:data:`codrl.envs.checklist.AgentFactory`: ``random_agent``, ``oracle_agent`` (reads the hidden
+:data:`codrl.envs.scripted.base.AgentFactory`: ``random_agent``, ``oracle_agent`` (reads the hidden
 world) and ``learner_agent`` (uses only observations, feedback and its own hints text).
 :func:`agents_for` finds them by environment name (hard variants share their base's module).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import NamedTuple
 
-from codrl.envs.checklist import AgentFactory
+from codrl.envs.scripted.base import AgentFactory
 from codrl.errors import bad_choice
 
 #: Environment name -> module of its scripted agents.

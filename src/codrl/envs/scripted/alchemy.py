@@ -16,7 +16,7 @@ import numpy as np
 
 from codrl.envs.alchemy import plan_crafts
 from codrl.envs.base import Pack
-from codrl.envs.checklist import TurnText
+from codrl.envs.scripted.base import TurnText
 
 _TARGET_RE = re.compile(r"Target: make ([a-z]+) \(a tier (\d+) element\)")
 _TIER_RE = re.compile(r"^\s*tier (\d+)(?: \(base\))?: (.*)$", re.MULTILINE)

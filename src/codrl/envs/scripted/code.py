@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 
 from codrl.envs.base import Pack
-from codrl.envs.checklist import TurnText
 from codrl.envs.code.tasks import TEMPLATES
 from codrl.envs.code.world import (
     CASES,
@@ -41,6 +40,7 @@ from codrl.envs.code.world import (
     SEPARATORS,
     ZERO_QTY,
 )
+from codrl.envs.scripted.base import TurnText
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ import numpy as np
 from scipy.optimize import lsq_linear
 
 from codrl.envs.base import Pack
-from codrl.envs.checklist import TurnText
 from codrl.envs.control import CONTROL_WEIGHT, U_MAX, VARIABLES, VELOCITY_WEIGHT
 from codrl.envs.expr import DEFAULT_LIMITS, ExprError, parse
+from codrl.envs.scripted.base import TurnText
 
 _NUM = r"(-?\d+(?:\.\d+)?)"
 _TASK_RE = re.compile(rf"start at x = {_NUM}, v = {_NUM}\. Reach x_target = {_NUM} with v_target = {_NUM} "

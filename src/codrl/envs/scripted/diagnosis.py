@@ -20,8 +20,8 @@ import re
 import numpy as np
 
 from codrl.envs.base import Pack
-from codrl.envs.checklist import TurnText
 from codrl.envs.diagnosis import (CONDITIONS, SYMPTOMS, TESTS, textbook_symptom_prob, textbook_test_dist)
+from codrl.envs.scripted.base import TurnText
 
 TEST_NAMES: tuple[str, ...] = tuple(TESTS)
 #: Outcomes per action are padded to this many (symptoms: yes/no; tests: up to 3 results).

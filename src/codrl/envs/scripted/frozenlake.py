@@ -13,8 +13,8 @@ from collections import deque
 import numpy as np
 
 from codrl.envs.base import Pack
-from codrl.envs.checklist import TurnText
 from codrl.envs.frozenlake import CODES, DELTAS, DIRECTIONS
+from codrl.envs.scripted.base import TurnText
 
 _MOVED_RE = re.compile(r"Action ([1-4]) (?:moved you|tried to move) (Left|Down|Right|Up)")
 _HINT_RE = re.compile(r"code ([1-4]) = (Left|Down|Right|Up)")

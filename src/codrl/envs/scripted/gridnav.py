@@ -23,8 +23,8 @@ import re
 import numpy as np
 
 from codrl.envs.base import Pack
-from codrl.envs.checklist import TurnText
 from codrl.envs.gridnav import Cell, best_path, rook_targets
+from codrl.envs.scripted.base import TurnText
 
 _ROUND_RE = re.compile(r"Round (\d+)/(\d+)")
 _AT_RE = re.compile(r"You are at (\d+),(\d+)\. The goal is at (\d+),(\d+)\.")

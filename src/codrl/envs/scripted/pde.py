@@ -26,7 +26,6 @@ from itertools import combinations
 import numpy as np
 
 from codrl.envs.base import Pack
-from codrl.envs.checklist import TurnText
 from codrl.envs.pde.library import (
     TERM_NAMES,
     EquationError,
@@ -37,6 +36,7 @@ from codrl.envs.pde.library import (
     parse_term_list,
 )
 from codrl.envs.pde.regression import TERM_PENALTY
+from codrl.envs.scripted.base import TurnText
 
 _TURN_RE = re.compile(r"Turn (\d+) of (\d+)\. Sample points left in this experiment: (\d+)\. Pooled points: (\d+)")
 _PROFILE_RE = re.compile(r"u\(x, 0\) at x = 0, 0\.125, \.\.\., 1:\n\s*([-\d. ]+)")

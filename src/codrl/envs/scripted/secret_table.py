@@ -14,7 +14,7 @@ import re
 import numpy as np
 
 from codrl.envs.base import Pack
-from codrl.envs.checklist import TurnText
+from codrl.envs.scripted.base import TurnText
 
 _KEY_RE = re.compile(r"Query: ([a-z]) \?|number of letter ([a-z])\?")
 _FACT_RE = re.compile(r"\b([a-z])=(\d+)\b|number of letter ([a-z]) is (\d+)")

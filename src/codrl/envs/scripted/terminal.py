@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from codrl.envs.base import Pack
-from codrl.envs.checklist import TurnText
+from codrl.envs.scripted.base import TurnText
 from codrl.envs.terminal.tasks import EXTENSIONS, MODES
 
 Script = Generator[str, str, None]

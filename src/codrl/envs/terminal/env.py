@@ -26,12 +26,13 @@ task carries its own ``"setup"``). Setup and task spec formats: :mod:`codrl.envs
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
+from pydantic import Field
 
-from codrl.envs.base import CoDEnv, Episode, Pack, StepResult, Task, answer_span
+from codrl.envs.base import (CoDEnv, EnvParams, Episode, Pack, StepResult, Subset, Task, answer_span, one_of,
+                             parse_params)
 from codrl.envs.terminal.shell import FLAVOURS, Shell
 from codrl.envs.terminal.tasks import OS_NAMES, TASK_KINDS, build_shell, evaluate, sample_setup, sample_task
 
@@ -39,7 +40,10 @@ FORMAT_HINT = "Reply with one command line inside <answer>...</answer>, for exam
 NEXT_HINT = "Reply with the next command line inside <answer>...</answer>."
 INVALID_FEEDBACK = ("Invalid answer: put exactly one command line inside one <answer>...</answer> pair, for "
                     "example <answer>ls</answer>. The task ended with reward 0.")
-GOAL_FEEDBACK = ("checks", "terse")
+GoalFeedback = Literal["checks", "terse"]
+GOAL_FEEDBACK: tuple[str, ...] = get_args(GoalFeedback)
+Flavour = one_of(FLAVOURS)
+Kind = one_of(TASK_KINDS)
 
 
 def parse_command(reply: Any) -> str | None:
@@ -56,31 +60,10 @@ def parse_command(reply: Any) -> str | None:
     return text or None
 
 
-def _choices(field: str, value: Any, allowed: Sequence[str]) -> tuple[str, ...]:
-    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
-        raise ValueError(f"terminal: {field} must be a non-empty list drawn from {list(allowed)}, got {value!r}")
-    bad = [v for v in value if v not in allowed]
-    if bad:
-        raise ValueError(f"terminal: {field} has unknown value(s) {bad}; allowed values: {list(allowed)}")
-    return tuple(dict.fromkeys(str(v) for v in value))
-
-
 class Terminal(CoDEnv):
     """Terminal: file chores in a simulated shell with a team server; the machine setup is shared by a pack.
 
-    Parameters:
-
-    * ``name``: the environment's name (``"terminal"``).
-    * ``shared_setup``: True (default) draws one machine setup per pack; False draws one per task
-      (the reference's variant, where nothing hidden carries over).
-    * ``max_turns``: commands (replies) per task, 1-100 (default 12).
-    * ``flavours``: local operating systems to draw from, a non-empty subset of
-      ``("linux", "macos", "windows")``.
-    * ``kinds``: task kinds to draw from, a non-empty subset of
-      :data:`~codrl.envs.terminal.tasks.TASK_KINDS`.
-    * ``max_distractors``: most extra files next to a task's files that must be left alone, 0-3.
-    * ``goal_feedback``: ``"checks"`` (default: the final feedback lists every goal check with its
-      path and result) or ``"terse"`` (only whether the goal was reached, like the reference).
+    Parameters: the keywords of :class:`Terminal.Params`.
 
     Rewards: 1.0 when every goal check passes, else 0.0 (also for a malformed reply).
     """
@@ -92,27 +75,34 @@ class Terminal(CoDEnv):
     #: setup: it solved none of the 1600 tasks.
     chance_reward = 0.0
 
-    def __init__(self, name: str = "terminal", shared_setup: bool = True, max_turns: int = 12,
-                 flavours: Sequence[str] = FLAVOURS, kinds: Sequence[str] = TASK_KINDS,
-                 max_distractors: int = 3, goal_feedback: str = "checks") -> None:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"terminal: name must be a non-empty string, got {name!r}")
-        if not isinstance(shared_setup, (bool, np.bool_)):
-            raise ValueError(f"terminal: shared_setup must be True or False, got {shared_setup!r}")
-        if isinstance(max_turns, bool) or not isinstance(max_turns, (int, np.integer)) or not 1 <= max_turns <= 100:
-            raise ValueError(f"terminal: max_turns must be an integer from 1 to 100, got {max_turns!r}")
-        if isinstance(max_distractors, bool) or not isinstance(max_distractors, (int, np.integer)) \
-                or not 0 <= max_distractors <= 3:
-            raise ValueError(f"terminal: max_distractors must be an integer from 0 to 3, got {max_distractors!r}")
-        if goal_feedback not in GOAL_FEEDBACK:
-            raise ValueError(f"terminal: goal_feedback must be one of {list(GOAL_FEEDBACK)}, got {goal_feedback!r}")
-        self.name = name
-        self.shared_setup = bool(shared_setup)
-        self.max_turns = int(max_turns)
-        self.flavours = _choices("flavours", flavours, FLAVOURS)
-        self.kinds = _choices("kinds", kinds, TASK_KINDS)
-        self.max_distractors = int(max_distractors)
-        self.goal_feedback = goal_feedback
+    class Params(EnvParams):
+        """Terminal's parameters."""
+
+        name: str = Field("terminal", min_length=1, description="Name of the environment (pack ids, reports).")
+        shared_setup: bool = Field(True, strict=True, description=(
+            "True: one machine setup per pack; False: one per task (nothing hidden carries over)."))
+        max_turns: int = Field(12, strict=True, ge=1, le=100, description="Commands (replies) per task, 1-100.")
+        flavours: Subset[Flavour] = Field(
+            FLAVOURS, description="Local operating systems to draw from: a non-empty subset of all "
+                                                "of them (the default).")
+        kinds: Subset[Kind] = Field(
+            TASK_KINDS, description="Task kinds to draw from: a non-empty subset of all of them "
+                                                  "(the default).")
+        max_distractors: int = Field(3, strict=True, ge=0, le=3, description=(
+            "Most extra files next to a task's files that must be left alone, 0-3."))
+        goal_feedback: GoalFeedback = Field("checks", description=(
+            "checks: the final feedback lists every goal check with its path and result; terse: only whether "
+            "the goal was reached."))
+
+    def __init__(self, **params: Any) -> None:
+        p = parse_params(self.Params, params)
+        self.name = p.name
+        self.shared_setup = p.shared_setup
+        self.max_turns = p.max_turns
+        self.flavours = p.flavours
+        self.kinds = p.kinds
+        self.max_distractors = p.max_distractors
+        self.goal_feedback = p.goal_feedback
         self.system_prompt = self._build_system_prompt()
 
     def _build_system_prompt(self) -> str:
