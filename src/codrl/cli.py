@@ -8,6 +8,8 @@
     codrl play frozenlake --reveal  # play a pack yourself, seeing exactly what the model sees
     codrl ralph examples/ralph_task --contexts nohint,cod,curator  # the Ralph loop on a task folder
     codrl view runs/quickstart      # one HTML page: curves, lifecycles, hints diffs, comparisons
+    codrl serve --port 8000         # an OpenAI-compatible proxy that records every call for training
+    codrl export runs/quickstart model.gguf --format gguf   # a checkpoint as a HF folder or a GGUF file
 
 Bad input (unknown env, bad split, pack size < 1, unreachable endpoint, missing model path, bad
 config) prints one line ``error: ...`` naming the problem and the allowed values, and exits 2.
@@ -216,6 +218,9 @@ def train_cmd(
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in the output folder."),
     steps: Optional[int] = typer.Option(None, help="Override `steps`."),
     output_dir: Optional[Path] = typer.Option(None, help="Override `output_dir`."),
+    agent: Optional[str] = typer.Option(None, "--agent", metavar="CMD", help="Train your own agent program: run CMD "
+                                        "once per lifecycle against the training proxy (sets `agent.command`; the "
+                                        "config's `agent` section names the task source; docs/own_agent.md)."),
 ) -> None:
     """Train with CoD credit assignment; evaluates before and after and plots reward by position.
 
@@ -225,12 +230,16 @@ def train_cmd(
     Checkpoints go to <output_dir>/checkpoints every `save_every` steps; `--resume` continues
     exactly where the last checkpoint stopped.
 
+    Your own agent (docs/own_agent.md): `codrl train -c examples/own_agent/train.yaml --agent "python
+    examples/own_agent/agent.py"` runs the program once per lifecycle against an OpenAI-compatible
+    training proxy and trains the model it talks to.
+
     Scale-out (docs/distributed.md): data-parallel on several processes or GPUs with
     `torchrun --nproc-per-node N -m codrl.cli train --config FILE.yaml`, or as Ray Train workers with
     `distributed.train_workers: N`; rollouts on Ray actors with `distributed.rollout_workers: N`;
     rollouts ahead of training with `distributed.async_rollouts: true`.
     """
-    from codrl.config import load_yaml, parse_overrides
+    from codrl.config import load_yaml, parse_overrides, set_dotted
     from codrl.train.config import TrainConfig
 
     fields = parse_overrides(overrides or [])
@@ -238,6 +247,8 @@ def train_cmd(
         fields["steps"] = steps
     if output_dir is not None:
         fields["output_dir"] = str(output_dir)
+    if agent is not None:
+        set_dotted(fields, ["agent", "command"], agent, "--agent")
     cfg = load_yaml(TrainConfig, config, fields)
     if cfg.distributed.train_workers:
         from codrl.distributed.ray_train import train_on_ray
@@ -416,6 +427,57 @@ def envs_cmd(
     Console().print(table, markup=False, highlight=False)
 
 
+SERVE_HELP = (
+    "Serve the policy as an OpenAI-compatible server that records every call token-exactly.\n\n"
+    "Any agent can talk to BASE_URL/chat/completions and BASE_URL/models as to an OpenAI server. Calls "
+    "tagged with a lifecycle (request metadata codrl_lifecycle, codrl_episode solve|update, codrl_position, "
+    "or the X-Codrl-Lifecycle, X-Codrl-Episode, X-Codrl-Position headers) are recorded with their prompt ids, "
+    "sampled ids and logprobs; lifecycles are opened by the trainer in-process (codrl.serve.TrainingProxy), "
+    "so here untagged calls are served and not recorded. A conversation that sends back a reply of the proxy "
+    "is conditioned on that reply's sampled ids, never on a re-tokenization. docs/serve.md has the details.\n\n"
+    "Examples:\n\n"
+    "  codrl serve --port 8000\n\n"
+    "  curl -s localhost:8000/v1/chat/completions -H 'Content-Type: application/json' -d "
+    "'{\"model\": \"codrl-policy\", \"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}], \"max_tokens\": 32}'\n\n"
+    "Rewards and ends name a lifecycle that a trainer opened (alone, codrl serve has none: they answer 404 "
+    "unknown lifecycle, as an OpenAI-style error body):\n\n"
+    "  curl -s localhost:8000/codrl/v1/reward -H 'Content-Type: application/json' -d "
+    "'{\"lifecycle\": \"L1\", \"position\": 0, \"reward\": 1.0, \"feedback\": \"solved\"}'\n\n"
+    "  curl -s localhost:8000/codrl/v1/end -H 'Content-Type: application/json' -d '{\"lifecycle\": \"L1\"}'"
+)
+
+
+@app.command("serve", help=SERVE_HELP)
+@_user_errors
+def serve_cmd(
+    model: str = typer.Option("embedded", help="The policy: 'embedded' (SmolLM2-135M) or a Hugging Face model "
+                              "folder (a checkpoint's model/ folder included)."),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, help="Port to listen on (0: any free port)."),
+    device: str = typer.Option("cpu", help="Torch device of the model (e.g. cuda)."),
+    model_name: str = typer.Option("codrl-policy", help="The model id that /v1/models lists."),
+    api_key: Optional[str] = typer.Option(None, envvar="CODRL_SERVE_API_KEY", help="Require this bearer token "
+                                          "(Authorization: Bearer KEY) on every request."),
+) -> None:
+    """Serve the policy as a recording OpenAI-compatible proxy (see SERVE_HELP)."""
+    from codrl.serve import TrainingProxy
+
+    if not 0 <= port <= 65535:
+        raise CodrlError(f"--port must be in 0..65535, got {port}")
+    backend = make_backend(None if model == "embedded" else model, None, device=device)
+    proxy = TrainingProxy(backend, model_name=model_name, api_key=api_key)
+    try:
+        url = proxy.start(host, port)
+    except OSError as e:
+        proxy.stop()
+        raise CodrlError(f"cannot serve on {host}:{port} ({e}); pass another --port, or 0") from None
+    typer.echo(f"serving {url} (Ctrl-C stops)")
+    try:
+        threading.Event().wait()
+    finally:
+        proxy.stop()
+
+
 @app.command("matrix")
 @_user_errors
 def matrix_cmd(
@@ -534,6 +596,40 @@ def view_cmd(
         finally:
             server.shutdown()
             server.server_close()
+
+
+EXPORT_HELP = (
+    "Export a checkpoint as a merged Hugging Face folder or as one GGUF file for llama.cpp.\n\n"
+    "CHECKPOINT is a run folder (its latest checkpoint is used), a checkpoint folder (step-NNNNNN) or its "
+    "model/ folder. A LoRA adapter is merged into its base model. --format hf writes OUT as a folder that "
+    "transformers loads without codrl (weights, tokenizer, chat template, generation config); --format gguf "
+    "writes OUT as one GGUF file (Llama architecture) that llama.cpp serves (docs/export.md).\n\n"
+    "Examples:\n\n"
+    "  codrl export runs/quickstart exported/quickstart-hf\n\n"
+    "  codrl export runs/quickstart/checkpoints/step-000010 model-f32.gguf --format gguf --dtype f32\n\n"
+    "  python -m llama_cpp.server --model model-f32.gguf --chat_format chatml --port 8080 --last_n_tokens_size 0 &\n"
+    "  codrl eval --endpoint http://127.0.0.1:8080/v1 --temperature 0\n\n"
+    "(--last_n_tokens_size 0 turns off llama-cpp-python's default repeat penalty, so replies are the model's own.)"
+)
+
+
+@app.command("export", help=EXPORT_HELP)
+@_user_errors
+def export_cmd(
+    checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT", help="A run folder, a checkpoint folder "
+                                      "(step-NNNNNN) or its model/ folder."),
+    out: Path = typer.Argument(..., metavar="OUT", help="The folder to write (hf: new or empty) or the GGUF "
+                               "file (gguf)."),
+    fmt: str = typer.Option("hf", "--format", "-f", help="hf (a merged Hugging Face folder) or gguf (one file "
+                            "for llama.cpp)."),
+    dtype: Optional[str] = typer.Option(None, help="Weight type: f16 or f32 (default: hf keeps the base model's "
+                                        "own, gguf writes f16; gguf keeps norm vectors in f32)."),
+) -> None:
+    """Export a checkpoint (see EXPORT_HELP)."""
+    from codrl.export import export
+
+    path = export(checkpoint, out, fmt, dtype)
+    typer.echo(f"wrote {path} ({fmt})")
 
 
 def _matrix_models(specs: list[str]) -> list[dict[str, str]]:

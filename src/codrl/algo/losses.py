@@ -18,6 +18,9 @@ Variants (``ratio = exp(logprobs - old_logprobs)``, ``A`` the token's advantage)
 
 These are exactly the tokens whose PPO-clip gradient is zero, which is what ``clip_frac`` counts
 for both variants.
+
+* ``opd`` (on-policy distillation, :mod:`codrl.algo.distill`): the REC one-side loss on per-token
+  advantages ``A_t = log p_teacher - log p_student`` of the sampled tokens (docs/distillation.md).
 """
 
 from __future__ import annotations
@@ -38,12 +41,15 @@ class PolicyLossConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    variant: Literal["rec_oneside_nois", "ppo_clip"] = "rec_oneside_nois"
+    variant: Literal["rec_oneside_nois", "ppo_clip", "opd"] = "rec_oneside_nois"
     clip_eps_low: float = Field(default=0.2, ge=0.0, le=1.0)
     clip_eps_high: float = Field(default=0.2, ge=0.0)
     kl_coef: float = Field(default=0.0, ge=0.0)
     """Weight of the KL penalty against a reference policy (needs ``ref_logprobs`` when > 0)."""
     kl_estimator: KLEstimator = "k3"
+    opd_coef: float = Field(default=0.0, ge=0.0)
+    """Weight of the teachers' distillation term added to the RL advantages (the mixed form,
+    :mod:`codrl.algo.distill`; needs ``teachers``); 0 under ``variant: opd``, where it is the whole advantage."""
 
 
 def selective_log_softmax(logits: Tensor, targets: Tensor, temperature: float = 1.0) -> Tensor:
@@ -139,12 +145,14 @@ def policy_loss(
     cfg: PolicyLossConfig | None = None,
     num_tokens: float | Tensor | None = None,
     ref_logprobs: Tensor | None = None,
+    token_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Token-mean policy loss and its metrics.
 
-    ``loss = (sum_t mask_t * (pg_t + kl_coef * kl_t)) / num_tokens`` with ``pg_t`` the variant's
-    per-token loss (module docstring), ``kl_t = kl_penalty(logprobs, ref_logprobs)`` and
-    ``num_tokens`` defaulting to ``mask.sum()`` (clamped to at least 1).
+    ``loss = (sum_t mask_t * (w_t * pg_t + kl_coef * kl_t)) / num_tokens`` with ``pg_t`` the
+    variant's per-token loss (module docstring), ``w_t`` the detached ``token_weights`` of an
+    off-policy correction (:mod:`codrl.algo.offpolicy`; none: 1), ``kl_t = kl_penalty(logprobs,
+    ref_logprobs)`` and ``num_tokens`` defaulting to ``mask.sum()`` (clamped to at least 1).
 
     Metrics (over this call's masked tokens): ``pg_loss`` (token mean), ``clip_frac`` (share of
     tokens in :func:`trust_region_violation`), ``approx_kl`` (mean k3 of old vs new policy),
@@ -167,11 +175,13 @@ def policy_loss(
     if cfg.variant == "ppo_clip":
         clipped = ratio.clamp(1.0 - cfg.clip_eps_low, 1.0 + cfg.clip_eps_high)
         per_token = -torch.minimum(ratio * advantages, clipped * advantages)
-    elif cfg.variant == "rec_oneside_nois":
+    elif cfg.variant in ("rec_oneside_nois", "opd"):
         keep = (~violated).to(logprobs.dtype)
         per_token = -advantages * logprobs * keep
     else:  # pragma: no cover - guarded by the config's Literal
         raise ValueError(f"unknown policy loss variant {cfg.variant!r}")
+    if token_weights is not None:
+        per_token = per_token * token_weights.detach().to(per_token.dtype)
 
     loss = (per_token * weights).sum() / denom
     metrics: dict[str, float] = {}

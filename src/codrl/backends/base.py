@@ -41,6 +41,10 @@ class GenRequest:
     seed: int | None = None
     #: A context window below the engine's own for this request (``rollout.max_context``); None: the engine's.
     max_context: int | None = None
+    #: The exact prompt ids to condition on instead of encoding ``messages`` (chat template and reply
+    #: prefix already in them), e.g. a conversation that holds earlier sampled ids verbatim. Engines
+    #: that encode prompts themselves (the transformers backend) honour it; None: encode ``messages``.
+    prompt_ids: list[int] | None = None
 
 
 @dataclass

@@ -14,7 +14,10 @@ def encode_chat_prompt(tokenizer: Any, request: GenRequest,
     """Token ids of ``request``'s chat prompt: the chat template with the generation prompt, then
     the reply prefix, tokenised without extra special tokens (``chat_template_kwargs`` go to
     ``apply_chat_template``). Every engine encodes prompts with this function, so prompt ids agree
-    across engines and with the trainer."""
+    across engines and with the trainer. A request that carries its own ``prompt_ids`` (a
+    conversation continued from ids sampled earlier, :mod:`codrl.serve.reencode`) is taken as it is."""
+    if request.prompt_ids is not None:
+        return list(request.prompt_ids)
     text = tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True,
                                          **(chat_template_kwargs or {}))
     text += request.reply_prefix

@@ -190,7 +190,8 @@ class HFBackend(Backend):
 
     # -- prompts ---------------------------------------------------------------------------
     def encode_prompt(self, request: GenRequest) -> list[int]:
-        """Token ids of the chat prompt with the generation prompt and the reply prefix."""
+        """Token ids of the chat prompt with the generation prompt and the reply prefix (the request's
+        own ``prompt_ids`` when it carries them)."""
         return encode_chat_prompt(self.tokenizer, request, self.chat_template_kwargs)
 
     # -- cache management ------------------------------------------------------------------

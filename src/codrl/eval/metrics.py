@@ -224,7 +224,24 @@ _HighBound = Annotated[float, _null_reads_as(math.inf), _TO_JSON]
 # --------------------------------------------------------------------------------------------
 
 
-class PositionStats(BaseModel):
+class _RewardStats(BaseModel):
+    """The figures a position cell and a whole mode share: packs and episodes counted, the mean
+    penalised reward with its interval, and the rates."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    n_packs: int
+    n_episodes: int
+    mean_reward: JsonFloat
+    ci_low: JsonFloat
+    ci_high: JsonFloat
+    success_rate: JsonFloat
+    format_valid_rate: JsonFloat
+    mean_env_reward: JsonFloat
+    hint_valid_rate: JsonFloat = _NAN
+
+
+class PositionStats(_RewardStats):
     """Statistics of one ``(mode, position)`` cell, computed over packs (see module docstring).
 
     ``mean_reward`` and its interval ``[ci_low, ci_high]`` use the penalised task reward; the
@@ -234,39 +251,17 @@ class PositionStats(BaseModel):
     no-hint baseline.
     """
 
-    model_config = ConfigDict(extra="ignore")
-
     position: int
-    n_packs: int
-    n_episodes: int
-    mean_reward: JsonFloat
-    ci_low: JsonFloat
-    ci_high: JsonFloat
-    success_rate: JsonFloat
-    format_valid_rate: JsonFloat
-    mean_env_reward: JsonFloat
-    hint_valid_rate: JsonFloat = _NAN
     n_updates: int = 0
 
 
-class OverallStats(BaseModel):
+class OverallStats(_RewardStats):
     """All positions of one mode together (per pack: mean over repeats and positions first).
 
     The interval follows the same rules as :class:`PositionStats` (NaN below ``min_packs``).
     """
 
-    model_config = ConfigDict(extra="ignore")
-
     n_lifecycles: int
-    n_packs: int
-    n_episodes: int
-    mean_reward: JsonFloat
-    ci_low: JsonFloat
-    ci_high: JsonFloat
-    success_rate: JsonFloat
-    format_valid_rate: JsonFloat
-    mean_env_reward: JsonFloat
-    hint_valid_rate: JsonFloat = _NAN
     mean_completion_tokens: JsonFloat = _NAN
 
 

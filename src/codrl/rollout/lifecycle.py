@@ -16,8 +16,6 @@ from collections.abc import Callable, Generator, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import torch
-
 from codrl.backends.base import Backend, GenRequest, GenResult, SamplingParams
 from codrl.envs.base import CoDEnv, Pack, StepResult, expand_ralph, ralph_pack
 from codrl.rollout.config import RolloutConfig, result_mode
@@ -253,6 +251,8 @@ def make_jobs(envs_and_packs: Sequence[tuple[CoDEnv, Pack]], cfg: RolloutConfig)
 
 def job_seeds(n: int, seed: int | None = None) -> list[int]:
     """One sampling seed per job: from a generator seeded with ``seed``, else the global torch RNG."""
+    import torch  # here: playing a lifecycle (an outside program driving the generator) needs no torch
+
     gen = None if seed is None else torch.Generator().manual_seed(seed)
     return torch.randint(0, 2**62, (n,), generator=gen).tolist()
 

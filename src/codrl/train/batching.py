@@ -25,12 +25,19 @@ from codrl.rollout.experience import Experience, ModelEpisode
 @dataclass
 class TrainSeq:
     """One training row: token ids, which positions are the model's sampled tokens, their rollout
-    logprobs and the episode's advantage. Built from sampled token ids without re-tokenizing anything."""
+    logprobs, the episode's advantage and pack position. Built from sampled token ids without
+    re-tokenizing anything. When the update recomputes ``old_logprobs``, the rollout's own move to
+    ``behaviour_logprobs`` (:mod:`codrl.algo.offpolicy`). ``env`` names the row's environment;
+    ``teacher_logprobs`` are its teacher's logprobs when it distills (:mod:`codrl.train.teachers`)."""
 
     input_ids: list[int]
     mask: list[int]
     old_logprobs: list[float]
     advantage: float
+    position: int = 0
+    behaviour_logprobs: list[float] | None = None
+    env: str = ""
+    teacher_logprobs: list[float] | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -41,9 +48,10 @@ class TrainSeq:
         return sum(self.mask)
 
 
-def _seq(e: Experience, advantage: float) -> TrainSeq:
+def _seq(e: Experience, ep: ModelEpisode) -> TrainSeq:
     p = len(e.prompt_ids)
-    return TrainSeq(e.input_ids, [0] * p + [1] * len(e.completion_ids), [0.0] * p + list(e.logprobs), advantage)
+    return TrainSeq(e.input_ids, [0] * p + [1] * len(e.completion_ids), [0.0] * p + list(e.logprobs), ep.advantage,
+                    ep.position, env=e.env)
 
 
 def trainable_calls(episode: ModelEpisode) -> list[Experience]:
@@ -64,20 +72,21 @@ def to_sequences(episodes: Sequence[ModelEpisode], merge_turns: bool = True) -> 
     for ep in episodes:
         calls = trainable_calls(ep)
         if not merge_turns:
-            out.extend(_seq(c, ep.advantage) for c in calls)
+            out.extend(_seq(c, ep) for c in calls)
             continue
         if not calls:
             continue
-        cur = _seq(calls[0], ep.advantage)
+        cur = _seq(calls[0], ep)
         for e in calls[1:]:
             n = cur.num_tokens
             if e.prompt_ids[:n] == cur.input_ids and len(e.prompt_ids) >= n:
                 extra = len(e.prompt_ids) - n
                 cur = TrainSeq(e.input_ids, cur.mask + [0] * extra + [1] * len(e.completion_ids),
-                               cur.old_logprobs + [0.0] * extra + list(e.logprobs), cur.advantage)
+                               cur.old_logprobs + [0.0] * extra + list(e.logprobs), cur.advantage, cur.position,
+                               env=cur.env)
             else:
                 out.append(cur)
-                cur = _seq(e, ep.advantage)
+                cur = _seq(e, ep)
         out.append(cur)
     return out
 
@@ -350,18 +359,23 @@ def filler_row(pad_id: int) -> TrainSeq:
 
 
 def collate(seqs: list[TrainSeq], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Right-pad rows into tensors aligned with next-token logprobs ([B, T-1])."""
+    """Right-pad rows into tensors aligned with next-token logprobs ([B, T-1]), with each row's
+    advantage and pack position ([B]); a row without behaviour logprobs has its old ones there."""
     width = max(e.num_tokens for e in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     attn = torch.zeros((len(seqs), width), dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.float32)
     old = torch.zeros((len(seqs), width), dtype=torch.float32)
+    behaviour = torch.zeros((len(seqs), width), dtype=torch.float32)
     for r, e in enumerate(seqs):
         n = e.num_tokens
         ids[r, :n] = torch.tensor(e.input_ids)
         attn[r, :n] = 1
         mask[r, :n] = torch.tensor(e.mask, dtype=torch.float32)
         old[r, :n] = torch.tensor(e.old_logprobs, dtype=torch.float32)
+        behaviour[r, :n] = torch.tensor(e.old_logprobs if e.behaviour_logprobs is None else e.behaviour_logprobs,
+                                        dtype=torch.float32)
     adv = torch.tensor([e.advantage for e in seqs], dtype=torch.float32)
     return {"input_ids": ids.to(device), "attention_mask": attn.to(device), "mask": mask[:, 1:].to(device),
-            "old_logprobs": old[:, 1:].to(device), "advantages": adv.to(device)}
+            "old_logprobs": old[:, 1:].to(device), "behaviour_logprobs": behaviour[:, 1:].to(device),
+            "advantages": adv.to(device), "positions": torch.tensor([e.position for e in seqs]).to(device)}

@@ -16,7 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from codrl.algo.advantages import AdvantageConfig
 from codrl.config import EnvName, dump_yaml
 from codrl.algo.losses import PolicyLossConfig
+from codrl.algo.offpolicy import OffPolicyConfig
 from codrl.rollout.config import RolloutConfig
+from codrl.serve.agent_config import AgentConfig
+from codrl.train.teachers import TeacherConfig
 
 if TYPE_CHECKING:
     from codrl.envs import CoDEnv
@@ -159,8 +162,8 @@ class DistributedConfig(BaseModel):
     max_staleness: int = Field(1, ge=0, description="experiences sampled by a policy more than this many "
                                "updates older than the one they train are stale")
     stale: Literal["drop", "correct"] = Field("drop", description="stale experiences are dropped (counted in "
-                                              "the step's metrics) or kept and importance-corrected (the loss's "
-                                              "ratio is taken against the sampling policy's logprobs)")
+                                              "the step's metrics) or kept and importance-corrected (offpolicy.mode, "
+                                              "tis when that is none)")
 
 
 class TrainConfig(BaseModel):
@@ -168,7 +171,10 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    envs: list[EnvSpec] = Field(min_length=1, description="training environments (at least one)")
+    envs: list[EnvSpec] = Field(default_factory=list, description="training environments (at least one, unless "
+                                "an agent program plays the packs of its own task source: agent)")
+    agent: AgentConfig | None = Field(None, description="train an agent program of your own instead of playing "
+                                      "environments (docs/own_agent.md)")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     advantage: AdvantageConfig = Field(default_factory=AdvantageConfig)
     loss: PolicyLossConfig = Field(default_factory=PolicyLossConfig)
@@ -183,6 +189,10 @@ class TrainConfig(BaseModel):
     micro_batch_tokens: int = Field(4096, ge=16, description="token budget of one forward/backward micro-batch")
     old_logprobs: Literal["auto", "rollout", "recompute"] = Field(
         "auto", description="auto: reuse rollout logprobs when the rollout policy is the trained model")
+    offpolicy: OffPolicyConfig = Field(default_factory=OffPolicyConfig, description="correction for a sampler "
+                                       "that is not the trainer (vLLM, a reduced-precision engine, stale steps)")
+    teachers: list[TeacherConfig] = Field(default_factory=list, description="on-policy distillation: one teacher "
+                                          "per environment of the mixture (docs/distillation.md)")
     merge_turns: bool = Field(True, description="train a multi-turn episode as one row when its turns' token ids "
                               "extend each other exactly (one forward instead of K)")
     share_prefix: bool = Field(True, description="the update computes a prefix shared by a micro-batch's rows (the "
@@ -192,6 +202,23 @@ class TrainConfig(BaseModel):
     save_every: int = Field(1, ge=0, description="checkpoint every N steps (0 = only at the end)")
     output_dir: str = "runs/train"
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _envs_or_agent(self) -> TrainConfig:
+        if self.agent is None and not self.envs:
+            raise ValueError("envs: at least one training environment is needed (or an agent section)")
+        if self.agent is not None:
+            if self.envs:
+                raise ValueError("envs: an agent program plays the packs of agent.tasks; leave envs out")
+            on = [k for k in ("at_start", "at_end") if getattr(self.eval, k)] + (["every"] if self.eval.every else [])
+            if on:
+                raise ValueError(f"eval.{on[0]}: an agent program is measured by its training rewards by position "
+                                 f"(reward/pos<i>); turn evaluation off (eval.at_start: false, eval.at_end: false, "
+                                 f"eval.every: 0)")
+            if self.distributed.rollout_workers or self.distributed.async_rollouts or self.model.engine != "hf":
+                raise ValueError("agent: agent programs play through the in-process training proxy on the "
+                                 "transformers engine (model.engine: hf, no Ray rollout workers or async steps)")
+        return self
 
 
 def write_run_config(cfg: TrainConfig, out: Path, envs: Sequence[CoDEnv]) -> None:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from codrl.algo.offpolicy import recorded_temperature, rollout_logprobs_serve_as_old, trainer_temperature
 from codrl.backends.base import Backend
 from codrl.backends.hf import HFBackend
 from codrl.distributed.async_rollout import AsyncEngine, LocalRolloutEngine, split_stale
@@ -19,10 +21,12 @@ from codrl.distributed.engines import RankZeroEngine, RolloutEngine, RunnerEngin
 from codrl.distributed.torch_dist import TrainedModel
 from codrl.envs import CoDEnv, Pack
 from codrl.errors import CodrlError
+from codrl.eval.runner import build_env
 from codrl.rollout.experience import LifecycleResult
 from codrl.rollout.lifecycle import Job, LifecycleRunner, job_seeds, make_jobs
 from codrl.train.config import TrainConfig
 from codrl.train.policy import build_policy
+from codrl.train.update import update_correction
 
 
 class StepPlanner:
@@ -31,7 +35,7 @@ class StepPlanner:
 
     def __init__(self, cfg: TrainConfig, envs: Sequence[CoDEnv]) -> None:
         self.cfg, self.envs = cfg, list(envs)
-        weights = np.array([s.weight for s in cfg.envs], dtype=float)
+        weights = np.array([s.weight for s in cfg.envs] or [1.0] * len(self.envs), dtype=float)
         self.weights = weights / weights.sum()
 
     def packs(self, step: int) -> list[tuple[CoDEnv, Pack]]:
@@ -50,10 +54,20 @@ class StepPlanner:
         return jobs, job_seeds(len(jobs), self.cfg.seed * 1_000_003 + step)
 
 
+def training_envs(cfg: TrainConfig) -> list[CoDEnv]:
+    """The environments packs are drawn from: ``cfg.envs``, or the agent program's task source."""
+    if cfg.agent is not None:
+        from codrl.serve.tasks import TaskSourceEnv
+
+        return [TaskSourceEnv(cfg.agent.tasks, cfg.agent.name)]
+    return [build_env(s.name, s.params) for s in cfg.envs]
+
+
 def build_engine(cfg: TrainConfig, backend: HFBackend, rollout_backend: Backend, parallel: TrainedModel,
                  plan: Callable[[int], tuple[list[Job], list[int]]]) -> RolloutEngine:
     """The engine of the training rollouts.
 
+    * ``agent``: the user's program, one run per lifecycle, against the training proxy;
     * ``distributed.rollout_workers``: Ray workers, driven by rank 0;
     * ``distributed.async_rollouts``: steps played ahead on the Ray workers or, in one process, on
       a private frozen copy of the policy;
@@ -61,6 +75,12 @@ def build_engine(cfg: TrainConfig, backend: HFBackend, rollout_backend: Backend,
       from it after each update), every torch.distributed rank playing its share.
     """
     d, main = cfg.distributed, parallel.ctx.is_main
+    if cfg.agent is not None:
+        from codrl.serve.agent import AgentEngine
+        from codrl.serve.proxy import TrainingProxy
+
+        proxy = TrainingProxy(rollout_backend, cfg=cfg.rollout, api_key=cfg.agent.api_key, require_lifecycle=True)
+        return AgentEngine(proxy, cfg.agent, cfg.rollout.max_concurrent, Path(cfg.output_dir) / "agent")
     if d.rollout_workers and cfg.model.engine != "hf":
         raise CodrlError("distributed.rollout_workers: Ray workers play on the transformers backend; "
                          "use model.engine 'hf' with them (vLLM serves one process's rollouts)")
@@ -102,16 +122,15 @@ def fresh_lifecycles(cfg: TrainConfig, results: list[LifecycleResult],
 
 
 def rollout_logprobs_are_old(cfg: TrainConfig, backend: HFBackend) -> bool:
-    """Whether the rollout's logprobs serve as old logprobs (else they are recomputed).
+    """Whether the rollout's logprobs serve as old logprobs (else they are recomputed): decided by
+    :func:`codrl.algo.offpolicy.rollout_logprobs_serve_as_old`.
 
-    Auto: yes when the rollouts ran the trainer's own model code (in-process, an asynchronous
-    copy, Ray workers of the transformers backend), so they are the sampling policy's as the
-    trainer computes them; no for vLLM, whose numerics differ. Stale experiences kept for
-    importance correction always use them: they ARE the behaviour policy.
+    The sampler is the trainer when the rollouts ran the trainer's own model code (in-process, an
+    asynchronous copy, Ray workers of the transformers backend) at the temperature it trains; not
+    for vLLM, whose numerics differ. Under a correction (``offpolicy.mode``, or stale experiences
+    kept with ``distributed.stale: correct``) the rollout's logprobs are the behaviour logprobs.
     """
-    d = cfg.distributed
-    if d.async_rollouts and d.stale == "correct":
-        return True
-    if cfg.old_logprobs != "auto":
-        return cfg.old_logprobs == "rollout"
-    return cfg.model.engine == "hf" and backend.token_exact
+    t = cfg.rollout.temperature
+    return rollout_logprobs_serve_as_old(update_correction(cfg), cfg.old_logprobs,
+                                         cfg.model.engine == "hf" and backend.token_exact
+                                         and trainer_temperature(cfg.offpolicy, t) == recorded_temperature(t))

@@ -41,7 +41,7 @@ from codrl.train.diagnostics import adapter_delta, verdict
 from codrl.train.evaluation import TrainingEvaluations
 from codrl.train.loggers import Loggers
 from codrl.train.policy import build_policy, build_vllm, seed_all
-from codrl.train.rollouts import StepPlanner, build_engine, fresh_lifecycles, rollout_logprobs_are_old
+from codrl.train.rollouts import StepPlanner, build_engine, fresh_lifecycles, rollout_logprobs_are_old, training_envs
 from codrl.train.step_metrics import step_metrics, step_progress
 from codrl.train.update import PolicyUpdate
 
@@ -67,7 +67,7 @@ class Trainer:
             transformers.utils.logging.disable_progress_bar()
         self.out = Path(cfg.output_dir)
         seed_all(cfg.seed)
-        self.envs: list[CoDEnv] = [build_env(s.name, s.params) for s in cfg.envs]
+        self.envs: list[CoDEnv] = training_envs(cfg)
         extra = [build_env(s.name, s.params) for s in cfg.eval.envs]
         names = {e.name for e in self.envs}
         #: Evaluated at start/end/every N: every training environment, then the extra ones.

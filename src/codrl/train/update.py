@@ -12,6 +12,14 @@ whole mini-batch (every rank divides by its global token count) and is scaled by
 so that DDP's or FSDP2's averaging of the ranks' gradients yields the single-process gradient.
 Every rank runs the same number of micro-batches (zero-weighted filler passes where it has no rows
 left) and synchronises gradients in the last one only.
+
+When the sampler is not the trainer (:mod:`codrl.algo.offpolicy`), the rollout's logprobs become the
+rows' behaviour logprobs, the old logprobs are recomputed under the current weights, and each
+token's loss term is weighted by the configured correction; the mismatch is logged per pack position.
+
+With teachers (:mod:`codrl.train.teachers`), every row's sampled tokens are scored under its
+environment's teacher first, and the distillation term joins the advantages per token
+(:mod:`codrl.algo.distill`); the student-teacher KL is logged per environment and pack position.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ from typing import Any
 import torch
 
 from codrl.algo.losses import masked_mean, policy_loss
+from codrl.algo.offpolicy import (CorrectionMode, add_mismatch_sums, correction_mode, importance_weights,
+                                  mismatch_metrics, trainer_temperature)
 from codrl.distributed.torch_dist import TrainedModel
 from codrl.rollout.experience import ModelEpisode
 from codrl.train.batching import (PrefixNode, TrainSeq, collate, filler_row, micro_batches, plan_tokens,
@@ -31,6 +41,14 @@ from codrl.train.batching import (PrefixNode, TrainSeq, collate, filler_row, mic
 from codrl.train.config import TrainConfig
 from codrl.train.memory import large_frees_to_os
 from codrl.train.scoring import HeldPrefixes, TokenScores, can_share_prefix
+from codrl.train.teachers import Teachers, load_teachers
+
+
+def update_correction(cfg: TrainConfig) -> CorrectionMode:
+    """The off-policy correction of ``cfg``'s updates (:func:`codrl.algo.offpolicy.correction_mode`):
+    stale experiences count as kept for correction with asynchronous steps and ``stale: correct``."""
+    d = cfg.distributed
+    return correction_mode(cfg.offpolicy, cfg.old_logprobs, stale_kept=d.async_rollouts and d.stale == "correct")
 
 
 class PolicyUpdate:
@@ -50,6 +68,10 @@ class PolicyUpdate:
         self.trainable = [p for g in optimizer.param_groups for p in g["params"]]
         #: Whether micro-batches compute their rows' shared prefix once (``cfg.share_prefix``).
         self.share_prefix = cfg.share_prefix and can_share_prefix(model) and self.parallel.shares_prefix
+        #: The off-policy correction applied to every update.
+        self.correction = update_correction(cfg)
+        #: The frozen teachers of on-policy distillation (None: the loss does not distill).
+        self.teachers: Teachers | None = load_teachers(cfg)
 
     @property
     def _holds_prefixes(self) -> bool:
@@ -63,8 +85,8 @@ class PolicyUpdate:
 
     @property
     def temperature(self) -> float:
-        t = self.cfg.rollout.temperature
-        return t if t > 0 else 1.0
+        """Temperature of the policy the update trains (:func:`codrl.algo.offpolicy.trainer_temperature`)."""
+        return trainer_temperature(self.cfg.offpolicy, self.cfg.rollout.temperature)
 
     def score(self, batch: dict[str, torch.Tensor], ref: bool = False, with_entropy: bool = False,
               held: HeldPrefixes | None = None) -> TokenScores:
@@ -114,7 +136,8 @@ class PolicyUpdate:
         (the same numbers on every rank).
 
         ``rollout_logprobs``: the rollout's logprobs are the behaviour policy's, as the trainer
-        computes them (else they are recomputed under the current weights first).
+        computes them (else, and always under an off-policy correction, they are kept as behaviour
+        logprobs and the old logprobs are recomputed under the current weights first).
         """
         with large_frees_to_os():  # else freed activations stay resident (codrl.train.memory)
             return self._update(episodes, step, rollout_logprobs)
@@ -137,28 +160,37 @@ class PolicyUpdate:
         order = seqs[:]
         rng.shuffle(order)
         minis = [m for m in (order[i::cfg.updates_per_step] for i in range(cfg.updates_per_step)) if m]
-        if not rollout_logprobs:
+        if self.correction != "none" or not rollout_logprobs:
+            for s in seqs:
+                s.behaviour_logprobs = s.old_logprobs
             self.recompute_old_logprobs(seqs, minis)
+        if self.teachers is not None:
+            self.teachers.score(seqs, self.temperature)
         sums: dict[str, float] = {}
+        mismatch: dict[str, float] = {}
         norms = 0.0
         self.parallel.engine.train()
         for mini in minis:
             self.optimizer.zero_grad(set_to_none=True)
-            self.accumulate(mini, sums)
+            self.accumulate(mini, sums, mismatch)
             norms += self.step(step)
         self.parallel.engine.eval()
         totals = self.parallel.ctx.sum_across_ranks(sums)
         return {**{k: v / len(minis) for k, v in totals.items()}, "grad_norm": norms / len(minis),
-                **self.context_per_trained(minis)}
+                **self.context_per_trained(minis), **mismatch_metrics(self.parallel.ctx.sum_across_ranks(mismatch)),
+                **(self.teachers.metrics(self.parallel.ctx.sum_across_ranks) if self.teachers else {})}
 
-    def accumulate(self, mini: list[TrainSeq], sums: dict[str, float] | None = None) -> dict[str, float]:
+    def accumulate(self, mini: list[TrainSeq], sums: dict[str, float] | None = None,
+                   mismatch: dict[str, float] | None = None) -> dict[str, float]:
         """Forward and backward of this rank's share of mini-batch ``mini``, adding to the gradients.
 
         The loss is the token mean over all of ``mini`` (every rank's rows), times the world
         size: averaging the ranks' gradients then gives the gradient of the whole mini-batch.
         Adds this rank's metrics to ``sums`` (a new dict by default) and returns it: each metric
         weighted by its micro-batch's share of ``mini``'s tokens, so that summed over the ranks
-        they are the mini-batch's token means, and the loss.
+        they are the mini-batch's token means, and the loss. Rows with behaviour logprobs get the
+        off-policy correction's token weights and add their per-position sums to ``mismatch``
+        (:func:`codrl.algo.offpolicy.add_mismatch_sums`) when it is given.
         """
         ctx = self.parallel.ctx
         n_tokens = sum(e.num_trained for e in mini)
@@ -176,8 +208,11 @@ class PolicyUpdate:
                 batch = self._collate(rows, plan)
                 ref_lp = self.score(batch, ref=True).logprobs if self._use_kl else None
                 scores = self.score(batch, with_entropy=True, held=held)
-                loss, m = policy_loss(scores.logprobs, batch["old_logprobs"], batch["advantages"], batch["mask"],
-                                      self.cfg.loss, num_tokens=n_tokens, ref_logprobs=ref_lp)
+                adv = batch["advantages"] if self.teachers is None else self.teachers.advantages(rows, batch,
+                                                                                                  scores.logprobs)
+                weights = self._correct(rows, batch, mismatch)
+                loss, m = policy_loss(scores.logprobs, batch["old_logprobs"], adv, batch["mask"],
+                                      self.cfg.loss, num_tokens=n_tokens, ref_logprobs=ref_lp, token_weights=weights)
                 (loss * (ctx.world_size if rows else 0.0)).backward()
             if not rows:
                 continue
@@ -192,6 +227,19 @@ class PolicyUpdate:
         if held is not None:
             held.backward()
         return sums
+
+    def _correct(self, rows: list[TrainSeq], batch: dict[str, Any],
+                 mismatch: dict[str, float] | None) -> torch.Tensor | None:
+        """The token weights of a micro-batch's correction (None: no correction), adding its
+        mismatch sums to ``mismatch``; rows without behaviour logprobs are on-policy."""
+        if not any(e.behaviour_logprobs is not None for e in rows):
+            return None
+        corr = importance_weights(batch["old_logprobs"], batch["behaviour_logprobs"], batch["mask"], self.correction,
+                                  self.cfg.offpolicy.cap)
+        if mismatch is not None:
+            add_mismatch_sums(mismatch, batch["old_logprobs"], batch["behaviour_logprobs"], batch["mask"],
+                              batch["positions"], corr.acted)
+        return corr.weights if self.correction != "none" else None
 
     def step(self, step: int) -> float:
         """Clip the accumulated gradients to the global norm and take an optimizer step at the
