@@ -17,8 +17,10 @@ pack position (mean KL(sampler || trainer), the ratio's spread, the share of tok
     python bench/offpolicy_toy.py                      # default: about 8 minutes on 2 cores
     python bench/offpolicy_toy.py --mode mis_token --sampler-temperature 2.0
 
-Last line: ``RESULT corrected_late=... uncorrected_late=... gap=...`` (the last evaluation's
-late-position reward of each arm, and their difference).
+Last line: ``RESULT corrected_late=... uncorrected_late=... gap=... corrected_steps_to_08=...
+uncorrected_steps_to_08=... gap_when_corrected_reaches_08=...``: the last evaluation's late-position
+reward of each arm and their difference; the first evaluated step at which each arm reaches 0.8
+(``None``: not within the budget); and the uncorrected arm's shortfall at the corrected arm's.
 """
 
 from __future__ import annotations
@@ -114,8 +116,12 @@ def main(argv: list[str] | None = None) -> None:
           + ", ".join(f"{k.split('offpolicy/')[1]}={v:.3f}" for k, v in sorted(runs["corrected"]["mismatch"].items())))
     print("wall time: " + ", ".join(f"{arm} {runs[arm]['minutes']:.1f} min" for arm in ARMS))
     corrected, uncorrected = (list(runs[arm]["eval_late"].values())[-1] for arm in ARMS)
+    first = {arm: next((st for st, v in runs[arm]["eval_late"].items() if v >= 0.8), None) for arm in ARMS}
+    at = first["corrected"]  # the budget at which the corrected arm first reaches 0.8
+    gap_at = "none" if at is None else f"{runs['corrected']['eval_late'][at] - runs['uncorrected']['eval_late'][at]:.3f}"
     print(f"RESULT corrected_late={corrected:.3f} uncorrected_late={uncorrected:.3f} "
-          f"gap={corrected - uncorrected:.3f}")
+          f"gap={corrected - uncorrected:.3f} corrected_steps_to_08={first['corrected']} "
+          f"uncorrected_steps_to_08={first['uncorrected']} gap_when_corrected_reaches_08={gap_at}")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from toy_cod_effect import toy_config, warm_policy
 from transformers.utils import logging as hf_logging
 
 from codrl.toy.secret_table import SecretTable
@@ -40,6 +39,9 @@ from codrl.train.checkpoint import checkpoint_path
 from codrl.train.config import TrainConfig
 from codrl.train.teachers import evaluate_teachers
 from codrl.train.trainer import Trainer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from toy_cod_effect import toy_config, warm_policy  # noqa: E402
 
 #: The two domains of the mixture: SecretTable variants with the same vocabulary.
 DOMAINS: dict[str, dict[str, Any]] = {"table_a": {"keys_per_pack": 1}, "table_b": {"keys_per_pack": 2}}
@@ -123,8 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=40, help="RL steps of each student run (the budget)")
     p.add_argument("--teacher-steps", type=int, default=20, help="CoD steps that train each teacher")
     p.add_argument("--target", type=float, default=0.8, help="last-position reward a run must reach")
-    p.add_argument("--packs-per-step", type=int, default=16)
-    p.add_argument("--repeats", type=int, default=8, help="GRPO group size")
+    p.add_argument("--packs-per-step", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=4, help="GRPO group size")
     p.add_argument("--pack-size", type=int, default=4)
     p.add_argument("--keys-per-pack", type=int, default=1, help="of the warm-up's environment")
     p.add_argument("--hint-tokens", type=int, default=4, help="token budget of a hints block")
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--warmup-steps", type=int, default=800)
-    p.add_argument("--eval-packs", type=int, default=64)
+    p.add_argument("--eval-packs", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--warm-dir", default=None, help="keep the warmed-up policy here and reuse it (see "
                    "bench/toy_cod_effect.py)")

@@ -3,6 +3,7 @@ and their term in the update (codrl.train.teachers, codrl.algo.distill)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from codrl.train.teachers import load_teachers
 from codrl.train.update import PolicyUpdate
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from support import load_bench  # noqa: E402
 
 
 def opd_config(student: Path | str, teachers: list[dict[str, Any]], **over: Any) -> TrainConfig:
@@ -180,3 +183,17 @@ def test_example_config_validates() -> None:
     """configs/opd_mixed_cpu.yaml is a valid training config that mixes RL and distillation."""
     cfg = TrainConfig.model_validate(yaml.safe_load((ROOT / "configs" / "opd_mixed_cpu.yaml").read_text()))
     assert cfg.loss.opd_coef > 0 and cfg.teachers
+
+
+@pytest.mark.slow
+def test_toy_bench_ends_with_its_result_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """bench/toy_opd.py on a tiny budget trains both teachers and the three students and ends with
+    ``RESULT opd_steps= rl_steps= mix_gap=`` (a step count, or none when 0.8 was not reached)."""
+    load_bench("toy_opd").main(["--warmup-steps", "20", "--steps", "2", "--teacher-steps", "1",
+                                "--packs-per-step", "2", "--repeats", "2", "--eval-packs", "2"])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("RESULT ")
+    result = dict(kv.split("=") for kv in last.split()[1:])
+    assert list(result) == ["opd_steps", "rl_steps", "mix_gap"]
+    assert all(result[k] == "none" or result[k].isdigit() for k in ("opd_steps", "rl_steps"))
+    assert float(result["mix_gap"]) <= 1.0

@@ -455,6 +455,8 @@ def serve_cmd(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, help="Port to listen on (0: any free port)."),
     device: str = typer.Option("cpu", help="Torch device of the model (e.g. cuda)."),
+    engine: str = typer.Option("hf", help="Sampling engine: hf (transformers, continuous batching) or vllm "
+                               "(GPUs; extra [vllm])."),
     model_name: str = typer.Option("codrl-policy", help="The model id that /v1/models lists."),
     api_key: Optional[str] = typer.Option(None, envvar="CODRL_SERVE_API_KEY", help="Require this bearer token "
                                           "(Authorization: Bearer KEY) on every request."),
@@ -464,7 +466,14 @@ def serve_cmd(
 
     if not 0 <= port <= 65535:
         raise CodrlError(f"--port must be in 0..65535, got {port}")
-    backend = make_backend(None if model == "embedded" else model, None, device=device)
+    if engine not in ("hf", "vllm"):
+        raise CodrlError(f"--engine: {engine!r} is not allowed; allowed values: 'hf', 'vllm'")
+    if engine == "vllm":
+        from codrl.backends.vllm_backend import VLLMBackend
+
+        backend = VLLMBackend.from_pretrained(None if model == "embedded" else model)
+    else:
+        backend = make_backend(None if model == "embedded" else model, None, device=device)
     proxy = TrainingProxy(backend, model_name=model_name, api_key=api_key)
     try:
         url = proxy.start(host, port)

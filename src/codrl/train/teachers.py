@@ -196,7 +196,7 @@ class Teachers:
                     [e.env for e in rows])
         return distill_advantages(batch["advantages"], logprobs, teacher, self.loss)
 
-    def metrics(self, sum_across_ranks: Any) -> dict[str, float]:
+    def metrics(self, sum_across_ranks: Callable[[dict[str, float]], dict[str, float]]) -> dict[str, float]:
         """The KL metrics of the update so far (:func:`~codrl.algo.distill.kl_metrics`), summed over
         the ranks by ``sum_across_ranks``; starts the next update's sums."""
         sums, self._sums = self._sums, {}
