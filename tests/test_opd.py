@@ -96,13 +96,19 @@ def test_a_training_step_with_the_student_as_teacher_logs_zero_kl(tiny_dir: Path
                      eval={"at_start": False, "at_end": False}, log={"backends": [], "progress": False},
                      save_every=0, output_dir=str(tmp_path))
     trainer = Trainer(cfg)
+    logged: dict[str, float] = {}
+    trainer._log = lambda metrics, step: logged.update(metrics)  # type: ignore[method-assign]
     try:
+        trainer.evaluate("step-000000")  # at the start the teacher is evaluated too, once
         m = trainer.step()
     finally:
         trainer.close()
     kl = {k: v for k, v in m.items() if k.startswith("train/opd/")}
     assert set(kl) == {f"train/opd/{e}pos{p}/kl" for e in ("", "secret_table/") for p in (0, 1)}
     assert all(abs(v) < 1e-5 for v in kl.values())
+    assert {"teacher/secret_table/pos0", "eval/pos0"} <= set(logged)
+    assert logged["teacher/secret_table/pos0"] == logged["eval/pos0"]  # the student is its own teacher
+    assert (tmp_path / "teacher" / "eval" / "secret_table" / "results.json").is_file()
 
 
 def test_teacher_logprobs_equal_a_teacher_forced_pass(tiny_dir: Path, other_dir: Path) -> None:

@@ -43,16 +43,13 @@ from codrl.train.loggers import Loggers
 from codrl.train.policy import build_policy, build_vllm, seed_all
 from codrl.train.rollouts import StepPlanner, build_engine, fresh_lifecycles, rollout_logprobs_are_old, training_envs
 from codrl.train.step_metrics import step_metrics, step_progress
+from codrl.train.teachers import evaluate_teachers
 from codrl.train.update import PolicyUpdate
 
 
 class Trainer:
-    """Runs ``cfg.steps`` RL steps with checkpoints, logs and periodic evaluation.
-
-    ``backend`` may be given to train a model built in code (e.g. the toy policy); by default
-    the model of ``cfg.model`` is loaded. Under torchrun (or in an initialised process group)
-    every rank builds one; a given backend must already be on this rank's device.
-    """
+    """Runs ``cfg.steps`` RL steps with checkpoints, logs and periodic evaluation. ``backend``: a model
+    built in code (e.g. the toy policy), already on this rank's device; default: ``cfg.model``'s."""
 
     def __init__(self, cfg: TrainConfig, backend: HFBackend | None = None, console: Console | None = None) -> None:
         self.cfg = cfg
@@ -139,7 +136,10 @@ class Trainer:
 
     # -- evaluation and logs -------------------------------------------------------------
     def evaluate(self, tag: str) -> dict[str, Summary]:
-        """Evaluate every evaluation environment now; report under ``eval/<tag>`` (:mod:`codrl.train.evaluation`)."""
+        """Evaluate every evaluation environment now; report under ``eval/<tag>`` (:mod:`codrl.train.evaluation`);
+        at step 0 the teachers of a distillation run too, once (their reward is the student's yardstick)."""
+        if self.step_idx == 0 and self.policy_update.teachers is not None and not self.dist.active:
+            evaluate_teachers(self.cfg, self.policy_update.teachers, self.envs, self.out, self.console, self._log)
         shared = partial(play_shared, self.parallel, clear_cache=self.backend.store.clear) if self.dist.active else None
         return self.evaluations.run(tag, self.step_idx, self.rollout_backend, self._log, shared)
 
