@@ -87,7 +87,7 @@ class AsyncRollouts:
         self.start, self.stop, self.lookahead = start, stop, lookahead
         self.start_version = version
         self._weights: dict[int, dict[str, torch.Tensor]] = {version: weights}
-        self._results: dict[int, list[LifecycleResult]] = {}
+        self._results: dict[int, tuple[list[int], list[LifecycleResult]]] = {}  # step -> (seeds, lifecycles)
         self._error: BaseException | None = None
         self._closed = False
         self._cond = threading.Condition()
@@ -104,15 +104,19 @@ class AsyncRollouts:
             self._weights[version] = weights
             self._cond.notify_all()
 
-    def get(self, step: int) -> list[LifecycleResult]:
-        """Step ``step``'s finished lifecycles (blocks until played; re-raises the thread's error)."""
+    def get(self, step: int, seeds: Sequence[int] | None = None) -> list[LifecycleResult]:
+        """Step ``step``'s finished lifecycles (blocks until played; re-raises the thread's error).
+        ``seeds``: the caller's seeds of that step's jobs, checked against the ones played."""
         if not self.start <= step < self.stop:
             raise ValueError(f"step {step} is not among the steps played ahead ({self.start}..{self.stop - 1})")
         with self._cond:
             self._cond.wait_for(lambda: step in self._results or self._error is not None or self._closed)
-            if step in self._results:
-                return self._results.pop(step)
-            raise RuntimeError(f"asynchronous rollouts stopped before step {step}") from self._error
+            if step not in self._results:
+                raise RuntimeError(f"asynchronous rollouts stopped before step {step}") from self._error
+            played, results = self._results.pop(step)
+        if seeds is not None and list(seeds) != played:
+            raise ValueError(f"asynchronous rollouts played step {step}; these jobs are another step's")
+        return results
 
     def close(self) -> None:
         """Stop after the step being played (if any) and wait for the thread."""
@@ -144,7 +148,7 @@ class AsyncRollouts:
                 jobs, seeds = self.plan(step)
                 results = self.engine.run(jobs, seeds=seeds)
                 with self._cond:
-                    self._results[step] = results
+                    self._results[step] = (list(seeds), results)
                     self._cond.notify_all()
         except BaseException as e:  # handed to the trainer by get()
             with self._cond:
@@ -184,10 +188,7 @@ class AsyncEngine:
             seeds: Sequence[int] | None = None) -> list[LifecycleResult]:
         if self.ahead is None:
             raise RuntimeError("asynchronous rollouts start with the first set_weights")
-        step = self._next
-        if seeds is not None and list(seeds) != self.plan(step)[1]:
-            raise ValueError(f"asynchronous rollouts played step {step}; these jobs are another step's")
-        results = self.ahead.get(step)
+        results = self.ahead.get(self._next, seeds)
         self._next += 1
         if on_done is not None:
             for r in results:

@@ -77,15 +77,6 @@ def check_tokenizer(teacher: Any, student: Any, field: str) -> None:
                      "(docs/distillation.md)")
 
 
-def mixture_env_names(cfg: TrainConfig) -> list[str]:
-    """Names of the environments a run trains on (as its experiences carry them)."""
-    from codrl.eval.runner import build_env
-
-    if cfg.agent is not None:
-        return [cfg.agent.name]
-    return [build_env(s.name, s.params).name for s in cfg.envs]
-
-
 def teacher_of_env(cfg: TrainConfig, envs: Sequence[str]) -> dict[str, int]:
     """Index in ``cfg.teachers`` of each environment's teacher; CodrlError unless every environment
     of ``envs`` has exactly one and every teacher's environments are in ``envs``."""
@@ -119,22 +110,28 @@ def _check_settings(cfg: TrainConfig) -> bool:
     return distills
 
 
-def load_teachers(cfg: TrainConfig) -> Teachers | None:
+def load_teachers(cfg: TrainConfig, student: Any = None, env_names: Sequence[str] | None = None) -> Teachers | None:
     """The frozen teachers of ``cfg`` (None when it does not distill), checked against the student's
-    tokenizer (that of ``model.path``) and the mixture's environments."""
+    tokenizer ``student`` and the mixture's environments ``env_names`` (the trainer's; by default the
+    tokenizer of ``model.path`` and the environments of :func:`~codrl.train.rollouts.training_envs`)."""
     if not _check_settings(cfg):
         return None
-    from transformers import AutoTokenizer
+    if env_names is None:
+        from codrl.train.rollouts import training_envs  # here: rollouts imports the update, which imports this
 
-    from codrl.backends.embedded import resolve_model_path
-
-    owner = teacher_of_env(cfg, mixture_env_names(cfg))
+        env_names = [e.name for e in training_envs(cfg)]
+    owner = teacher_of_env(cfg, env_names)
     for i, t in enumerate(cfg.teachers):
         if t.endpoint is not None:
             raise CodrlError(f"teachers[{i}].endpoint: teachers behind an OpenAI-compatible endpoint are not "
                              f"supported yet; give a model folder or checkpoint in teachers[{i}].path")
-    student = AutoTokenizer.from_pretrained(resolve_model_path(None if cfg.model.path == "embedded"
-                                                               else _model_folder(cfg.model.path)))
+    if student is None:
+        from transformers import AutoTokenizer
+
+        from codrl.backends.embedded import resolve_model_path
+
+        student = AutoTokenizer.from_pretrained(resolve_model_path(None if cfg.model.path == "embedded"
+                                                                   else _model_folder(cfg.model.path)))
     backends = []
     for i, t in enumerate(cfg.teachers):
         assert t.path is not None  # checked above: no endpoint means a path

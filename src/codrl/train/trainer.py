@@ -78,11 +78,11 @@ class Trainer:
         self.parallel = wrap_model(self.model, self.dist, cfg.distributed.strategy)
         self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=cfg.optim.lr,
                                            betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
-        self.policy_update = PolicyUpdate(cfg, self.model, self.optimizer, self.backend.pad_id, self.parallel)
+        self.policy_update = PolicyUpdate(cfg, self.model, self.optimizer, self.backend.pad_id, self.parallel,
+                                          tokenizer=self.tokenizer, env_names=[e.name for e in self.envs])
         #: Plays evaluations: the trained model itself, or a vLLM copy refreshed after updates.
         self.rollout_backend: Backend = self.backend if cfg.model.engine == "hf" else build_vllm(cfg, self.tokenizer)
-        #: The packs, jobs and seeds of every step.
-        self.plan = StepPlanner(cfg, self.envs)
+        self.plan = StepPlanner(cfg, self.envs)  # the packs, jobs and seeds of every step
         #: Plays the training rollouts (see codrl.distributed.engines).
         self.engine: RolloutEngine = build_engine(cfg, self.backend, self.rollout_backend, self.parallel, self.plan)
         self._engine_version: int | None = None  # weights version the engine has

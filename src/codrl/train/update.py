@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -55,11 +56,13 @@ class PolicyUpdate:
     """Gradient steps on ``model``'s trainable parameters with ``optimizer``.
 
     ``parallel`` is the model as torch.distributed trains it (:func:`~codrl.distributed.torch_dist.wrap_model`);
-    by default the model alone, in this process.
+    by default the model alone, in this process. ``tokenizer`` and ``env_names`` (the student's, and
+    the mixture's environments) check the teachers of a distilling run (:func:`~codrl.train.teachers.load_teachers`).
     """
 
     def __init__(self, cfg: TrainConfig, model: Any, optimizer: torch.optim.Optimizer, pad_id: int,
-                 parallel: TrainedModel | None = None) -> None:
+                 parallel: TrainedModel | None = None, *, tokenizer: Any = None,
+                 env_names: Sequence[str] | None = None) -> None:
         self.cfg = cfg
         self.model = model
         self.optimizer = optimizer
@@ -71,7 +74,7 @@ class PolicyUpdate:
         #: The off-policy correction applied to every update.
         self.correction = update_correction(cfg)
         #: The frozen teachers of on-policy distillation (None: the loss does not distill).
-        self.teachers: Teachers | None = load_teachers(cfg)
+        self.teachers: Teachers | None = load_teachers(cfg, tokenizer, env_names)
 
     @property
     def _holds_prefixes(self) -> bool:
