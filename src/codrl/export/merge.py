@@ -18,7 +18,7 @@ import torch
 from codrl.backends.embedded import CACHE_NAME, is_adapter_dir, resolve_model_path
 from codrl.config import read_yaml_mapping
 from codrl.errors import CodrlError
-from codrl.train.checkpoint import latest_checkpoint
+from codrl.train.checkpoint import latest_checkpoint, model_dir_of
 
 CHECKPOINT_FORMS = ("a run folder (with checkpoints/latest)", "a checkpoint folder (step-NNNNNN)",
                     "its model/ folder")
@@ -34,8 +34,7 @@ def model_folder(checkpoint: Path) -> Path:
         if latest is None:
             raise CodrlError(f"CHECKPOINT {p} is a run folder without a complete checkpoint (checkpoints/latest)")
         p = latest
-    if (p / "model").is_dir():
-        p = p / "model"
+    p = model_dir_of(p)
     if not ((p / "config.json").is_file() or is_adapter_dir(p)):
         raise CodrlError(f"CHECKPOINT {p} holds neither a model (config.json) nor a LoRA adapter "
                          f"(adapter_config.json); expected {', '.join(CHECKPOINT_FORMS)}")

@@ -76,10 +76,8 @@ class TaskSourceEnv(CoDEnv):
         self.packs = load_packs(source)
 
     def sample_pack(self, split: str, seed: int, index: int, size: int) -> Pack:
-        order = np.random.default_rng([seed, 7541]).permutation(len(self.packs))
-        rnd, place = divmod(index, len(self.packs))
-        if rnd:  # a new pass: a new order
-            order = np.random.default_rng([seed, 7541, rnd]).permutation(len(self.packs))
+        rnd, place = divmod(index, len(self.packs))  # each pass over the packs has an order of its own
+        order = np.random.default_rng([seed, 7541, *([rnd] if rnd else [])]).permutation(len(self.packs))
         j = int(order[place])
         pack_id, specs = self.packs[j]
         pack_id = pack_id or f"{self.name}/{j}"

@@ -100,6 +100,13 @@ def restore_local(model: torch.nn.Module, optimizer: torch.optim.Optimizer, snap
     optimizer.load_state_dict(snapshot.optimizer)
 
 
+def model_dir_of(path: str | Path) -> Path:
+    """The folder holding a checkpoint's model: ``<path>/model`` for a checkpoint folder (step-N),
+    else ``path`` itself (a model folder)."""
+    p = Path(path).expanduser()
+    return p / "model" if (p / "model").is_dir() and not (p / "config.json").is_file() else p
+
+
 def checkpoint_path(root: Path, step: int) -> Path:
     """Where checkpoint ``step`` of the run in ``root`` lies."""
     return root / "checkpoints" / f"step-{step:06d}"

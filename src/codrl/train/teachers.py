@@ -30,6 +30,7 @@ from codrl.algo.losses import PolicyLossConfig
 from codrl.backends.hf import HFBackend
 from codrl.errors import CodrlError
 from codrl.train.batching import TrainSeq, collate, micro_batches, prefix_plan
+from codrl.train.checkpoint import model_dir_of
 from codrl.train.scoring import can_share_prefix, score_tokens
 
 if TYPE_CHECKING:
@@ -58,12 +59,6 @@ class TeacherConfig(BaseModel):
         if (self.path is None) == (self.endpoint is None):
             raise ValueError("a teacher needs exactly one of path (a model folder or checkpoint) and endpoint")
         return self
-
-
-def _model_folder(path: str) -> str:
-    """The model folder of ``path``: itself, or a training checkpoint's ``model/``."""
-    p = Path(path).expanduser()
-    return str(p / "model") if (p / "model").is_dir() and not (p / "config.json").is_file() else path
 
 
 def check_tokenizer(teacher: Any, student: Any, field: str) -> None:
@@ -131,12 +126,12 @@ def load_teachers(cfg: TrainConfig, student: Any = None, env_names: Sequence[str
         from codrl.backends.embedded import resolve_model_path
 
         student = AutoTokenizer.from_pretrained(resolve_model_path(None if cfg.model.path == "embedded"
-                                                                   else _model_folder(cfg.model.path)))
+                                                                   else str(model_dir_of(cfg.model.path))))
     backends = []
     for i, t in enumerate(cfg.teachers):
         assert t.path is not None  # checked above: no endpoint means a path
         try:
-            backend = HFBackend.from_pretrained(_model_folder(t.path), device=t.device or cfg.model.device,
+            backend = HFBackend.from_pretrained(str(model_dir_of(t.path)), device=t.device or cfg.model.device,
                                                 dtype=t.dtype or cfg.model.dtype, kv_cache_mb=0)
         except CodrlError as e:
             raise CodrlError(f"teachers[{i}].path: {e}") from None
